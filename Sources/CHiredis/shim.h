@@ -1,0 +1,3 @@
+#pragma once
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
