@@ -57,12 +57,13 @@ let package = Package(
         // A small blocking RFC 6455 client: tests drive the broker with it, byte by byte when needed.
         .target(name: "WebSocketClient", path: "Sources/WebSocketClient"),
 
-        .target(name: "TestSupport", dependencies: ["WebSocketClient"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["WebSocketClient", "AgentChatPersistence"], path: "Tests/TestSupport"),
         .testTarget(name: "ProtocolTests", dependencies: ["AgentChatProtocol"]),
         .testTarget(name: "PersistenceTests",
                     dependencies: ["AgentChatPersistence", "AgentChatLoop", "TestSupport"]),
         .testTarget(name: "BrokerTests",
                     dependencies: ["AgentChatBroker", "TestSupport", "WebSocketClient", "AgentChatProtocol"]),
+        .testTarget(name: "WebSocketClientTests", dependencies: ["WebSocketClient", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

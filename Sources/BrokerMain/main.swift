@@ -1,1 +1,8 @@
-print("x")
+import AgentChatBroker
+
+let command = BrokerCommand.parseOrExit()
+do {
+    try await command.serve()
+} catch {
+    BrokerCommand.exit(withError: error)
+}

@@ -15,6 +15,10 @@ public final class EventLoop: @unchecked Sendable {
     private let pending = Mutex<[@Sendable () -> Void]>([])
     private let threadID = Atomic<UInt>(0)
     private let stopped = Atomic<Bool>(false)
+    private let closed = Atomic<Bool>(false)
+
+    /// Whether `close()` has freed the loop; handles of loop-bound objects released later must not touch it.
+    public var isClosed: Bool { closed.load(ordering: .acquiring) }
 
     public init() {
         uvLoop = .allocate(capacity: 1)
@@ -104,6 +108,7 @@ public final class EventLoop: @unchecked Sendable {
         uv_walk(uvLoop, closeHandleIfOpen, nil)
         uv_run(uvLoop, UV_RUN_DEFAULT)
         uv_loop_close(uvLoop)
+        closed.store(true, ordering: .releasing)
         uvLoop.deallocate()
     }
 }

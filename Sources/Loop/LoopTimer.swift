@@ -37,6 +37,8 @@ public final class LoopTimer {
     fileprivate func fire() { callback() }
 
     deinit {
+        // Released after the loop was closed (at process exit): the handle was closed with the loop; leave it.
+        if loop.isClosed { return }
         uv_timer_stop(handle)
         handle.pointee.data = nil
         handle.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { uv_close($0, freeHandleOnClose) }

@@ -1,0 +1,216 @@
+import AgentChatLoop
+import AgentChatPersistence
+import ArgumentParser
+import Foundation
+import Logging
+import Metrics
+import Prometheus
+import ServiceLifecycle
+
+/// `agentchat-broker`: flags, `AGENTCHAT_*` environment variables, defaults, then the broker until SIGTERM/SIGINT.
+public struct BrokerCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "agentchat-broker",
+        abstract: "AgentChat: a real-time messaging broker for AI agents.",
+        discussion: """
+            Every option can also be set with the environment variable named beside it; a flag wins over the \
+            variable, the variable over the default. Without --redis-url the broker starts its own redis-server \
+            in --data-dir and stops it on exit.
+            """)
+
+    @Option(help: "Address to listen on (env AGENTCHAT_HOST, default 127.0.0.1).")
+    var host: String?
+    @Option(help: "TCP port for HTTP and WebSocket; 0 picks a free port (env AGENTCHAT_PORT, default 8080).")
+    var port: Int?
+    @Option(help: ArgumentHelp(
+        "Redis to use, redis://host:port or unix:///path (env AGENTCHAT_REDIS_URL).",
+        discussion: "Omit it to run an embedded redis-server in the data directory."))
+    var redisURL: String?
+    @Option(help: "Directory for the embedded Redis's data and the broker's keys (env AGENTCHAT_DATA_DIR, default ./data).")
+    var dataDir: String?
+    @Option(help: "Embedded Redis AOF fsync policy: everysec or always (env AGENTCHAT_APPENDFSYNC, default everysec).")
+    var appendfsync: String?
+    @Option(help: "trace, debug, info, notice, warning, error or critical (env AGENTCHAT_LOG_LEVEL, default info).")
+    var logLevel: String?
+    @Option(help: "text or json: one JSON object per line on stderr (env AGENTCHAT_LOG_FORMAT, default text).")
+    var logFormat: String?
+    @Option(help: "Largest WebSocket message; larger closes with 1009 (env AGENTCHAT_MAX_MESSAGE_BYTES, default 65536).")
+    var maxMessageBytes: Int?
+    @Option(help: "Bytes queued for one slow client before it is closed with 4008 (env AGENTCHAT_MAX_QUEUE_BYTES, default 1048576).")
+    var maxQueueBytes: Int?
+    @Option(help: "Largest HTTP request body; larger gets 413 (env AGENTCHAT_MAX_BODY_BYTES, default 65536).")
+    var maxBodyBytes: Int?
+    @Option(help: "Frames per second one connection may send on average (env AGENTCHAT_FRAMES_PER_SECOND, default 1000).")
+    var framesPerSecond: Double?
+    @Option(help: "Seconds of silence before the broker pings a client (env AGENTCHAT_PING_INTERVAL, default 30).")
+    var pingInterval: Int?
+    @Option(help: "Seconds after a ping without any answer before the connection is dropped (env AGENTCHAT_PING_TIMEOUT, default 10).")
+    var pingTimeout: Int?
+    @Option(help: "Receive buffer per WebSocket connection, bytes (env AGENTCHAT_RX_BUFFER_BYTES, default 1024).")
+    var rxBufferBytes: Int?
+
+    public init() {}
+
+    func resolvedConfiguration(environment: [String: String] = ProcessInfo.processInfo.environment) throws
+        -> BrokerConfiguration
+    {
+        func pick<T>(_ flag: T?, _ name: String, _ parse: (String) -> T?, _ fallback: T) throws -> T {
+            if let flag { return flag }
+            guard let raw = environment[name] else { return fallback }
+            guard let value = parse(raw) else { throw ValidationError("\(name)=\(raw) is not a valid value") }
+            return value
+        }
+        var c = BrokerConfiguration()
+        c.host = try pick(host, "AGENTCHAT_HOST", { $0.isEmpty ? nil : $0 }, c.host)
+        c.port = try pick(port, "AGENTCHAT_PORT", { Int($0) }, c.port)
+        c.redisURL = try pick(redisURL, "AGENTCHAT_REDIS_URL", { $0 }, nil)
+        if c.redisURL?.isEmpty == true { c.redisURL = nil }
+        c.dataDirectory = try pick(dataDir, "AGENTCHAT_DATA_DIR", { $0.isEmpty ? nil : $0 }, c.dataDirectory)
+        let fsync = try pick(appendfsync, "AGENTCHAT_APPENDFSYNC", { $0 }, c.appendFsync.rawValue)
+        guard let fsyncValue = BrokerConfiguration.AppendFsync(rawValue: fsync) else {
+            throw ValidationError("appendfsync must be everysec or always, not \(fsync)")
+        }
+        c.appendFsync = fsyncValue
+        let level = try pick(logLevel, "AGENTCHAT_LOG_LEVEL", { $0 }, c.logLevel.rawValue)
+        guard let levelValue = Logger.Level(rawValue: level.lowercased()) else {
+            throw ValidationError("unknown log level \(level)")
+        }
+        c.logLevel = levelValue
+        let format = try pick(logFormat, "AGENTCHAT_LOG_FORMAT", { $0 }, c.logFormat.rawValue)
+        guard let formatValue = BrokerConfiguration.LogFormat(rawValue: format) else {
+            throw ValidationError("log format must be text or json, not \(format)")
+        }
+        c.logFormat = formatValue
+        c.limits.maxMessageBytes = try pick(maxMessageBytes, "AGENTCHAT_MAX_MESSAGE_BYTES", { Int($0) },
+                                            c.limits.maxMessageBytes)
+        c.limits.maxOutboundQueueBytes = try pick(maxQueueBytes, "AGENTCHAT_MAX_QUEUE_BYTES", { Int($0) },
+                                                  c.limits.maxOutboundQueueBytes)
+        c.limits.maxRequestBodyBytes = try pick(maxBodyBytes, "AGENTCHAT_MAX_BODY_BYTES", { Int($0) },
+                                                c.limits.maxRequestBodyBytes)
+        c.limits.framesPerSecond = try pick(framesPerSecond, "AGENTCHAT_FRAMES_PER_SECOND", { Double($0) },
+                                            c.limits.framesPerSecond)
+        c.limits.frameBurst = max(1, c.limits.framesPerSecond * 2)
+        c.pingIntervalSeconds = try pick(pingInterval, "AGENTCHAT_PING_INTERVAL", { Int($0) }, c.pingIntervalSeconds)
+        c.pingTimeoutSeconds = try pick(pingTimeout, "AGENTCHAT_PING_TIMEOUT", { Int($0) }, c.pingTimeoutSeconds)
+        c.receiveBufferBytes = try pick(rxBufferBytes, "AGENTCHAT_RX_BUFFER_BYTES", { Int($0) }, c.receiveBufferBytes)
+
+        guard (0...65535).contains(c.port) else { throw ValidationError("port must be 0...65535") }
+        guard c.limits.maxMessageBytes >= 1024, c.limits.maxMessageBytes <= 16 << 20 else {
+            throw ValidationError("max message bytes must be between 1 KiB and 16 MiB")
+        }
+        guard c.limits.maxOutboundQueueBytes >= c.limits.maxMessageBytes else {
+            throw ValidationError("max queue bytes must be at least max message bytes")
+        }
+        guard c.limits.maxRequestBodyBytes >= 0, c.limits.framesPerSecond > 0 else {
+            throw ValidationError("limits must be positive")
+        }
+        guard c.pingIntervalSeconds >= 1, c.pingTimeoutSeconds >= 1 else {
+            throw ValidationError("ping interval and timeout must be at least 1 second")
+        }
+        guard (128...65536).contains(c.receiveBufferBytes) else {
+            throw ValidationError("rx buffer bytes must be between 128 and 65536")
+        }
+        return c
+    }
+
+    /// Runs the broker until SIGTERM or SIGINT. (Not `run()`: the executable calls this from its async top level.)
+    public func serve() async throws {
+        let configuration = try resolvedConfiguration()
+        let level = configuration.logLevel
+        switch configuration.logFormat {
+        case .text:
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+        case .json:
+            LoggingSystem.bootstrap { label in
+                var handler = JSONLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
+        }
+        let logger = Logger(label: "agentchat.broker")
+        signal(SIGPIPE, SIG_IGN)
+        LibWebSocketsLog.route(to: Logger(label: "agentchat.lws"))
+
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+
+        var services: [any Service] = []
+        let endpoint: RedisEndpoint
+        var embedded: EmbeddedRedis?
+        if let url = configuration.redisURL {
+            endpoint = try RedisEndpoint(url: url)
+        } else {
+            let redis = try EmbeddedRedis(configuration: .init(
+                dataDirectory: configuration.dataDirectory,
+                appendFsync: configuration.appendFsync == .always ? .always : .everysec))
+            endpoint = redis.endpoint
+            embedded = redis
+            services.append(EmbeddedRedisService(redis: redis))
+            logger.info("embedded redis started", metadata: ["dataDir": "\(configuration.dataDirectory)"])
+        }
+
+        let loop = EventLoop.startThread()
+        let started: (LoopBound<Broker>, Int)
+        do {
+            started = try await loop.submit {
+                let broker = Broker(loop: loop, configuration: configuration, redisEndpoint: endpoint,
+                                    logger: logger, registry: registry)
+                let port = try broker.start()
+                return (LoopBound(broker, loop: loop), port)
+            }
+        } catch {
+            loop.stop()
+            embedded?.stop()
+            throw error
+        }
+        let (broker, port) = started
+        let hostForURL = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
+        services.append(BrokerService(loop: loop, broker: broker,
+                                      announcement: "AgentChat broker listening on http://\(hostForURL):\(port)\n"))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map {
+                    .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup)
+                },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+    }
+}
+
+/// Runs until graceful shutdown, then closes every client with 1001 and stops the loop.
+struct BrokerService: Service, CustomStringConvertible {
+    let loop: EventLoop
+    let broker: LoopBound<Broker>
+    /// Printed on stdout once the service group runs, so its signal handlers are in place before anyone who
+    /// waits for this line (scripts, tests) can send SIGTERM.
+    let announcement: String
+
+    var description: String { "BrokerService" }
+
+    func run() async throws {
+        FileHandle.standardOutput.write(Data(announcement.utf8))
+        try? await gracefulShutdown()
+        let broker = self.broker
+        try await loop.submitAndWait { (complete: @escaping (Result<Void, any Error>) -> Void) in
+            broker.value.shutdown { complete(.success(())) }
+        }
+        loop.stop()
+    }
+}
+
+/// Stops the embedded redis-server when the group shuts down; it is listed first, so it stops last.
+struct EmbeddedRedisService: Service, CustomStringConvertible {
+    let redis: EmbeddedRedis
+
+    var description: String { "EmbeddedRedisService(pid: \(redis.pid))" }
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        redis.stop()
+    }
+}

@@ -1,0 +1,28 @@
+import AgentChatProtocol
+import Logging
+
+/// Everything the broker is configured with, resolved from flags, `AGENTCHAT_*` variables and defaults.
+struct BrokerConfiguration: Sendable {
+    enum AppendFsync: String, Sendable, CaseIterable {
+        case everysec, always
+    }
+
+    enum LogFormat: String, Sendable, CaseIterable {
+        case text, json
+    }
+
+    var host = "127.0.0.1"
+    var port = 8080
+    /// Where Redis is; nil starts an embedded `redis-server` in `dataDirectory`.
+    var redisURL: String?
+    var dataDirectory = "./data"
+    var appendFsync = AppendFsync.everysec
+    var logLevel = Logger.Level.info
+    var logFormat = LogFormat.text
+    var limits = Limits()
+    var receiveBufferBytes = 1024
+    var pingIntervalSeconds = 30
+    var pingTimeoutSeconds = 10
+    /// Seconds to wait for WebSocket clients to take their 1001 close before the server stops anyway.
+    var shutdownGraceSeconds = 3.0
+}

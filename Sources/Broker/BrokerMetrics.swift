@@ -1,0 +1,25 @@
+import Metrics
+
+/// The broker's Prometheus metrics, through swift-metrics (bootstrapped with swift-prometheus in the command).
+/// Metric objects are created once here; updating them is thread-safe and cheap.
+struct BrokerMetrics {
+    let webSocketConnections = Gauge(label: "agentchat_websocket_connections")
+    let webSocketOpened = Counter(label: "agentchat_websocket_connections_opened_total")
+    let framesReceived = Counter(label: "agentchat_frames_received_total")
+    let framesSent = Counter(label: "agentchat_frames_sent_total")
+    let httpRequests = Counter(label: "agentchat_http_requests_total")
+    let redisUp = Gauge(label: "agentchat_redis_up")
+    private let frameErrors: [String: Counter]
+
+    init() {
+        let codes = ["bad_json", "bad_frame", "unknown_type", "missing_field", "invalid_field", "unknown_field",
+                     "binary_not_supported", "rate_limited", "unavailable", "internal_error"]
+        frameErrors = Dictionary(uniqueKeysWithValues: codes.map {
+            ($0, Counter(label: "agentchat_frame_errors_total", dimensions: [("code", $0)]))
+        })
+    }
+
+    func frameError(_ code: String) {
+        (frameErrors[code] ?? frameErrors["internal_error"])?.increment()
+    }
+}

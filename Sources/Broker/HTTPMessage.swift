@@ -1,0 +1,75 @@
+import AgentChatProtocol
+
+/// HTTP methods the broker recognises.
+enum HTTPMethod: String, Sendable {
+    case get = "GET", post = "POST", put = "PUT", patch = "PATCH", delete = "DELETE", options = "OPTIONS"
+    case head = "HEAD"
+}
+
+/// One HTTP request, with its body already read and capped.
+struct HTTPRequest: Sendable {
+    var method: HTTPMethod
+    var path: String
+    var headers: [String: String] = [:]
+    var body: [UInt8] = []
+}
+
+/// One HTTP response, serialised whole and written from the writeable callback.
+struct HTTPResponse: Sendable, Equatable {
+    var status: Int
+    var contentType: String
+    var body: [UInt8]
+    var extraHeaders: [(String, String)] = []
+    /// Close the connection after this response (set for errors where the request body was not read).
+    var closeConnection = false
+
+    static func == (a: HTTPResponse, b: HTTPResponse) -> Bool {
+        a.status == b.status && a.contentType == b.contentType && a.body == b.body
+            && a.closeConnection == b.closeConnection && a.extraHeaders.elementsEqual(b.extraHeaders, by: ==)
+    }
+
+    static func json(_ status: Int, _ value: JSONValue) -> HTTPResponse {
+        HTTPResponse(status: status, contentType: "application/json", body: JSONWriter.encode(value))
+    }
+
+    /// The JSON error body every failed request gets: `{"error":{"code":...,"message":...}}`.
+    static func error(_ status: Int, _ code: ErrorCode, _ message: String) -> HTTPResponse {
+        json(status, ["error": ["code": .string(code.rawValue), "message": .string(message)]])
+    }
+
+    /// Status line, headers and body, ready for the socket.
+    func serialized() -> [UInt8] {
+        var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\n"
+        head += "Content-Type: \(contentType)\r\n"
+        head += "Content-Length: \(body.count)\r\n"
+        head += "Cache-Control: no-store\r\n"
+        head += "X-Content-Type-Options: nosniff\r\n"
+        for (name, value) in extraHeaders { head += "\(name): \(value)\r\n" }
+        if closeConnection { head += "Connection: close\r\n" }
+        head += "\r\n"
+        return Array(head.utf8) + body
+    }
+
+    static func reason(_ status: Int) -> String {
+        switch status {
+        case 101: "Switching Protocols"
+        case 200: "OK"
+        case 201: "Created"
+        case 204: "No Content"
+        case 400: "Bad Request"
+        case 401: "Unauthorized"
+        case 403: "Forbidden"
+        case 404: "Not Found"
+        case 405: "Method Not Allowed"
+        case 409: "Conflict"
+        case 411: "Length Required"
+        case 413: "Content Too Large"
+        case 426: "Upgrade Required"
+        case 429: "Too Many Requests"
+        case 500: "Internal Server Error"
+        case 501: "Not Implemented"
+        case 503: "Service Unavailable"
+        default: "Status"
+        }
+    }
+}

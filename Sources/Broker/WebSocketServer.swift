@@ -1,0 +1,431 @@
+import AgentChatLoop
+import AgentChatProtocol
+import CAgentChatShims
+import CLibWebSockets
+import Foundation
+import Logging
+
+/// What the server hands up: complete WebSocket messages, connection events and HTTP requests. Loop-bound.
+protocol WebSocketServerDelegate: AnyObject {
+    func sessionOpened(_ session: WebSocketSession)
+    func session(_ session: WebSocketSession, received message: [UInt8], isBinary: Bool)
+    func sessionClosed(_ session: WebSocketSession)
+    func handleHTTP(_ request: HTTPRequest, respond: @escaping (HTTPResponse) -> Void)
+}
+
+/// The libwebsockets server: one context on the broker's libuv loop, HTTP/1.1 and the `agentchat.v1` WebSocket
+/// subprotocol on one port. Loop-bound: every method runs on the loop thread.
+///
+/// C pointer ownership:
+/// - `lws_context_user` holds this object unretained: the server destroys the context before it is released.
+/// - Per-session data (both protocols) holds a `UInt64` id, not a pointer; `sessions` and `exchanges` map ids to
+///   objects, so a callback that arrives after an object is gone finds nothing instead of freed memory.
+/// - `protocols`, `protocolNames` and `retryPolicy` are allocated here, must outlive the context (libwebsockets
+///   keeps pointers to them) and are freed in `deinit`.
+final class WebSocketServer {
+    struct Configuration {
+        var host: String
+        var port: Int
+        var limits: Limits
+        /// Bytes libwebsockets allocates per connection for received data; most of the idle cost of a connection.
+        var receiveBufferBytes: Int = 1024
+        var pingIntervalSeconds: Int = 30
+        var pingTimeoutSeconds: Int = 10
+    }
+
+    static let subprotocol = "agentchat.v1"
+
+    let loop: EventLoop
+    let configuration: Configuration
+    let logger: Logger
+    weak var delegate: WebSocketServerDelegate?
+
+    private var context: OpaquePointer?
+    /// Written with nil by libwebsockets when a destroyed context has finished closing (`pcontext`).
+    private let contextSlot: UnsafeMutablePointer<OpaquePointer?>
+    private let protocols: UnsafeMutablePointer<lws_protocols>
+    private let protocolNames: [UnsafeMutablePointer<CChar>]
+    private let retryPolicy: UnsafeMutablePointer<lws_retry_bo_t>
+    private var nextID: UInt64 = 1
+    private(set) var sessions: [UInt64: WebSocketSession] = [:]
+    private var exchanges: [UInt64: HTTPExchange] = [:]
+    private(set) var boundPort = 0
+    private(set) var isShuttingDown = false
+    private var shutdownTimer: LoopTimer?
+
+    init(loop: EventLoop, configuration: Configuration, logger: Logger) {
+        loop.preconditionInEventLoop()
+        self.loop = loop
+        self.configuration = configuration
+        self.logger = logger
+        contextSlot = .allocate(capacity: 1)
+        contextSlot.initialize(to: nil)
+
+        protocolNames = [strdup("http")!, strdup(Self.subprotocol)!]
+        protocols = .allocate(capacity: 3)
+        let slot = MemoryLayout<UInt64>.size
+        var http = agentchat_lws_protocols_terminator()
+        http.name = UnsafePointer(protocolNames[0])
+        http.callback = serverCallback
+        http.per_session_data_size = slot
+        http.rx_buffer_size = 0
+        var ws = agentchat_lws_protocols_terminator()
+        ws.name = UnsafePointer(protocolNames[1])
+        ws.callback = serverCallback
+        ws.per_session_data_size = slot
+        ws.rx_buffer_size = configuration.receiveBufferBytes
+        // One send() may carry a whole queued frame rather than rx_buffer_size pieces.
+        ws.tx_packet_size = configuration.limits.maxMessageBytes + 4096
+        protocols.initialize(to: http)
+        (protocols + 1).initialize(to: ws)
+        (protocols + 2).initialize(to: agentchat_lws_protocols_terminator())
+
+        retryPolicy = .allocate(capacity: 1)
+        retryPolicy.initialize(to: lws_retry_bo_t(
+            retry_ms_table: nil, retry_ms_table_count: 0, conceal_count: 0,
+            secs_since_valid_ping: UInt16(clamping: configuration.pingIntervalSeconds),
+            secs_since_valid_hangup: UInt16(clamping: configuration.pingIntervalSeconds
+                + configuration.pingTimeoutSeconds),
+            jitter_percent: 0))
+    }
+
+    deinit {
+        precondition(context == nil, "WebSocketServer released with a live context")
+        protocols.deinitialize(count: 3)
+        protocols.deallocate()
+        protocolNames.forEach { free($0) }
+        retryPolicy.deallocate()
+        contextSlot.deallocate()
+    }
+
+    /// Creates the context on the loop and starts listening. Throws if the address cannot be bound.
+    func start() throws {
+        loop.preconditionInEventLoop()
+        var info = lws_context_creation_info()
+        info.port = Int32(configuration.port)
+        info.protocols = UnsafePointer(protocols)
+        info.options = UInt64(LWS_SERVER_OPTION_LIBUV) | UInt64(LWS_SERVER_OPTION_VALIDATE_UTF8)
+        if !configuration.host.contains(":") { info.options |= UInt64(LWS_SERVER_OPTION_DISABLE_IPV6) }
+        info.user = Unmanaged.passUnretained(self).toOpaque()
+        info.retry_and_idle_policy = UnsafePointer(retryPolicy)
+        info.max_http_header_data = 4096
+        info.timeout_secs = 10
+        info.pcontext = contextSlot
+        var foreignLoops: [UnsafeMutableRawPointer?] = [UnsafeMutableRawPointer(loop.uvLoop)]
+        let created: OpaquePointer? = configuration.host.withCString { host in
+            info.iface = host
+            return foreignLoops.withUnsafeMutableBufferPointer { loops in
+                info.foreign_loops = loops.baseAddress
+                return lws_create_context(&info)
+            }
+        }
+        guard let created else {
+            throw BrokerError.listenFailed(host: configuration.host, port: configuration.port)
+        }
+        context = created
+        contextSlot.pointee = created
+        if let vhost = lws_get_vhost_by_name(created, "default") {
+            boundPort = Int(lws_get_vhost_listen_port(vhost))
+        }
+        guard boundPort > 0 else {
+            destroyContextNow()
+            throw BrokerError.listenFailed(host: configuration.host, port: configuration.port)
+        }
+    }
+
+    /// Closes every WebSocket with 1001, waits (at most `grace` seconds) for them to go, then destroys the context.
+    func shutdown(grace: Double = 3, completion: @escaping () -> Void) {
+        loop.preconditionInEventLoop()
+        guard !isShuttingDown else { return }
+        isShuttingDown = true
+        for session in sessions.values { session.close(.goingAway, "broker shutting down") }
+        let deadline = Clock.monotonicSeconds() + grace
+        var destroying: OpaquePointer?
+        var lastDestroyCall = 0.0
+        shutdownTimer = LoopTimer(loop: loop) { [weak self] in
+            guard let self else { return }
+            let now = Clock.monotonicSeconds()
+            if destroying == nil, sessions.isEmpty || now > deadline {
+                destroying = context
+                context = nil
+            }
+            guard let pending = destroying else { return }
+            // libwebsockets writes nil into the slot when the context is freed. On a foreign loop destruction
+            // goes in stages, each advanced by another lws_context_destroy() once the handles of the last closed.
+            if contextSlot.pointee == nil || now > deadline + 2 {
+                shutdownTimer = nil
+                completion()
+            } else if now - lastDestroyCall > 0.05 {
+                lastDestroyCall = now
+                lws_context_destroy(pending)
+            }
+        }
+        shutdownTimer?.start(after: 10, repeat: 10)
+    }
+
+    private func destroyContextNow() {
+        if let context { lws_context_destroy(context) }
+        context = nil
+    }
+
+    // MARK: Callback dispatch
+
+    fileprivate func handle(
+        _ wsi: OpaquePointer, _ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
+        _ input: UnsafeMutableRawPointer?, _ length: Int
+    ) -> Int32 {
+        switch reason {
+        case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+            // `input` names the upgrade; it is deliberately not read (CVE in 4.1.6's path): headers are read instead.
+            return confirmUpgrade(wsi)
+        case LWS_CALLBACK_HTTP:
+            return httpRequest(wsi, user, path: Self.string(input, length))
+        case LWS_CALLBACK_HTTP_BODY:
+            return httpBody(wsi, user, input, length)
+        case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+            return httpBodyComplete(wsi, user)
+        case LWS_CALLBACK_HTTP_WRITEABLE:
+            return httpWriteable(wsi, user)
+        case LWS_CALLBACK_CLOSED_HTTP, LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+            if let id = Self.slotID(user), let exchange = exchanges.removeValue(forKey: id) { exchange.wsi = nil }
+            return 0
+        case LWS_CALLBACK_ESTABLISHED:
+            return established(wsi, user)
+        case LWS_CALLBACK_RECEIVE:
+            return receive(wsi, user, input, length)
+        case LWS_CALLBACK_SERVER_WRITEABLE:
+            guard let id = Self.slotID(user), let session = sessions[id] else { return -1 }
+            return session.writeable()
+        case LWS_CALLBACK_CLOSED:
+            if let id = Self.slotID(user), let session = sessions.removeValue(forKey: id) {
+                session.detach()
+                delegate?.sessionClosed(session)
+            }
+            return 0
+        default:
+            return lws_callback_http_dummy(wsi, reason, user, input, length)
+        }
+    }
+
+    private func allocateID(_ user: UnsafeMutableRawPointer?) -> UInt64? {
+        guard let user else { return nil }
+        let id = nextID
+        nextID += 1
+        user.storeBytes(of: id, as: UInt64.self)
+        return id
+    }
+
+    private static func slotID(_ user: UnsafeMutableRawPointer?) -> UInt64? {
+        guard let user else { return nil }
+        let id = user.load(as: UInt64.self)
+        return id == 0 ? nil : id
+    }
+
+    static func string(_ input: UnsafeMutableRawPointer?, _ length: Int) -> String {
+        guard let input, length > 0 else { return "" }
+        return String(decoding: UnsafeRawBufferPointer(start: input, count: length), as: UTF8.self)
+    }
+
+    /// A request header, or nil when absent. Copies the bytes out of libwebsockets' header table.
+    static func header(_ wsi: OpaquePointer, _ token: lws_token_indexes) -> String? {
+        let total = Int(lws_hdr_total_length(wsi, token))
+        guard total > 0 else { return nil }
+        var buffer = [CChar](repeating: 0, count: total + 1)
+        guard lws_hdr_copy(wsi, &buffer, Int32(buffer.count), token) >= 0 else { return nil }
+        return String(cString: buffer)
+    }
+
+    static func peerAddress(_ wsi: OpaquePointer) -> String {
+        var buffer = [CChar](repeating: 0, count: 64)
+        guard lws_get_peer_simple(wsi, &buffer, buffer.count) != nil else { return "unknown" }
+        return String(cString: buffer)
+    }
+
+    // MARK: WebSocket
+
+    private func established(_ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?) -> Int32 {
+        guard let id = allocateID(user) else { return -1 }
+        let session = WebSocketSession(id: id, wsi: wsi, limits: configuration.limits,
+                                       remoteAddress: Self.peerAddress(wsi))
+        sessions[id] = session
+        if isShuttingDown {
+            session.close(.goingAway, "broker shutting down")
+            return 0
+        }
+        delegate?.sessionOpened(session)
+        return 0
+    }
+
+    private func receive(
+        _ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?, _ input: UnsafeMutableRawPointer?, _ length: Int
+    ) -> Int32 {
+        guard let id = Self.slotID(user), let session = sessions[id] else { return -1 }
+        let outcome = session.assembler.append(
+            UnsafeRawBufferPointer(start: input, count: input == nil ? 0 : length),
+            isBinary: lws_frame_is_binary(wsi) != 0,
+            isFinal: lws_is_final_fragment(wsi) != 0,
+            remaining: Int(lws_remaining_packet_payload(wsi)))
+        switch outcome {
+        case .incomplete:
+            return 0
+        case .tooLarge:
+            logger.debug("closing connection: message too large", metadata: ["session": "\(id)"])
+            var reason = Array("message larger than \(configuration.limits.maxMessageBytes) bytes".utf8)
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, &reason, reason.count)
+            return -1
+        case .message(let bytes, let isBinary):
+            delegate?.session(session, received: bytes, isBinary: isBinary)
+            return 0
+        }
+    }
+
+    // MARK: HTTP
+
+    private func confirmUpgrade(_ wsi: OpaquePointer) -> Int32 {
+        let upgrade = Self.header(wsi, WSI_TOKEN_UPGRADE)?.lowercased()
+        guard upgrade == "websocket" else {
+            // libwebsockets has already answered 403 to upgrades other than websocket and h2c; h2c reaches here
+            // unanswered and must never reach the HTTP/2 code.
+            if upgrade == "h2c" {
+                respondImmediately(wsi, .error(400, .upgradeNotSupported,
+                                               "this broker serves HTTP/1.1 only; h2c upgrades are refused"))
+            }
+            return -1
+        }
+        if isShuttingDown {
+            respondImmediately(wsi, .error(503, .unavailable, "broker shutting down"))
+            return -1
+        }
+        let offered = (Self.header(wsi, WSI_TOKEN_PROTOCOL) ?? "")
+            .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard offered.contains(Self.subprotocol) else {
+            respondImmediately(wsi, .error(400, .subprotocolRequired,
+                                           "WebSocket upgrades must offer the subprotocol \(Self.subprotocol)"))
+            return -1
+        }
+        return 0
+    }
+
+    private static func method(_ wsi: OpaquePointer) -> HTTPMethod? {
+        let tokens: [(lws_token_indexes, HTTPMethod)] = [
+            (WSI_TOKEN_GET_URI, .get), (WSI_TOKEN_POST_URI, .post), (WSI_TOKEN_OPTIONS_URI, .options),
+            (WSI_TOKEN_PUT_URI, .put), (WSI_TOKEN_PATCH_URI, .patch), (WSI_TOKEN_DELETE_URI, .delete),
+            (WSI_TOKEN_HEAD_URI, .head),
+        ]
+        return tokens.first { lws_hdr_total_length(wsi, $0.0) > 0 }?.1
+    }
+
+    private func httpRequest(_ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?, path: String) -> Int32 {
+        guard let method = Self.method(wsi) else {
+            respondImmediately(wsi, .error(405, .methodNotAllowed, "unsupported method"))
+            return -1
+        }
+        if Self.header(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) != nil {
+            respondImmediately(wsi, .error(400, .unsupportedTransferEncoding,
+                                           "request bodies must be sent with Content-Length, not Transfer-Encoding"))
+            return -1
+        }
+        // libwebsockets 4.1.6 reads Content-Length with atoll and accepts a negative value; only plain digits pass.
+        var expected = 0
+        if let text = Self.header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) {
+            guard !text.isEmpty, text.utf8.count <= 18, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+                let value = Int(text)
+            else {
+                respondImmediately(wsi, .error(400, .badContentLength, "Content-Length must be a decimal number"))
+                return -1
+            }
+            guard value <= configuration.limits.maxRequestBodyBytes else {
+                respondImmediately(wsi, .error(413, .bodyTooLarge,
+                                               "request bodies are limited to \(configuration.limits.maxRequestBodyBytes) bytes"))
+                return -1
+            }
+            expected = value
+        } else if method == .post || method == .put || method == .patch {
+            // Without a length libwebsockets would read up to 100 MB as the body.
+            respondImmediately(wsi, .error(411, .badContentLength, "\(method.rawValue) requires Content-Length"))
+            return -1
+        }
+        guard let id = allocateID(user) else { return -1 }
+        var request = HTTPRequest(method: method, path: path)
+        for (name, token) in [("origin", WSI_TOKEN_ORIGIN), ("content-type", WSI_TOKEN_HTTP_CONTENT_TYPE),
+                              ("authorization", WSI_TOKEN_HTTP_AUTHORIZATION)] {
+            if let value = Self.header(wsi, token) { request.headers[name] = value }
+        }
+        request.headers["x-peer-address"] = Self.peerAddress(wsi)
+        let exchange = HTTPExchange(id: id, wsi: wsi, request: request, expectedBodyBytes: expected)
+        exchanges[id] = exchange
+        // libwebsockets delivers a body (and, for POST with Content-Length 0, an empty one) before completing.
+        if expected > 0 || method == .post { return 0 }
+        dispatch(exchange)
+        return 0
+    }
+
+    private func httpBody(
+        _ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?, _ input: UnsafeMutableRawPointer?, _ length: Int
+    ) -> Int32 {
+        guard let id = Self.slotID(user), let exchange = exchanges[id] else { return -1 }
+        guard exchange.request.body.count + length <= exchange.expectedBodyBytes else {
+            exchanges[id] = nil
+            respondImmediately(wsi, .error(413, .bodyTooLarge, "request body longer than its Content-Length"))
+            return -1
+        }
+        if let input, length > 0 {
+            exchange.request.body.append(contentsOf: UnsafeRawBufferPointer(start: input, count: length))
+        }
+        return 0
+    }
+
+    private func httpBodyComplete(_ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?) -> Int32 {
+        guard let id = Self.slotID(user), let exchange = exchanges[id] else { return -1 }
+        dispatch(exchange)
+        return 0
+    }
+
+    private func dispatch(_ exchange: HTTPExchange) {
+        guard let delegate else { return }
+        var answered = false
+        delegate.handleHTTP(exchange.request) { [weak self] response in
+            precondition(!answered, "HTTP handler answered twice")
+            answered = true
+            guard let self, let wsi = exchange.wsi, exchanges[exchange.id] === exchange else { return }
+            exchange.response = response
+            lws_callback_on_writable(wsi)
+        }
+    }
+
+    private func httpWriteable(_ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?) -> Int32 {
+        guard let id = Self.slotID(user), let exchange = exchanges[id] else { return 0 }
+        guard let response = exchange.response else { return 0 }
+        exchanges[id] = nil
+        exchange.wsi = nil
+        guard write(wsi, response) else { return -1 }
+        if response.closeConnection { return -1 }
+        return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
+    }
+
+    /// Writes a whole response. Used from the writeable callback, and directly only to refuse a request that will
+    /// be closed (the upgrade and request-header callbacks, where libwebsockets itself does the same).
+    @discardableResult
+    private func write(_ wsi: OpaquePointer, _ response: HTTPResponse) -> Bool {
+        let frame = OutboundFrame(response.serialized())
+        return lws_write(wsi, frame.payload, frame.count, LWS_WRITE_HTTP) >= 0
+    }
+
+    private func respondImmediately(_ wsi: OpaquePointer, _ response: HTTPResponse) {
+        var response = response
+        response.closeConnection = true
+        write(wsi, response)
+    }
+}
+
+/// The one libwebsockets callback for both protocols. Captures nothing; finds the server through the context.
+private func serverCallback(
+    _ wsi: OpaquePointer?, _ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
+    _ input: UnsafeMutableRawPointer?, _ length: Int
+) -> Int32 {
+    guard let wsi, let context = lws_get_context(wsi), let owner = lws_context_user(context) else {
+        return lws_callback_http_dummy(wsi, reason, user, input, length)
+    }
+    return Unmanaged<WebSocketServer>.fromOpaque(owner).takeUnretainedValue()
+        .handle(wsi, reason, user, input, length)
+}

@@ -1,0 +1,84 @@
+import AgentChatProtocol
+import CLibWebSockets
+
+/// One WebSocket connection speaking `agentchat.v1`. Loop-bound.
+///
+/// Writes happen only from the writeable callback: `send` queues a frame and asks libwebsockets for a writeable
+/// callback; `close` records a close code and does the same, and the writeable callback performs it.
+final class WebSocketSession {
+    /// The id stored in the connection's per-session data; the server's table maps it back to this object.
+    let id: UInt64
+    /// The libwebsockets connection; owned by libwebsockets, valid until the CLOSED callback sets it to nil.
+    private(set) var wsi: OpaquePointer?
+    var assembler: InboundAssembler
+    private(set) var queue: OutboundQueue
+    private(set) var pendingClose: (code: CloseCode, reason: String)?
+    var frameBudget: TokenBucket
+    let remoteAddress: String
+
+    init(id: UInt64, wsi: OpaquePointer, limits: Limits, remoteAddress: String) {
+        self.id = id
+        self.wsi = wsi
+        self.remoteAddress = remoteAddress
+        assembler = InboundAssembler(maxBytes: limits.maxMessageBytes)
+        queue = OutboundQueue(maxBytes: limits.maxOutboundQueueBytes)
+        frameBudget = TokenBucket(rate: limits.framesPerSecond, burst: limits.frameBurst,
+                                  now: Clock.monotonicSeconds())
+    }
+
+    var isOpen: Bool { wsi != nil && pendingClose == nil }
+
+    /// Queues one frame. A connection whose queue passes its byte limit is closed with 4008 (slow consumer).
+    func send(_ frame: OutboundFrame) {
+        guard let wsi, pendingClose == nil else { return }
+        let wasEmpty = queue.isEmpty
+        switch queue.enqueue(frame) {
+        case .queued:
+            if wasEmpty { lws_callback_on_writable(wsi) }
+        case .overflow:
+            queue.removeAll()
+            close(.slowConsumer, "outbound queue full; reconnect and resume from your last offset")
+        }
+    }
+
+    /// Closes the connection with `code` from the next writeable callback; frames still queued are dropped.
+    func close(_ code: CloseCode, _ reason: String) {
+        guard let wsi, pendingClose == nil else { return }
+        pendingClose = (code, reason)
+        lws_callback_on_writable(wsi)
+    }
+
+    /// The writeable callback: performs a pending close, or writes queued frames until the socket would block.
+    /// Returns the value for libwebsockets (-1 closes the connection).
+    func writeable() -> Int32 {
+        guard let wsi else { return -1 }
+        if let pendingClose {
+            // lws_close_reason() followed by -1 sends no close frame from this callback in libwebsockets 4.1.6
+            // (the connection is dropped), so the close frame is written here and the connection then closed.
+            let code = pendingClose.code.rawValue
+            let payload = [UInt8(code >> 8), UInt8(code & 0xFF)] + Array(pendingClose.reason.utf8.prefix(120))
+            let frame = OutboundFrame(payload)
+            _ = lws_write(wsi, frame.payload, frame.count, lwsWriteClose)
+            return -1
+        }
+        while let frame = queue.dequeue() {
+            let mode = frame.isBinary ? lwsWriteBinary : lwsWriteText
+            if lws_write(wsi, frame.payload, frame.count, mode) < 0 { return -1 }
+            if lws_send_pipe_choked(wsi) != 0 { break }
+        }
+        if !queue.isEmpty { lws_callback_on_writable(wsi) }
+        return 0
+    }
+
+    /// Called from the CLOSED callback: the connection is gone.
+    func detach() {
+        wsi = nil
+        queue.removeAll()
+    }
+}
+
+// Swift does not import these two enumerators of `lws_write_protocol` (LWS_WRITE_TEXT = 0, LWS_WRITE_BINARY = 1).
+private let lwsWriteText = lws_write_protocol(rawValue: 0)
+private let lwsWriteBinary = lws_write_protocol(rawValue: 1)
+/// LWS_WRITE_CLOSE (4) is left out of the public enum in 4.1 ("handled by lws_close_reason()").
+private let lwsWriteClose = lws_write_protocol(rawValue: 4)

@@ -1,0 +1,47 @@
+/// A stable, machine-readable error code carried in `error` frames and HTTP error bodies.
+///
+/// A struct with static members rather than an enum, so a client built against an older list still decodes codes
+/// added later. Every code is listed, with its meaning, in the error table of `docs/PROTOCOL.md`.
+public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+    public var description: String { rawValue }
+
+    // Frames (WebSocket).
+    /// The frame is not valid JSON.
+    public static let badJSON = ErrorCode(rawValue: "bad_json")
+    /// The frame is JSON but not an object with a string `type`.
+    public static let badFrame = ErrorCode(rawValue: "bad_frame")
+    /// The `type` is not one this broker knows.
+    public static let unknownType = ErrorCode(rawValue: "unknown_type")
+    /// A required field is absent.
+    public static let missingField = ErrorCode(rawValue: "missing_field")
+    /// A field has the wrong JSON type or an invalid value.
+    public static let invalidField = ErrorCode(rawValue: "invalid_field")
+    /// The frame carries a field this frame type does not define.
+    public static let unknownField = ErrorCode(rawValue: "unknown_field")
+    /// Binary WebSocket messages are not part of protocol v1.
+    public static let binaryNotSupported = ErrorCode(rawValue: "binary_not_supported")
+    /// The connection sent frames faster than its limit; the frame was dropped.
+    public static let rateLimited = ErrorCode(rawValue: "rate_limited")
+    /// The store (Redis) is unreachable; the request changed nothing and may be retried.
+    public static let unavailable = ErrorCode(rawValue: "unavailable")
+    /// An unexpected broker fault; the request changed nothing.
+    public static let internalError = ErrorCode(rawValue: "internal_error")
+
+    // HTTP.
+    /// No endpoint at this path.
+    public static let notFound = ErrorCode(rawValue: "not_found")
+    /// The endpoint exists but not for this method.
+    public static let methodNotAllowed = ErrorCode(rawValue: "method_not_allowed")
+    /// The request body is larger than the configured cap.
+    public static let bodyTooLarge = ErrorCode(rawValue: "body_too_large")
+    /// `Content-Length` is missing where a body is required, or is not a plain decimal number.
+    public static let badContentLength = ErrorCode(rawValue: "bad_content_length")
+    /// Chunked or otherwise encoded request bodies are not accepted.
+    public static let unsupportedTransferEncoding = ErrorCode(rawValue: "unsupported_transfer_encoding")
+    /// An `Upgrade` other than `websocket` (for example `h2c`): this broker serves HTTP/1.1 only.
+    public static let upgradeNotSupported = ErrorCode(rawValue: "upgrade_not_supported")
+    /// A WebSocket upgrade that does not offer the `agentchat.v1` subprotocol.
+    public static let subprotocolRequired = ErrorCode(rawValue: "subprotocol_required")
+}

@@ -1,0 +1,123 @@
+import AgentChatProtocol
+import Testing
+
+@testable import AgentChatBroker
+
+@Suite struct InboundAssemblerTests {
+    private func piece(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) -> InboundAssembler.Outcome)
+        -> InboundAssembler.Outcome
+    {
+        bytes.withUnsafeBytes(body)
+    }
+
+    @Test func reassemblesPiecesIntoOneMessage() {
+        var assembler = InboundAssembler(maxBytes: 10)
+        #expect(piece([1, 2, 3]) { assembler.append($0, isBinary: false, isFinal: false) } == .incomplete)
+        #expect(piece([4, 5]) { assembler.append($0, isBinary: false, isFinal: true) }
+            == .message([1, 2, 3, 4, 5], isBinary: false))
+        // The next message starts clean and keeps its own binary flag.
+        #expect(piece([9]) { assembler.append($0, isBinary: true, isFinal: true) } == .message([9], isBinary: true))
+    }
+
+    @Test func refusesOversizeOnTheRunningTotal() {
+        var assembler = InboundAssembler(maxBytes: 4)
+        #expect(piece([1, 2, 3]) { assembler.append($0, isBinary: false, isFinal: false) } == .incomplete)
+        #expect(piece([4, 5]) { assembler.append($0, isBinary: false, isFinal: true) } == .tooLarge)
+        #expect(piece([1, 2, 3, 4]) { assembler.append($0, isBinary: false, isFinal: true) }
+            == .message([1, 2, 3, 4], isBinary: false))
+    }
+
+    @Test func refusesOversizeFromTheAnnouncedRemainder() {
+        var assembler = InboundAssembler(maxBytes: 100)
+        #expect(piece([1]) { assembler.append($0, isBinary: false, isFinal: false, remaining: 200) } == .tooLarge)
+    }
+}
+
+@Suite struct OutboundQueueTests {
+    @Test func boundsQueuedBytes() {
+        var queue = OutboundQueue(maxBytes: 10)
+        #expect(queue.enqueue(OutboundFrame([UInt8](repeating: 1, count: 6))) == .queued)
+        #expect(queue.enqueue(OutboundFrame([UInt8](repeating: 2, count: 4))) == .queued)
+        #expect(queue.queuedBytes == 10)
+        #expect(queue.enqueue(OutboundFrame([3])) == .overflow)
+        #expect(queue.dequeue()?.count == 6)
+        #expect(queue.queuedBytes == 4)
+        #expect(queue.enqueue(OutboundFrame([3])) == .queued)
+        queue.removeAll()
+        #expect(queue.isEmpty && queue.queuedBytes == 0)
+    }
+
+    @Test func framesKeepHeadroomForTheLibrary() {
+        let frame = OutboundFrame([7, 8, 9])
+        #expect(OutboundFrame.headroom >= 16)
+        #expect(Array(UnsafeBufferPointer(start: frame.payload, count: frame.count)) == [7, 8, 9])
+    }
+}
+
+@Suite struct TokenBucketTests {
+    @Test func allowsBurstThenRate() {
+        var bucket = TokenBucket(rate: 10, burst: 3, now: 0)
+        var taken: [Bool] = []
+        for now in [0, 0, 0, 0, 0.1, 0.1, 100, 100, 100, 100] { taken.append(bucket.take(now: now)) }
+        // Three at once (the burst), then one back after 0.1 s at 10/s, and never more than the burst after a pause.
+        #expect(taken == [true, true, true, false, true, false, true, true, true, false])
+    }
+}
+
+@Suite struct HTTPRouterTests {
+    private func route(_ router: HTTPRouter, _ method: HTTPMethod, _ path: String) -> HTTPResponse? {
+        var answer: HTTPResponse?
+        router.handle(HTTPRequest(method: method, path: path)) { answer = $0 }
+        return answer
+    }
+
+    @Test func routesKnownPathsAndRefusesOthers() throws {
+        var router = HTTPRouter()
+        router.add(.get, "/x") { _, respond in respond(.json(200, ["ok": true])) }
+        #expect(route(router, .get, "/x")?.status == 200)
+        let missing = try #require(route(router, .get, "/nope"))
+        #expect(missing.status == 404)
+        #expect(try JSONParser.parse(missing.body)["error"]?["code"] == "not_found")
+        let wrongMethod = try #require(route(router, .post, "/x"))
+        #expect(wrongMethod.status == 405)
+        #expect(wrongMethod.extraHeaders.contains { $0 == ("Allow", "GET") })
+    }
+
+    @Test func serialisesAWholeResponse() {
+        var response = HTTPResponse.json(200, ["status": "healthy"])
+        response.closeConnection = true
+        let text = String(decoding: response.serialized(), as: UTF8.self)
+        #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        #expect(text.contains("Content-Length: 20\r\n"))
+        #expect(text.contains("Connection: close\r\n"))
+        #expect(text.hasSuffix("\r\n\r\n{\"status\":\"healthy\"}"))
+    }
+}
+
+@Suite struct ConfigurationTests {
+    @Test func flagsBeatEnvironmentBeatDefaults() throws {
+        let defaults = try BrokerCommand.parse([]).resolvedConfiguration(environment: [:])
+        #expect(defaults.port == 8080 && defaults.host == "127.0.0.1" && defaults.dataDirectory == "./data")
+        #expect(defaults.redisURL == nil && defaults.limits.maxMessageBytes == 65536)
+        let env = try BrokerCommand.parse([]).resolvedConfiguration(
+            environment: ["AGENTCHAT_PORT": "9001", "AGENTCHAT_LOG_LEVEL": "debug", "AGENTCHAT_APPENDFSYNC": "always"])
+        #expect(env.port == 9001 && env.logLevel == .debug && env.appendFsync == .always)
+        let flag = try BrokerCommand.parse(["--port", "9002"]).resolvedConfiguration(
+            environment: ["AGENTCHAT_PORT": "9001"])
+        #expect(flag.port == 9002)
+    }
+
+    @Test(arguments: [
+        (["--port", "70000"], [String: String]()),
+        ([], ["AGENTCHAT_PORT": "eighty"]),
+        (["--appendfsync", "never"], [:]),
+        (["--log-level", "loud"], [:]),
+        (["--max-message-bytes", "10"], [:]),
+        (["--max-queue-bytes", "2000"], [:]),
+    ])
+    func refusesInvalidSettings(arguments: [String], environment: [String: String]) {
+        #expect(throws: (any Error).self) {
+            try BrokerCommand.parse(arguments).resolvedConfiguration(environment: environment)
+        }
+    }
+}

@@ -1,0 +1,44 @@
+import AgentChatProtocol
+import Testing
+
+@Suite struct JSONParserTests {
+    static let valid: [(String, JSONValue)] = [
+        ("{}", JSONValue.object([:])),
+        ("[]", .array([])),
+        (" {\"a\" : [1, -2.5, true, false, null, \"x\"]} ", ["a": [1, .number(-2.5), true, false, nil, "x"]]),
+        ("\"\\u00e9\\ud83d\\ude00\\n\\\"\"", .string("é😀\n\"")),
+        ("1e3", .number(1000)),
+        ("0", .number(0)),
+    ]
+
+    @Test(arguments: valid)
+    func parsesValidJSON(text: String, expected: JSONValue) throws {
+        #expect(try JSONParser.parse(text) == expected)
+    }
+
+    @Test(arguments: [
+        "", "{", "{\"a\":1,}", "[1,]", "01", "1.", "-", "NaN", "{\"a\":1}x", "'a'", "{a:1}", "\"\\ud800\"",
+        "\"\\udc00\"", "\"\u{01}\"", "{\"a\":1,\"a\":2}", "[1 2]", "tru", "\"\\x\"", "1e999",
+    ])
+    func rejectsInvalidJSON(text: String) {
+        #expect(throws: JSONParser.Failure.self) { try JSONParser.parse(text) }
+    }
+
+    @Test func rejectsInvalidUTF8InStrings() {
+        #expect(throws: JSONParser.Failure.self) { try JSONParser.parse([0x22, 0xC3, 0x28, 0x22]) }
+    }
+
+    @Test func limitsNestingDepth() throws {
+        let deep = String(repeating: "[", count: 40) + String(repeating: "]", count: 40)
+        #expect(throws: JSONParser.Failure.self) { try JSONParser.parse(deep) }
+        let shallow = String(repeating: "[", count: 10) + String(repeating: "]", count: 10)
+        _ = try JSONParser.parse(shallow)
+    }
+
+    @Test func writerRoundTripsAndSortsKeys() throws {
+        let value: JSONValue = ["b": 1, "a": ["x\n\"\\\u{01}", .number(2.5), true, nil], "c": [:]]
+        let bytes = JSONWriter.encode(value)
+        #expect(String(decoding: bytes, as: UTF8.self) == #"{"a":["x\n\"\\\u0001",2.5,true,null],"b":1,"c":{}}"#)
+        #expect(try JSONParser.parse(bytes) == value)
+    }
+}
