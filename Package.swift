@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "agentchat-broker", targets: ["agentchat-broker"]),
         .library(name: "AgentChatProtocol", targets: ["AgentChatProtocol"]),
+        .library(name: "AgentChatCrypto", targets: ["AgentChatCrypto"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -36,6 +37,8 @@ let package = Package(
                 path: "Sources/Loop"),
         // Every rule of the wire, pure Swift: no C, no I/O.
         .target(name: "AgentChatProtocol", path: "Sources/Protocol"),
+        // Every cryptographic primitive, through libsodium: signatures, session tokens, key storage.
+        .target(name: "AgentChatCrypto", dependencies: ["AgentChatProtocol", "CSodium"], path: "Sources/Crypto"),
         // Everything Redis, over hiredis.
         .target(name: "AgentChatPersistence",
                 dependencies: ["AgentChatProtocol", "AgentChatLoop", "CHiredis", "CAgentChatShims",
@@ -59,6 +62,7 @@ let package = Package(
 
         .target(name: "TestSupport", dependencies: ["WebSocketClient", "AgentChatPersistence"], path: "Tests/TestSupport"),
         .testTarget(name: "ProtocolTests", dependencies: ["AgentChatProtocol"]),
+        .testTarget(name: "CryptoTests", dependencies: ["AgentChatCrypto", "AgentChatProtocol"]),
         .testTarget(name: "PersistenceTests",
                     dependencies: ["AgentChatPersistence", "AgentChatLoop", "TestSupport"]),
         .testTarget(name: "BrokerTests",

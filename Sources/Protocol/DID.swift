@@ -1,0 +1,38 @@
+/// An agent's decentralised identifier: `did:agentchat:` followed by the did:key multibase encoding of its
+/// Ed25519 public key, `z` + base58btc(0xED 0x01 ‖ key).
+///
+/// The DID is a pure function of the signing key, and the key is recovered from the DID without a lookup.
+public struct DID: Hashable, Sendable, CustomStringConvertible {
+    /// The method prefix every DID starts with.
+    public static let prefix = "did:agentchat:"
+    /// The multicodec varint for an Ed25519 public key (0xED, as an unsigned varint: 0xED 0x01).
+    static let ed25519Multicodec: [UInt8] = [0xED, 0x01]
+
+    /// The 32-byte Ed25519 public key.
+    public let signingKey: [UInt8]
+    /// The full DID string, `did:agentchat:z…`.
+    public let description: String
+
+    /// The DID of an Ed25519 public key. The key must be 32 bytes.
+    public init(signingKey: [UInt8]) {
+        precondition(signingKey.count == 32, "an Ed25519 public key is 32 bytes")
+        self.signingKey = signingKey
+        self.description = DID.prefix + "z" + Base58.encode(DID.ed25519Multicodec + signingKey)
+    }
+
+    /// Parses a DID strictly: the exact prefix, the `z` multibase prefix, base58btc that decodes to 34 bytes
+    /// starting 0xED 0x01, and an encoding that is the canonical one for those bytes. Nil otherwise.
+    public init?(parsing text: String) {
+        // Compared as UTF-8 bytes: String equality is Unicode-canonical (U+212A KELVIN SIGN equals "K").
+        let utf8 = Array(text.utf8)
+        let prefix = Array(DID.prefix.utf8)
+        guard utf8.count > prefix.count, utf8.starts(with: prefix), utf8[prefix.count] == UInt8(ascii: "z"),
+            let bytes = Base58.decode(String(decoding: utf8[(prefix.count + 1)...], as: UTF8.self)),
+            bytes.count == 34, bytes[0] == 0xED, bytes[1] == 0x01
+        else { return nil }
+        let did = DID(signingKey: Array(bytes[2...]))
+        // Base58 with one-for-one leading ones is canonical already; this guards against any other spelling.
+        guard did.description.utf8.elementsEqual(utf8) else { return nil }
+        self = did
+    }
+}
