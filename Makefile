@@ -2,6 +2,8 @@
 SWIFT ?= swift
 APT_PACKAGES := pkg-config libwebsockets-dev libwebsockets-evlib-uv libsodium-dev libhiredis-dev libuv1-dev \
 	redis-server
+# What only the tests use: a reference WebSocket server for the client library's own tests.
+TEST_PACKAGES := libwebsockets-test-server
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
@@ -9,7 +11,7 @@ ARGS ?=
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@missing=""; for p in $(APT_PACKAGES) $(EXTRA_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -24,6 +26,7 @@ build: deps
 run: build
 	$$($(SWIFT) build -c release --show-bin-path)/agentchat-broker $(ARGS)
 
+test: EXTRA_PACKAGES = $(TEST_PACKAGES)
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
