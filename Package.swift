@@ -46,7 +46,7 @@ let package = Package(
                 path: "Sources/Persistence"),
         // libwebsockets server, sessions, HTTP endpoints, configuration.
         .target(name: "AgentChatBroker",
-                dependencies: ["AgentChatProtocol", "AgentChatPersistence", "AgentChatLoop",
+                dependencies: ["AgentChatProtocol", "AgentChatPersistence", "AgentChatLoop", "AgentChatCrypto",
                                "CLibWebSockets", "CAgentChatShims", "CSodium",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "Metrics", package: "swift-metrics"),
@@ -66,7 +66,8 @@ let package = Package(
         .testTarget(name: "PersistenceTests",
                     dependencies: ["AgentChatPersistence", "AgentChatLoop", "TestSupport"]),
         .testTarget(name: "BrokerTests",
-                    dependencies: ["AgentChatBroker", "TestSupport", "WebSocketClient", "AgentChatProtocol"]),
+                    dependencies: ["AgentChatBroker", "TestSupport", "WebSocketClient", "AgentChatProtocol",
+                                   "AgentChatCrypto"]),
         .testTarget(name: "WebSocketClientTests", dependencies: ["WebSocketClient", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

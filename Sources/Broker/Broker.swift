@@ -1,3 +1,4 @@
+import AgentChatCrypto
 import AgentChatLoop
 import AgentChatPersistence
 import AgentChatProtocol
@@ -17,14 +18,18 @@ final class Broker: WebSocketServerDelegate {
     let logger: Logger
     let server: WebSocketServer
     let redis: RedisClient
+    let agents: AgentStore
+    private let keyStore: SigningKeyStore
+    /// Set by `start()`, once the bound port (and so the default issuer) is known.
+    private var authenticator: Authenticator!
     private let codec: FrameCodec
     private let metrics: BrokerMetrics
     private let registry: PrometheusCollectorRegistry
     private var router = HTTPRouter()
     private var healthTimer: LoopTimer?
 
-    init(loop: EventLoop, configuration: BrokerConfiguration, redisEndpoint: RedisEndpoint, logger: Logger,
-         registry: PrometheusCollectorRegistry)
+    init(loop: EventLoop, configuration: BrokerConfiguration, redisEndpoint: RedisEndpoint,
+         keyStore: SigningKeyStore, logger: Logger, registry: PrometheusCollectorRegistry)
     {
         loop.preconditionInEventLoop()
         self.loop = loop
@@ -34,6 +39,8 @@ final class Broker: WebSocketServerDelegate {
         metrics = BrokerMetrics()
         codec = FrameCodec(limits: configuration.limits)
         redis = RedisClient(loop: loop, endpoint: redisEndpoint, logger: Logger(label: "agentchat.redis"))
+        agents = AgentStore(redis: redis)
+        self.keyStore = keyStore
         server = WebSocketServer(
             loop: loop,
             configuration: .init(host: configuration.host, port: configuration.port, limits: configuration.limits,
@@ -44,12 +51,25 @@ final class Broker: WebSocketServerDelegate {
         server.delegate = self
         router.add(.get, "/health") { [unowned self] _, respond in respond(health()) }
         router.add(.get, "/metrics") { [unowned self] _, respond in respond(metricsPage()) }
+        let cors = CORSPolicy(allowedOrigins: Set(configuration.corsOrigins))
+        let registration = RegistrationEndpoint(agents: agents, rateLimiter: RateLimiter(redis: redis),
+                                                perMinute: configuration.registrationsPerMinute)
+        router.add(.post, RegistrationEndpoint.path) { request, respond in
+            registration.handle(request) { respond(cors.decorate($0, for: request)) }
+        }
+        router.add(.options, RegistrationEndpoint.path) { request, respond in
+            respond(cors.preflight(request, methods: "POST, OPTIONS"))
+        }
     }
 
     /// Connects to Redis (in the background, retrying) and starts listening. Returns the bound port.
     func start() throws -> Int {
-        redis.start()
         try server.start()
+        let issuer = configuration.issuer ?? "http://\(configuration.host):\(server.boundPort)"
+        authenticator = Authenticator(issuer: issuer, tokenLifetimeSeconds: Int64(configuration.tokenLifetimeSeconds),
+                                      keyStore: keyStore, redis: redis, agents: agents,
+                                      logger: Logger(label: "agentchat.auth"))
+        redis.start()
         healthTimer = LoopTimer(loop: loop) { [unowned self] in metrics.redisUp.record(redis.isHealthy ? 1 : 0) }
         healthTimer?.start(after: 0, repeat: 1000)
         logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(server.boundPort)"])
@@ -91,6 +111,9 @@ final class Broker: WebSocketServerDelegate {
         metrics.webSocketOpened.increment()
         metrics.webSocketConnections.record(server.sessions.count)
         logger.debug("session opened", metadata: ["session": "\(session.id)", "peer": "\(session.remoteAddress)"])
+        let auth = SessionAuthStateMachine(challenge: authenticator.newChallenge(), now: Clock.unixMilliseconds())
+        session.auth = auth
+        perform(auth.helloAction, on: session, ref: nil)
     }
 
     func sessionClosed(_ session: WebSocketSession) {
@@ -104,16 +127,94 @@ final class Broker: WebSocketServerDelegate {
             reply(session, .error(ProtocolError(.rateLimited, "too many frames; slow down"), ref: nil))
             return
         }
-        guard !isBinary else {
-            reply(session, .error(ProtocolError(.binaryNotSupported, "protocol v1 frames are JSON text"), ref: nil))
-            return
+        let decoded: FrameCodec.Decoded
+        if isBinary {
+            decoded = .init(frame: .failure(ProtocolError(.binaryNotSupported, "protocol v1 frames are JSON text")),
+                            id: nil)
+        } else {
+            decoded = codec.decode(message)
         }
-        let decoded = codec.decode(message)
+        let authenticated = session.auth?.authenticatedDID != nil
+        if !authenticated {
+            // Before login only `auth` and `ping` are served; every other frame, and every refused one, counts
+            // towards closing the connection.
+            if let type = decoded.type, !ClientFrame.typesBeforeAuthentication.contains(type) {
+                return refuseBeforeAuthentication(session, ProtocolError(.notAuthenticated, "authenticate first"),
+                                                  ref: decoded.id)
+            }
+            if case .failure(let error) = decoded.frame {
+                return refuseBeforeAuthentication(session, error, ref: decoded.id)
+            }
+        }
         switch decoded.frame {
         case .success(.ping(let id)):
             reply(session, .pong(ref: id, time: Clock.unixMilliseconds()))
+        case .success(.auth(let id, let credentials)):
+            authenticate(session, id: id, credentials)
         case .failure(let error):
             reply(session, .error(error, ref: decoded.id))
+        }
+    }
+
+    // MARK: Login
+
+    private func refuseBeforeAuthentication(_ session: WebSocketSession, _ error: ProtocolError, ref: String?) {
+        guard let action = session.auth?.refusedBeforeAuthentication(error) else { return }
+        perform(action, on: session, ref: ref)
+    }
+
+    private func authenticate(_ session: WebSocketSession, id: String?, _ credentials: AuthCredentials) {
+        guard let action = session.auth?.authReceived(credentials, now: Clock.unixMilliseconds(),
+                                                      nextChallenge: authenticator.newChallenge())
+        else { return }
+        let finish: (Result<AgentProfile, ProtocolError>) -> Void = { [weak self, weak session] result in
+            guard let self, let session, session.isOpen else { return }
+            finishAuthentication(session, id: id, result)
+        }
+        switch action {
+        case .verifySignature(let did, let signature, let challenge):
+            authenticator.verifySignature(did: did, signature: signature, challenge: challenge, completion: finish)
+        case .verifyToken(let token):
+            authenticator.verifyToken(token, completion: finish)
+        default:
+            perform(action, on: session, ref: id)
+        }
+    }
+
+    private func finishAuthentication(_ session: WebSocketSession, id: String?,
+                                      _ result: Result<AgentProfile, ProtocolError>)
+    {
+        switch result {
+        case .success(let profile):
+            session.auth?.verified(profile.did)
+            let (token, expiresAt) = authenticator.issueToken(for: profile.did)
+            logger.debug("agent authenticated", metadata: ["session": "\(session.id)", "did": "\(profile.did)"])
+            reply(session, .welcome(ref: id, agent: profile, token: token, expiresAt: expiresAt))
+        case .failure(let error):
+            guard let action = session.auth?.verificationFailed(error, now: Clock.unixMilliseconds(),
+                                                                nextChallenge: authenticator.newChallenge())
+            else { return }
+            perform(action, on: session, ref: id)
+        }
+    }
+
+    private func perform(_ action: SessionAuthStateMachine.Action, on session: WebSocketSession, ref: String?) {
+        switch action {
+        case .sendHello(let challenge, let expiresAt):
+            reply(session, .hello(broker: authenticator.issuer, challenge: challenge, expiresAt: expiresAt))
+        case .reject(let error, let hello):
+            reply(session, .error(error, ref: ref))
+            if let hello {
+                reply(session, .hello(broker: authenticator.issuer, challenge: hello.challenge,
+                                      expiresAt: hello.expiresAt))
+            }
+        case .close(let code, let reason):
+            session.close(code, reason)
+        case .rejectAndClose(let error, let code, let reason):
+            reply(session, .error(error, ref: ref))
+            session.close(code, reason)
+        case .verifySignature, .verifyToken:
+            assertionFailure("verification actions are performed by authenticate(_:id:_:)")
         }
     }
 

@@ -1,3 +1,4 @@
+import AgentChatCrypto
 import AgentChatLoop
 import AgentChatPersistence
 import ArgumentParser
@@ -48,6 +49,16 @@ public struct BrokerCommand: ParsableCommand {
     var pingTimeout: Int?
     @Option(help: "Receive buffer per WebSocket connection, bytes (env AGENTCHAT_RX_BUFFER_BYTES, default 1024).")
     var rxBufferBytes: Int?
+    @Option(help: "The broker's identity in login challenges and tokens; brokers behind one address share it (env AGENTCHAT_ISSUER, default http://HOST:PORT).")
+    var issuer: String?
+    @Option(help: "Comma-separated origins allowed to call the REST API from a browser (env AGENTCHAT_CORS_ORIGINS, default none).")
+    var corsOrigins: String?
+    @Option(help: "Registrations per minute per client address (env AGENTCHAT_REGISTER_RATE, default 10).")
+    var registerRate: Int?
+    @Option(help: "Session token lifetime in seconds (env AGENTCHAT_TOKEN_TTL, default 900).")
+    var tokenTTL: Int?
+    @Flag(help: "Start a new token signing key; tokens signed by the old one stay valid (env AGENTCHAT_ROTATE_SIGNING_KEY=1).")
+    var rotateSigningKey = false
 
     public init() {}
 
@@ -94,6 +105,15 @@ public struct BrokerCommand: ParsableCommand {
         c.pingTimeoutSeconds = try pick(pingTimeout, "AGENTCHAT_PING_TIMEOUT", { Int($0) }, c.pingTimeoutSeconds)
         c.receiveBufferBytes = try pick(rxBufferBytes, "AGENTCHAT_RX_BUFFER_BYTES", { Int($0) }, c.receiveBufferBytes)
 
+        c.issuer = try pick(issuer, "AGENTCHAT_ISSUER", { $0.isEmpty ? nil : $0 }, nil)
+        let origins = try pick(corsOrigins, "AGENTCHAT_CORS_ORIGINS", { $0 }, "")
+        c.corsOrigins = origins.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty }
+        c.registrationsPerMinute = try pick(registerRate, "AGENTCHAT_REGISTER_RATE", { Int($0) },
+                                            c.registrationsPerMinute)
+        c.tokenLifetimeSeconds = try pick(tokenTTL, "AGENTCHAT_TOKEN_TTL", { Int($0) }, c.tokenLifetimeSeconds)
+        c.rotateSigningKey = rotateSigningKey || environment["AGENTCHAT_ROTATE_SIGNING_KEY"] == "1"
+
         guard (0...65535).contains(c.port) else { throw ValidationError("port must be 0...65535") }
         guard c.limits.maxMessageBytes >= 1024, c.limits.maxMessageBytes <= 16 << 20 else {
             throw ValidationError("max message bytes must be between 1 KiB and 16 MiB")
@@ -106,6 +126,10 @@ public struct BrokerCommand: ParsableCommand {
         }
         guard c.pingIntervalSeconds >= 1, c.pingTimeoutSeconds >= 1 else {
             throw ValidationError("ping interval and timeout must be at least 1 second")
+        }
+        guard c.registrationsPerMinute >= 1 else { throw ValidationError("register rate must be at least 1") }
+        guard (60...86400).contains(c.tokenLifetimeSeconds) else {
+            throw ValidationError("token TTL must be between 60 and 86400 seconds")
         }
         guard (128...65536).contains(c.receiveBufferBytes) else {
             throw ValidationError("rx buffer bytes must be between 128 and 65536")
@@ -153,12 +177,21 @@ public struct BrokerCommand: ParsableCommand {
             logger.info("embedded redis started", metadata: ["dataDir": "\(configuration.dataDirectory)"])
         }
 
+        try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        let keyStore = try SigningKeyStore(directory: configuration.dataDirectory + "/keys",
+                                           now: Int64(Date().timeIntervalSince1970 * 1000))
+        if configuration.rotateSigningKey {
+            _ = try keyStore.rotate(now: Int64(Date().timeIntervalSince1970 * 1000))
+            logger.info("rotated the token signing key", metadata: ["kid": "\(keyStore.active.keyID)"])
+        }
+
         let loop = EventLoop.startThread()
         let started: (LoopBound<Broker>, Int)
         do {
             started = try await loop.submit {
                 let broker = Broker(loop: loop, configuration: configuration, redisEndpoint: endpoint,
-                                    logger: logger, registry: registry)
+                                    keyStore: keyStore, logger: logger, registry: registry)
                 let port = try broker.start()
                 return (LoopBound(broker, loop: loop), port)
             }

@@ -23,6 +23,17 @@ struct BrokerConfiguration: Sendable {
     var receiveBufferBytes = 1024
     var pingIntervalSeconds = 30
     var pingTimeoutSeconds = 10
+    /// The broker's identity in challenges and tokens (`iss`); nil means `http://<host>:<bound port>`. Every
+    /// broker behind one address must share it.
+    var issuer: String?
+    /// Origins allowed to call the REST API from a browser.
+    var corsOrigins: [String] = []
+    /// Registrations per minute per client address (also the burst).
+    var registrationsPerMinute = 10
+    /// Session token lifetime.
+    var tokenLifetimeSeconds = 900
+    /// Start a new signing key at startup (the previous one keeps verifying the tokens it signed).
+    var rotateSigningKey = false
     /// Seconds to wait for WebSocket clients to take their 1001 close before the server stops anyway.
     var shutdownGraceSeconds = 3.0
 }

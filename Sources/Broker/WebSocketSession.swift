@@ -14,6 +14,8 @@ final class WebSocketSession {
     private(set) var queue: OutboundQueue
     private(set) var pendingClose: (code: CloseCode, reason: String)?
     var frameBudget: TokenBucket
+    /// Login state; set by the broker when the connection opens.
+    var auth: SessionAuthStateMachine?
     let remoteAddress: String
 
     init(id: UInt64, wsi: OpaquePointer, limits: Limits, remoteAddress: String) {
@@ -41,7 +43,7 @@ final class WebSocketSession {
         }
     }
 
-    /// Closes the connection with `code` from the next writeable callback; frames still queued are dropped.
+    /// Closes the connection with `code` once the frames already queued are written.
     func close(_ code: CloseCode, _ reason: String) {
         guard let wsi, pendingClose == nil else { return }
         pendingClose = (code, reason)
@@ -52,7 +54,20 @@ final class WebSocketSession {
     /// Returns the value for libwebsockets (-1 closes the connection).
     func writeable() -> Int32 {
         guard let wsi else { return -1 }
+        while let frame = queue.dequeue() {
+            let mode = frame.isBinary ? lwsWriteBinary : lwsWriteText
+            if lws_write(wsi, frame.payload, frame.count, mode) < 0 { return -1 }
+            if lws_send_pipe_choked(wsi) != 0 { break }
+        }
+        if !queue.isEmpty {
+            lws_callback_on_writable(wsi)
+            return 0
+        }
         if let pendingClose {
+            if lws_send_pipe_choked(wsi) != 0 {
+                lws_callback_on_writable(wsi)
+                return 0
+            }
             // lws_close_reason() followed by -1 sends no close frame from this callback in libwebsockets 4.1.6
             // (the connection is dropped), so the close frame is written here and the connection then closed.
             let code = pendingClose.code.rawValue
@@ -61,12 +76,6 @@ final class WebSocketSession {
             _ = lws_write(wsi, frame.payload, frame.count, lwsWriteClose)
             return -1
         }
-        while let frame = queue.dequeue() {
-            let mode = frame.isBinary ? lwsWriteBinary : lwsWriteText
-            if lws_write(wsi, frame.payload, frame.count, mode) < 0 { return -1 }
-            if lws_send_pipe_choked(wsi) != 0 { break }
-        }
-        if !queue.isEmpty { lws_callback_on_writable(wsi) }
         return 0
     }
 

@@ -16,6 +16,8 @@ public struct CloseCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let messageTooBig = CloseCode(rawValue: 1009)
     /// An unexpected broker fault.
     public static let internalError = CloseCode(rawValue: 1011)
+    /// Authentication failed too often, or too many frames arrived before authenticating.
+    public static let authenticationFailed = CloseCode(rawValue: 4001)
     /// The connection's outbound queue passed its byte limit because it read too slowly: reconnect and resume from
     /// the last offset received.
     public static let slowConsumer = CloseCode(rawValue: 4008)

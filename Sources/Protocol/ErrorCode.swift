@@ -29,7 +29,29 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     /// An unexpected broker fault; the request changed nothing.
     public static let internalError = ErrorCode(rawValue: "internal_error")
 
+    // Identity.
+    /// The registration signature does not verify.
+    public static let badSignature = ErrorCode(rawValue: "bad_signature")
+    /// The registration timestamp is more than 5 minutes from the broker's clock.
+    public static let staleTimestamp = ErrorCode(rawValue: "stale_timestamp")
+    /// The signing key is registered already.
+    public static let alreadyRegistered = ErrorCode(rawValue: "already_registered")
+    /// Login failed: bad signature, or the DID is not registered.
+    public static let authFailed = ErrorCode(rawValue: "auth_failed")
+    /// The `hello` challenge expired before the `auth` arrived.
+    public static let challengeExpired = ErrorCode(rawValue: "challenge_expired")
+    /// The session token was refused; the message names why.
+    public static let tokenInvalid = ErrorCode(rawValue: "token_invalid")
+    /// The frame needs an authenticated connection.
+    public static let notAuthenticated = ErrorCode(rawValue: "not_authenticated")
+    /// `auth` on a connection that is authenticated already (or still authenticating).
+    public static let alreadyAuthenticated = ErrorCode(rawValue: "already_authenticated")
+
     // HTTP.
+    /// A JSON endpoint called with another `Content-Type`.
+    public static let unsupportedMediaType = ErrorCode(rawValue: "unsupported_media_type")
+    /// A CORS preflight from an origin that is not allowed.
+    public static let originNotAllowed = ErrorCode(rawValue: "origin_not_allowed")
     /// No endpoint at this path.
     public static let notFound = ErrorCode(rawValue: "not_found")
     /// The endpoint exists but not for this method.

@@ -9,10 +9,13 @@ public struct FrameCodec: Sendable {
         public var frame: Result<ClientFrame, ProtocolError>
         /// The request's `id` when it could be read, even if the frame was refused, so the error can echo it.
         public var id: String?
+        /// The frame's `type` when it could be read.
+        public var type: String?
 
-        public init(frame: Result<ClientFrame, ProtocolError>, id: String?) {
+        public init(frame: Result<ClientFrame, ProtocolError>, id: String?, type: String? = nil) {
             self.frame = frame
             self.id = id
+            self.type = type
         }
     }
 
@@ -42,15 +45,42 @@ public struct FrameCodec: Sendable {
             switch type {
             case "ping":
                 frame = .ping(id: id)
+            case "auth":
+                frame = .auth(id: id, try decodeAuth(&fields))
             default:
                 throw ProtocolError(.unknownType, "unknown frame type \"\(Self.printable(type))\"")
             }
             try fields.rejectUnconsumed()
-            return Decoded(frame: .success(frame), id: id)
+            return Decoded(frame: .success(frame), id: id, type: type)
         } catch let error as ProtocolError {
-            return Decoded(frame: .failure(error), id: id)
+            return Decoded(frame: .failure(error), id: id, type: type)
         } catch {
-            return Decoded(frame: .failure(ProtocolError(.internalError, "unexpected decoding failure")), id: id)
+            return Decoded(frame: .failure(ProtocolError(.internalError, "unexpected decoding failure")), id: id,
+                           type: type)
+        }
+    }
+
+    private func decodeAuth(_ fields: inout FrameFields) throws(ProtocolError) -> AuthCredentials {
+        let token = try fields.optionalString("token", maxBytes: 8192)
+        let did = try fields.optionalString("did", maxBytes: 128)
+        let signature = try fields.optionalString("signature", maxBytes: 128)
+        switch (token, did, signature) {
+        case (let token?, nil, nil):
+            return .token(token)
+        case (nil, let did?, let signature?):
+            guard let parsed = DID(parsing: did) else {
+                throw ProtocolError(.invalidField, "\"did\" is not a did:agentchat identifier")
+            }
+            guard let bytes = Base64URL.decode(signature), bytes.count == 64 else {
+                throw ProtocolError(.invalidField, "\"signature\" must be 64 bytes in base64url")
+            }
+            return .signature(did: parsed, signature: bytes)
+        case (nil, nil, nil):
+            throw ProtocolError(.missingField, "auth needs \"did\" and \"signature\", or \"token\"")
+        case (nil, _, nil), (nil, nil, _):
+            throw ProtocolError(.missingField, "auth with a signature needs both \"did\" and \"signature\"")
+        default:
+            throw ProtocolError(.invalidField, "auth takes \"token\" or \"did\" and \"signature\", not both")
         }
     }
 
@@ -63,6 +93,18 @@ public struct FrameCodec: Sendable {
         case .error(let error, let ref):
             var object: [String: JSONValue] = [
                 "type": "error", "code": .string(error.code.rawValue), "message": .string(error.message),
+            ]
+            if let ref { object["ref"] = .string(ref) }
+            return JSONWriter.encode(.object(object))
+        case .hello(let broker, let challenge, let expiresAt):
+            return JSONWriter.encode([
+                "type": "hello", "broker": .string(broker), "challenge": .string(challenge),
+                "expiresAt": .number(Double(expiresAt)),
+            ])
+        case .welcome(let ref, let agent, let token, let expiresAt):
+            var object: [String: JSONValue] = [
+                "type": "welcome", "agent": agent.json, "token": .string(token),
+                "expiresAt": .number(Double(expiresAt)),
             ]
             if let ref { object["ref"] = .string(ref) }
             return JSONWriter.encode(.object(object))
@@ -96,6 +138,15 @@ struct FrameFields {
         case let other?:
             throw ProtocolError(.invalidField, "\"\(key)\" must be a string, not \(other.typeName)")
         }
+    }
+
+    mutating func requiredInteger(_ key: String) throws(ProtocolError) -> Int64 {
+        consumed.insert(key)
+        guard let value = object[key] else { throw ProtocolError(.missingField, "missing field \"\(key)\"") }
+        guard let integer = value.integerValue else {
+            throw ProtocolError(.invalidField, "\"\(key)\" must be an integer, not \(value.typeName)")
+        }
+        return integer
     }
 
     mutating func requiredString(_ key: String, maxBytes: Int) throws(ProtocolError) -> String {

@@ -2,6 +2,19 @@
 public enum ClientFrame: Equatable, Sendable {
     /// Application-level round trip; answered with `pong`.
     case ping(id: String?)
+    /// Log in, with a signed challenge or a session token; answered with `welcome` or an error.
+    case auth(id: String?, AuthCredentials)
+
+    /// Frame types an unauthenticated connection may send.
+    public static let typesBeforeAuthentication: Set<String> = ["ping", "auth"]
+}
+
+/// How an agent proves who it is.
+public enum AuthCredentials: Equatable, Sendable {
+    /// An Ed25519 signature over `AuthChallenge.signedBytes` by the DID's key.
+    case signature(did: DID, signature: [UInt8])
+    /// A session token from an earlier `welcome`.
+    case token(String)
 }
 
 /// A frame the broker sends to a client.
@@ -10,6 +23,10 @@ public enum ServerFrame: Equatable, Sendable {
     case pong(ref: String?, time: Int64)
     /// A request failed; `ref` echoes the request's `id` when it could be read.
     case error(ProtocolError, ref: String?)
+    /// Sent on connect and after a failed `auth`: the challenge to sign, base64url, valid until `expiresAt`.
+    case hello(broker: String, challenge: String, expiresAt: Int64)
+    /// Login succeeded: the agent's profile and a session token valid until `expiresAt` (ms).
+    case welcome(ref: String?, agent: AgentProfile, token: String, expiresAt: Int64)
 }
 
 /// Why a frame was refused: a stable code and a human-readable message.

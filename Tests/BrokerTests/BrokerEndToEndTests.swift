@@ -31,8 +31,27 @@ final class BrokerFixture {
         try HTTPProbe.request(port: port, method: "GET", path: path, headers: headers)
     }
 
+    /// Connects and reads the broker's `hello`.
     func connect(subprotocols: [String] = ["agentchat.v1"]) throws -> WebSocketClient {
-        try WebSocketClient.connect(port: port, subprotocols: subprotocols)
+        try connectReadingHello(subprotocols: subprotocols).client
+    }
+
+    func connectReadingHello(subprotocols: [String] = ["agentchat.v1"]) throws -> (client: WebSocketClient,
+                                                                                   hello: JSONValue)
+    {
+        let client = try WebSocketClient.connect(port: port, subprotocols: subprotocols)
+        let hello = try JSONParser.parse(client.receiveText(timeout: 5))
+        guard hello["type"] == "hello" else { throw FixtureError.unexpected("first frame: \(hello)") }
+        return (client, hello)
+    }
+
+    /// A registered agent, logged in on a new connection.
+    func loggedIn(_ agent: TestAgent = TestAgent()) throws -> (agent: TestAgent, client: WebSocketClient) {
+        _ = try agent.register(port: port)
+        let (client, hello) = try connectReadingHello()
+        let welcome = try agent.login(client, hello: hello)
+        guard welcome["type"] == "welcome" else { throw FixtureError.unexpected("login: \(welcome)") }
+        return (agent, client)
     }
 
     /// Polls `/health` until it answers `status`, or fails after `timeout` seconds.
@@ -48,7 +67,7 @@ final class BrokerFixture {
     }
 }
 
-enum FixtureError: Error { case timeout(String) }
+enum FixtureError: Error { case timeout(String), unexpected(String) }
 
 func json(_ text: String) throws -> JSONValue { try JSONParser.parse(text) }
 
@@ -159,8 +178,9 @@ func errorCode(_ response: TestSupport.HTTPResponse) throws -> String? {
                 #expect(try JSONParser.parse(head.body)["error"]?["code"] == "subprotocol_required")
             }
         }
-        let client = try fixture.connect(subprotocols: ["chat.v0", "agentchat.v1"])
+        let (client, hello) = try fixture.connectReadingHello(subprotocols: ["chat.v0", "agentchat.v1"])
         #expect(client.negotiatedSubprotocol == "agentchat.v1")
+        #expect(hello["broker"] == .string("http://127.0.0.1:\(fixture.port)"))
     }
 
     @Test func pingIsAnsweredWithPong() throws {
@@ -175,7 +195,7 @@ func errorCode(_ response: TestSupport.HTTPResponse) throws -> String? {
 
     @Test func badFramesGetErrorsAndTheConnectionLivesOn() throws {
         let fixture = try BrokerFixture()
-        let client = try fixture.connect()
+        let (_, client) = try fixture.loggedIn()
         let cases: [(String, String)] = [
             ("{nope", "bad_json"),
             (#"["ping"]"#, "bad_frame"),
@@ -315,6 +335,7 @@ func errorCode(_ response: TestSupport.HTTPResponse) throws -> String? {
         #expect(config.contains("appendonly yes"))
         #expect(config.contains("appendfsync everysec"))
         let client = try WebSocketClient.connect(port: broker.port, subprotocols: ["agentchat.v1"])
+        #expect(try json(client.receiveText(timeout: 5))["type"] == "hello")
         broker.terminate(signal: SIGINT)
         guard case .close(let code, _) = try client.receive(timeout: 10) else {
             Issue.record("expected a close")

@@ -7,7 +7,7 @@ import Testing
     private func decode(_ text: String) -> FrameCodec.Decoded { codec.decode(Array(text.utf8)) }
 
     @Test func decodesPingWithAndWithoutID() {
-        #expect(decode(#"{"type":"ping","id":"r1"}"#) == .init(frame: .success(.ping(id: "r1")), id: "r1"))
+        #expect(decode(#"{"type":"ping","id":"r1"}"#) == .init(frame: .success(.ping(id: "r1")), id: "r1", type: "ping"))
         #expect(decode(#"{"type":"ping"}"#).frame == .success(.ping(id: nil)))
     }
 
@@ -54,5 +54,96 @@ import Testing
         let error = String(decoding: codec.encode(.error(ProtocolError(.badJSON, "bad \"x\""), ref: nil)),
                            as: UTF8.self)
         #expect(error == #"{"code":"bad_json","message":"bad \"x\"","type":"error"}"#)
+    }
+}
+
+@Suite struct AuthFrameTests {
+    let codec = FrameCodec()
+    let did = DID(signingKey: [UInt8](repeating: 7, count: 32))
+    let signature = Base64URL.encode([UInt8](repeating: 1, count: 64))
+
+    @Test func decodesSignatureAndTokenForms() {
+        let signed = codec.decode(Array(#"{"type":"auth","id":"a","did":"\#(did)","signature":"\#(signature)"}"#.utf8))
+        #expect(signed.frame == .success(.auth(id: "a", .signature(did: did, signature: [UInt8](repeating: 1, count: 64)))))
+        let token = codec.decode(Array(#"{"type":"auth","token":"x.y.z"}"#.utf8))
+        #expect(token.frame == .success(.auth(id: nil, .token("x.y.z"))))
+    }
+
+    @Test(arguments: [
+        (#"{"type":"auth"}"#, ErrorCode.missingField),
+        (#"{"type":"auth","did":"did:agentchat:zQ"}"#, .missingField),
+        (#"{"type":"auth","did":"did:web:x","signature":"AA"}"#, .invalidField),
+        (#"{"type":"auth","token":"t","did":"x","signature":"y"}"#, .invalidField),
+        (#"{"type":"auth","token":5}"#, .invalidField),
+    ])
+    func refusesMalformedAuth(text: String, code: ErrorCode) {
+        guard case .failure(let error) = codec.decode(Array(text.utf8)).frame else {
+            Issue.record("accepted \(text)")
+            return
+        }
+        #expect(error.code == code)
+    }
+
+    @Test func refusesShortSignatures() {
+        let short = Base64URL.encode([UInt8](repeating: 1, count: 63))
+        let decoded = codec.decode(Array(#"{"type":"auth","did":"\#(did)","signature":"\#(short)"}"#.utf8))
+        guard case .failure(let error) = decoded.frame else { Issue.record("accepted"); return }
+        #expect(error.code == .invalidField)
+    }
+
+    @Test func encodesHelloAndWelcome() throws {
+        let hello = try JSONParser.parse(codec.encode(.hello(broker: "b", challenge: "c", expiresAt: 5)))
+        #expect(hello == ["type": "hello", "broker": "b", "challenge": "c", "expiresAt": 5])
+        let profile = AgentProfile(name: "n", signingKey: did.signingKey, encryptionKey: [UInt8](repeating: 2, count: 32),
+                                   registeredAt: 9)
+        let welcome = try JSONParser.parse(codec.encode(.welcome(ref: "r", agent: profile, token: "t", expiresAt: 6)))
+        #expect(welcome["agent"].flatMap(AgentProfile.init(json:)) == profile)
+        #expect(welcome["token"] == "t" && welcome["ref"] == "r" && welcome["expiresAt"] == 6)
+    }
+}
+
+@Suite struct RegistrationRequestTests {
+    private func body(_ fields: [String: JSONValue]) -> [UInt8] { JSONWriter.encode(.object(fields)) }
+    static let key = Base64URL.encode([UInt8](repeating: 3, count: 32))
+    var key: String { Self.key }
+    let sig = Base64URL.encode([UInt8](repeating: 4, count: 64))
+
+    private var valid: [String: JSONValue] {
+        ["name": "alice", "signingKey": .string(key), "encryptionKey": .string(key), "timestamp": 1000,
+         "signature": .string(sig)]
+    }
+
+    @Test func parsesAndBuildsTheSignedBytes() throws {
+        let request = try RegistrationRequest.parse(body(valid))
+        #expect(request.name == "alice" && request.timestamp == 1000)
+        #expect(String(decoding: request.signedBytes, as: UTF8.self)
+            == "agentchat-register-v1\nalice\n\(key)\n\(key)\n1000")
+    }
+
+    static let badFields: [(String, JSONValue?, ErrorCode)] = [
+        ("name", nil, .missingField), ("name", "", .invalidField), ("name", "a\nb", .invalidField),
+        ("name", "   ", .invalidField), ("name", .string(String(repeating: "x", count: 65)), .invalidField),
+        ("name", 5, .invalidField), ("signingKey", "AAAA", .invalidField), ("signingKey", "not base64!", .invalidField),
+        ("encryptionKey", .string(Self.key + "="), .invalidField), ("signature", .string(Self.key), .invalidField),
+        ("timestamp", "1000", .invalidField), ("timestamp", .number(1.5), .invalidField), ("timestamp", nil, .missingField),
+        ("extra", true, .unknownField),
+    ]
+
+    @Test(arguments: badFields)
+    func refusesEachBadField(field: String, value: JSONValue?, code: ErrorCode) {
+        var fields = valid
+        fields[field] = value
+        #expect(throws: ProtocolError.self) { try RegistrationRequest.parse(body(fields)) }
+        do {
+            _ = try RegistrationRequest.parse(body(fields))
+        } catch {
+            #expect(error.code == code, "\(field) = \(String(describing: value))")
+        }
+    }
+
+    @Test func refusesNonObjects() {
+        for text in ["[]", "nope", "\"x\""] {
+            #expect(throws: ProtocolError.self) { try RegistrationRequest.parse(Array(text.utf8)) }
+        }
     }
 }

@@ -1,0 +1,26 @@
+/// Session-token verification keys shared through Redis: every broker publishes its public keys, and looks up
+/// the keys of others when a token names a `kid` it does not hold. Private keys never leave a broker's data
+/// directory. Loop-bound.
+public final class SigningKeyDirectory {
+    private let redis: RedisClient
+
+    public init(redis: RedisClient) { self.redis = redis }
+
+    /// Publishes `keys` (kid → Ed25519 public key).
+    public func publish(_ keys: [String: [UInt8]], completion: @escaping (Result<Void, RedisError>) -> Void) {
+        guard !keys.isEmpty else { return completion(.success(())) }
+        var arguments: [RedisArgument] = ["HSET", RedisKeys.signingKeys]
+        for (kid, key) in keys.sorted(by: { $0.key < $1.key }) {
+            arguments.append(RedisArgument(kid))
+            arguments.append(RedisArgument(key))
+        }
+        redis.send(arguments) { completion($0.map { _ in () }) }
+    }
+
+    /// The public key published under `kid`, or nil.
+    public func publicKey(kid: String, completion: @escaping (Result<[UInt8]?, RedisError>) -> Void) {
+        redis.send(["HGET", RedisKeys.signingKeys, RedisArgument(kid)]) { result in
+            completion(result.map { $0.bytes })
+        }
+    }
+}
