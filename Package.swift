@@ -8,6 +8,8 @@ let package = Package(
         .executable(name: "agentchat-broker", targets: ["agentchat-broker"]),
         .library(name: "AgentChatProtocol", targets: ["AgentChatProtocol"]),
         .library(name: "AgentChatCrypto", targets: ["AgentChatCrypto"]),
+        .library(name: "AgentChatClient", targets: ["AgentChatClient"]),
+        .executable(name: "agentchat", targets: ["agentchat"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -60,6 +62,15 @@ let package = Package(
         // A small blocking RFC 6455 client: tests drive the broker with it, byte by byte when needed.
         .target(name: "WebSocketClient", path: "Sources/WebSocketClient"),
 
+        // The agent SDK: identity files, registration, login, reconnection, the frame request/reply core.
+        .target(name: "AgentChatClient", dependencies: ["AgentChatCrypto", "AgentChatProtocol", "WebSocketClient"],
+                path: "Sources/AgentChatClient"),
+        // The `agentchat` command line, built on the SDK.
+        .executableTarget(name: "agentchat",
+                          dependencies: ["AgentChatClient", "AgentChatProtocol",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          path: "Sources/AgentChatCLI"),
+
         .target(name: "TestSupport", dependencies: ["WebSocketClient", "AgentChatPersistence"], path: "Tests/TestSupport"),
         .testTarget(name: "ProtocolTests", dependencies: ["AgentChatProtocol"]),
         .testTarget(name: "CryptoTests", dependencies: ["AgentChatCrypto", "AgentChatProtocol"]),
@@ -68,6 +79,9 @@ let package = Package(
         .testTarget(name: "BrokerTests",
                     dependencies: ["AgentChatBroker", "TestSupport", "WebSocketClient", "AgentChatProtocol",
                                    "AgentChatCrypto"]),
+        .testTarget(name: "ClientTests",
+                    dependencies: ["AgentChatClient", "AgentChatCrypto", "AgentChatProtocol", "WebSocketClient",
+                                   "TestSupport"]),
         .testTarget(name: "WebSocketClientTests", dependencies: ["WebSocketClient", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -22,6 +22,7 @@ final class Broker: WebSocketServerDelegate {
     private let keyStore: SigningKeyStore
     /// Set by `start()`, once the bound port (and so the default issuer) is known.
     private var authenticator: Authenticator!
+    private var channels: ChannelService!
     private let codec: FrameCodec
     private let metrics: BrokerMetrics
     private let registry: PrometheusCollectorRegistry
@@ -41,6 +42,9 @@ final class Broker: WebSocketServerDelegate {
         redis = RedisClient(loop: loop, endpoint: redisEndpoint, logger: Logger(label: "agentchat.redis"))
         agents = AgentStore(redis: redis)
         self.keyStore = keyStore
+        var channelLimits = ChannelStore.Limits()
+        channelLimits.historyMaxCount = configuration.historyMaxCount
+        channelLimits.historyMaxAgeMilliseconds = Int64(configuration.historyMaxAgeSeconds) * 1000
         server = WebSocketServer(
             loop: loop,
             configuration: .init(host: configuration.host, port: configuration.port, limits: configuration.limits,
@@ -49,6 +53,9 @@ final class Broker: WebSocketServerDelegate {
                                  pingTimeoutSeconds: configuration.pingTimeoutSeconds),
             logger: logger)
         server.delegate = self
+        channels = ChannelService(loop: loop, store: ChannelStore(redis: redis, limits: channelLimits),
+                                  agents: agents, pubsub: redis.pubSub, codec: codec, metrics: metrics,
+                                  logger: Logger(label: "agentchat.channels"))
         router.add(.get, "/health") { [unowned self] _, respond in respond(health()) }
         router.add(.get, "/metrics") { [unowned self] _, respond in respond(metricsPage()) }
         let cors = CORSPolicy(allowedOrigins: Set(configuration.corsOrigins))
@@ -117,6 +124,7 @@ final class Broker: WebSocketServerDelegate {
     }
 
     func sessionClosed(_ session: WebSocketSession) {
+        channels.sessionClosed(session)
         metrics.webSocketConnections.record(server.sessions.count)
         logger.debug("session closed", metadata: ["session": "\(session.id)"])
     }
@@ -151,6 +159,8 @@ final class Broker: WebSocketServerDelegate {
             reply(session, .pong(ref: id, time: Clock.unixMilliseconds()))
         case .success(.auth(let id, let credentials)):
             authenticate(session, id: id, credentials)
+        case .success(.channel(let id, let request)):
+            channels.handle(request, id: id, from: session)
         case .failure(let error):
             reply(session, .error(error, ref: decoded.id))
         }

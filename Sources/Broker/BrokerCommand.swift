@@ -57,6 +57,10 @@ public struct BrokerCommand: ParsableCommand {
     var registerRate: Int?
     @Option(help: "Session token lifetime in seconds (env AGENTCHAT_TOKEN_TTL, default 900).")
     var tokenTTL: Int?
+    @Option(help: "Messages kept per channel (env AGENTCHAT_HISTORY_MAX, default 10000).")
+    var historyMax: Int?
+    @Option(help: "Seconds a message is kept (env AGENTCHAT_HISTORY_MAX_AGE, default 2592000 = 30 days).")
+    var historyMaxAge: Int?
     @Flag(help: "Start a new token signing key; tokens signed by the old one stay valid (env AGENTCHAT_ROTATE_SIGNING_KEY=1).")
     var rotateSigningKey = false
 
@@ -112,6 +116,11 @@ public struct BrokerCommand: ParsableCommand {
         c.registrationsPerMinute = try pick(registerRate, "AGENTCHAT_REGISTER_RATE", { Int($0) },
                                             c.registrationsPerMinute)
         c.tokenLifetimeSeconds = try pick(tokenTTL, "AGENTCHAT_TOKEN_TTL", { Int($0) }, c.tokenLifetimeSeconds)
+        c.historyMaxCount = try pick(historyMax, "AGENTCHAT_HISTORY_MAX", { Int($0) }, c.historyMaxCount)
+        c.historyMaxAgeSeconds = try pick(historyMaxAge, "AGENTCHAT_HISTORY_MAX_AGE", { Int($0) }, c.historyMaxAgeSeconds)
+        guard c.historyMaxCount >= 1, c.historyMaxAgeSeconds >= 1 else {
+            throw ValidationError("history limits must be positive")
+        }
         c.rotateSigningKey = rotateSigningKey || environment["AGENTCHAT_ROTATE_SIGNING_KEY"] == "1"
 
         guard (0...65535).contains(c.port) else { throw ValidationError("port must be 0...65535") }

@@ -34,6 +34,10 @@ struct BrokerConfiguration: Sendable {
     var tokenLifetimeSeconds = 900
     /// Start a new signing key at startup (the previous one keeps verifying the tokens it signed).
     var rotateSigningKey = false
+    /// Messages kept per channel.
+    var historyMaxCount = 10_000
+    /// Seconds a message is kept.
+    var historyMaxAgeSeconds = 30 * 24 * 3600
     /// Seconds to wait for WebSocket clients to take their 1001 close before the server stops anyway.
     var shutdownGraceSeconds = 3.0
 }

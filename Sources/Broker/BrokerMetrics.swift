@@ -9,12 +9,15 @@ struct BrokerMetrics {
     let framesSent = Counter(label: "agentchat_frames_sent_total")
     let httpRequests = Counter(label: "agentchat_http_requests_total")
     let redisUp = Gauge(label: "agentchat_redis_up")
+    let messagesStored = Counter(label: "agentchat_messages_stored_total")
+    let deliveries = Counter(label: "agentchat_message_deliveries_total")
     private let frameErrors: [String: Counter]
 
     init() {
         let codes = ["bad_json", "bad_frame", "unknown_type", "missing_field", "invalid_field", "unknown_field",
                      "binary_not_supported", "rate_limited", "unavailable", "internal_error", "auth_failed",
-                     "challenge_expired", "token_invalid", "not_authenticated", "already_authenticated"]
+                     "challenge_expired", "token_invalid", "not_authenticated", "already_authenticated",
+                     "not_found", "forbidden", "not_member", "unknown_agent", "stale_epoch", "keys_exist"]
         frameErrors = Dictionary(uniqueKeysWithValues: codes.map {
             ($0, Counter(label: "agentchat_frame_errors_total", dimensions: [("code", $0)]))
         })

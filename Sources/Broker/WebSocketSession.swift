@@ -16,6 +16,8 @@ final class WebSocketSession {
     var frameBudget: TokenBucket
     /// Login state; set by the broker when the connection opens.
     var auth: SessionAuthStateMachine?
+    /// Channels this connection is subscribed to (see `ChannelService`).
+    var channels: Set<ChannelID> = []
     let remoteAddress: String
 
     init(id: UInt64, wsi: OpaquePointer, limits: Limits, remoteAddress: String) {

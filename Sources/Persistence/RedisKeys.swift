@@ -13,6 +13,28 @@ public enum RedisKeys {
         RedisArgument("\(prefix)ratelimit:\(name):{\(client)}")
     }
 
+    /// Set: the channels an agent belongs to (an index; the channel's member set is the truth).
+    public static func agentChannels(_ did: DID) -> RedisArgument { RedisArgument("\(prefix)agent:{\(did)}:channels") }
+
+    /// Hash: a channel's metadata (`name`, `owner`, `open`, `epoch`, `keyedEpoch`, `seq`, `historyEpoch`, …).
+    public static func channel(_ id: ChannelID) -> RedisArgument { RedisArgument("\(prefix)ch:{\(id)}") }
+    /// Set: member DIDs.
+    public static func members(_ id: ChannelID) -> RedisArgument { RedisArgument("\(prefix)ch:{\(id)}:members") }
+    /// Set: invited DIDs.
+    public static func invites(_ id: ChannelID) -> RedisArgument { RedisArgument("\(prefix)ch:{\(id)}:invites") }
+    /// Hash: the key envelopes of one epoch (recipient DID → sealed box, plus `_sender` and `_signature`).
+    public static func keys(_ id: ChannelID, epoch: Int64) -> RedisArgument {
+        RedisArgument("\(prefix)ch:{\(id)}:keys:\(epoch)")
+    }
+    /// Stream: the message history, entry id `0-<offset>`, fields `m` (the stored item) and `t` (ms).
+    public static func log(_ id: ChannelID) -> RedisArgument { RedisArgument("\(prefix)ch:{\(id)}:log") }
+    /// String: the offset a sender's client message id got, for the dedup window.
+    public static func dedup(_ id: ChannelID, sender: DID, clientMessageID: String) -> RedisArgument {
+        RedisArgument("\(prefix)ch:{\(id)}:dedup:\(sender):\(clientMessageID)")
+    }
+    /// Pub/sub channel: stored items and `channel.event` frames of one channel.
+    public static func feed(_ id: ChannelID) -> RedisArgument { RedisArgument("\(prefix)ch:{\(id)}:feed") }
+
     /// Hash: every broker's session-token verification keys, kid → base64url Ed25519 public key.
     public static let signingKeys = RedisArgument("\(prefix)signing-keys")
 }

@@ -19,6 +19,7 @@ public final class RedisPubSub {
     private let connection: RedisConnection
     private var machine = SubscriptionStateMachine<[UInt8]>()
     private var handlers: [[UInt8]: [UInt64: Handler]] = [:]
+    private var activationHandlers: [[UInt8]: [UInt64: () -> Void]] = [:]
     private var nextID: UInt64 = 0
     private let logger: Logger
 
@@ -51,11 +52,17 @@ public final class RedisPubSub {
 
     /// Calls `handler` with every message published on `channel` from the moment the server confirms the
     /// subscription (see `isActive`).
+    ///
+    /// `onActive` runs each time the server confirms the subscription: the first time, and again after every
+    /// reconnect (messages published while disconnected are lost; this is the moment to catch up from a store).
     @discardableResult
-    public func subscribe(channel: [UInt8], handler: @escaping Handler) -> Subscription {
+    public func subscribe(channel: [UInt8], onActive: (() -> Void)? = nil, handler: @escaping Handler)
+        -> Subscription
+    {
         connection.loop.preconditionInEventLoop()
         nextID += 1
         handlers[channel, default: [:]][nextID] = handler
+        if let onActive { activationHandlers[channel, default: [:]][nextID] = onActive }
         perform(machine.addSubscriber(to: channel))
         return Subscription(channel: channel, id: nextID)
     }
@@ -69,7 +76,11 @@ public final class RedisPubSub {
     public func unsubscribe(_ subscription: Subscription) {
         connection.loop.preconditionInEventLoop()
         guard handlers[subscription.channel]?.removeValue(forKey: subscription.id) != nil else { return }
-        if handlers[subscription.channel]?.isEmpty == true { handlers[subscription.channel] = nil }
+        activationHandlers[subscription.channel]?[subscription.id] = nil
+        if handlers[subscription.channel]?.isEmpty == true {
+            handlers[subscription.channel] = nil
+            activationHandlers[subscription.channel] = nil
+        }
         perform(machine.removeSubscriber(from: subscription.channel))
     }
 
@@ -119,6 +130,7 @@ public final class RedisPubSub {
             }
         case "subscribe":
             machine.subscribeConfirmed(channel)
+            for id in activationHandlers[channel]?.keys.sorted() ?? [] { activationHandlers[channel]?[id]?() }
         case "unsubscribe":
             machine.unsubscribeConfirmed(channel)
         default:

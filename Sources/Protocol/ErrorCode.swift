@@ -47,6 +47,20 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     /// `auth` on a connection that is authenticated already (or still authenticating).
     public static let alreadyAuthenticated = ErrorCode(rawValue: "already_authenticated")
 
+    // Channels.
+    /// No such channel, or a private channel the agent is not a member of, or no such keys.
+    public static let channelNotFound = ErrorCode(rawValue: "not_found")
+    /// The agent may not do this (remove without being the owner).
+    public static let forbidden = ErrorCode(rawValue: "forbidden")
+    /// The agent is not a member of this channel.
+    public static let notMember = ErrorCode(rawValue: "not_member")
+    /// A DID that is not registered.
+    public static let unknownAgent = ErrorCode(rawValue: "unknown_agent")
+    /// The epoch is not the current one, or its keys are not published yet.
+    public static let staleEpoch = ErrorCode(rawValue: "stale_epoch")
+    /// Keys for this epoch were published already.
+    public static let keysExist = ErrorCode(rawValue: "keys_exist")
+
     // HTTP.
     /// A JSON endpoint called with another `Content-Type`.
     public static let unsupportedMediaType = ErrorCode(rawValue: "unsupported_media_type")

@@ -47,6 +47,8 @@ public struct FrameCodec: Sendable {
                 frame = .ping(id: id)
             case "auth":
                 frame = .auth(id: id, try decodeAuth(&fields))
+            case let type where Self.channelTypes.contains(type):
+                frame = .channel(id: id, try decodeChannelRequest(type, &fields))
             default:
                 throw ProtocolError(.unknownType, "unknown frame type \"\(Self.printable(type))\"")
             }
@@ -57,6 +59,109 @@ public struct FrameCodec: Sendable {
         } catch {
             return Decoded(frame: .failure(ProtocolError(.internalError, "unexpected decoding failure")), id: id,
                            type: type)
+        }
+    }
+
+    static let channelTypes: Set<String> = [
+        "channel.create", "channel.invite", "channel.join", "channel.leave", "channel.remove", "channel.list",
+        "channel.describe", "channel.keys", "channel.keys.get", "message.send", "channel.subscribe",
+        "channel.unsubscribe", "history",
+    ]
+
+    private func decodeChannelRequest(_ type: String, _ fields: inout FrameFields) throws(ProtocolError)
+        -> ChannelRequest
+    {
+        switch type {
+        case "channel.create":
+            let name = try fields.requiredString("name", maxBytes: 4 * 64)
+            guard RegistrationRequest.isValidName(name) else {
+                throw ProtocolError(.invalidField, "\"name\" must be 1 to 64 characters without control characters")
+            }
+            let open = try fields.optionalBool("open") ?? false
+            let members = try fields.optionalArray("members", maxCount: 100) ?? []
+            var dids: [DID] = []
+            for member in members {
+                guard let text = member.stringValue, let did = DID(parsing: text) else {
+                    throw ProtocolError(.invalidField, "\"members\" must hold did:agentchat identifiers")
+                }
+                if !dids.contains(did) { dids.append(did) }
+            }
+            return .create(name: name, open: open, members: dids)
+        case "channel.invite":
+            return .invite(try fields.channel(), try fields.did("did"))
+        case "channel.join":
+            return .join(try fields.channel())
+        case "channel.leave":
+            return .leave(try fields.channel())
+        case "channel.remove":
+            return .remove(try fields.channel(), try fields.did("did"))
+        case "channel.list":
+            return .list
+        case "channel.describe":
+            return .describe(try fields.channel())
+        case "channel.keys":
+            let channel = try fields.channel()
+            let epoch = try fields.positiveInteger("epoch")
+            let signature = try fields.base64("signature", length: 64)
+            guard let envelopes = try fields.optionalObject("envelopes") else {
+                throw ProtocolError(.missingField, "missing field \"envelopes\"")
+            }
+            guard !envelopes.isEmpty, envelopes.count <= ChannelKeys.maxMembers else {
+                throw ProtocolError(.invalidField, "\"envelopes\" must hold 1 to \(ChannelKeys.maxMembers) entries")
+            }
+            var parsed: [DID: String] = [:]
+            for (didText, value) in envelopes {
+                guard let did = DID(parsing: didText), let envelope = value.stringValue,
+                    let bytes = Base64URL.decode(envelope), !bytes.isEmpty,
+                    bytes.count <= ChannelKeys.maxEnvelopeBytes
+                else {
+                    throw ProtocolError(.invalidField, "\"envelopes\" maps DIDs to base64url sealed boxes")
+                }
+                parsed[did] = envelope
+            }
+            return .publishKeys(ChannelKeys(channel: channel, epoch: epoch, envelopes: parsed, signature: signature))
+        case "channel.keys.get":
+            return .getKeys(try fields.channel(), epoch: try fields.positiveInteger("epoch"))
+        case "message.send":
+            let channel = try fields.channel()
+            let epoch = try fields.positiveInteger("epoch")
+            let clientMessageID = try fields.requiredString("clientMessageId",
+                                                            maxBytes: MessageSend.maxClientMessageIDBytes)
+            guard !clientMessageID.isEmpty else {
+                throw ProtocolError(.invalidField, "\"clientMessageId\" must not be empty")
+            }
+            let nonce = try fields.base64("nonce", length: 12)
+            let ciphertext = try fields.requiredString("ciphertext", maxBytes: MessageSend.maxCiphertextBytes * 4 / 3 + 4)
+            guard let bytes = Base64URL.decode(ciphertext), bytes.count >= 16,
+                bytes.count <= MessageSend.maxCiphertextBytes
+            else {
+                throw ProtocolError(.invalidField,
+                                    "\"ciphertext\" must be base64url of 16 to \(MessageSend.maxCiphertextBytes) bytes")
+            }
+            let signature = try fields.base64("signature", length: 64)
+            return .send(MessageSend(channel: channel, epoch: epoch, clientMessageID: clientMessageID, nonce: nonce,
+                                     ciphertext: ciphertext, signature: signature))
+        case "channel.subscribe":
+            let channel = try fields.channel()
+            let since = try fields.optionalInteger("since")
+            if let since, since < 0 { throw ProtocolError(.invalidField, "\"since\" must not be negative") }
+            let historyEpoch = try fields.optionalString("historyEpoch", maxBytes: 64)
+            return .subscribe(channel, since: since, historyEpoch: historyEpoch)
+        case "channel.unsubscribe":
+            return .unsubscribe(try fields.channel())
+        default:  // "history"
+            let channel = try fields.channel()
+            let before = try fields.optionalInteger("before")
+            let after = try fields.optionalInteger("after")
+            guard before == nil || after == nil else {
+                throw ProtocolError(.invalidField, "give \"before\" or \"after\", not both")
+            }
+            let limit = try fields.optionalInteger("limit") ?? 100
+            guard (1...500).contains(limit) else { throw ProtocolError(.invalidField, "\"limit\" must be 1 to 500") }
+            if let value = before ?? after, value < 0 {
+                throw ProtocolError(.invalidField, "offsets are not negative")
+            }
+            return .history(channel, before: before, after: after, limit: Int(limit))
         }
     }
 
@@ -101,6 +206,32 @@ public struct FrameCodec: Sendable {
                 "type": "hello", "broker": .string(broker), "challenge": .string(challenge),
                 "expiresAt": .number(Double(expiresAt)),
             ])
+        case .ok(let ref):
+            return Self.encode(type: "ok", ref: ref, [:])
+        case .channel(let ref, let description):
+            return Self.encode(type: "channel", ref: ref, ["channel": description.json])
+        case .channels(let ref, let descriptions):
+            return Self.encode(type: "channels", ref: ref, ["channels": .array(descriptions.map(\.json))])
+        case .keys(let ref, let channel, let epoch, let sender, let signature, let envelopes):
+            return Self.encode(type: "channel.keys", ref: ref, [
+                "channel": .string(channel.rawValue), "epoch": .number(Double(epoch)),
+                "sender": .string(sender.description), "signature": .string(signature),
+                "envelopes": .object(envelopes.mapValues { .string($0) }),
+            ])
+        case .messageAck(let ref, let channel, let offset, let duplicate):
+            return Self.encode(type: "message.ack", ref: ref, [
+                "channel": .string(channel.rawValue), "offset": .number(Double(offset)), "duplicate": .bool(duplicate),
+            ])
+        case .subscribed(let ref, let channel, let historyEpoch, let offset, let recovered):
+            return Self.encode(type: "subscribed", ref: ref, [
+                "channel": .string(channel.rawValue), "historyEpoch": .string(historyEpoch),
+                "offset": .number(Double(offset)), "recovered": .bool(recovered),
+            ])
+        case .channelEvent(let channel, let event, let did, let epoch):
+            return Self.encode(type: "channel.event", ref: nil, [
+                "channel": .string(channel.rawValue), "event": .string(event), "did": .string(did.description),
+                "epoch": .number(Double(epoch)),
+            ])
         case .welcome(let ref, let agent, let token, let expiresAt):
             var object: [String: JSONValue] = [
                 "type": "welcome", "agent": agent.json, "token": .string(token),
@@ -109,6 +240,13 @@ public struct FrameCodec: Sendable {
             if let ref { object["ref"] = .string(ref) }
             return JSONWriter.encode(.object(object))
         }
+    }
+
+    private static func encode(type: String, ref: String?, _ fields: [String: JSONValue]) -> [UInt8] {
+        var object = fields
+        object["type"] = .string(type)
+        if let ref { object["ref"] = .string(ref) }
+        return JSONWriter.encode(.object(object))
     }
 
     /// A type name shortened for an error message, so a hostile frame cannot make the reply large.
@@ -138,6 +276,74 @@ struct FrameFields {
         case let other?:
             throw ProtocolError(.invalidField, "\"\(key)\" must be a string, not \(other.typeName)")
         }
+    }
+
+    mutating func optionalInteger(_ key: String) throws(ProtocolError) -> Int64? {
+        consumed.insert(key)
+        guard let value = object[key], value != .null else { return nil }
+        guard let integer = value.integerValue else {
+            throw ProtocolError(.invalidField, "\"\(key)\" must be an integer, not \(value.typeName)")
+        }
+        return integer
+    }
+
+    mutating func positiveInteger(_ key: String) throws(ProtocolError) -> Int64 {
+        let value = try requiredInteger(key)
+        guard value > 0 else { throw ProtocolError(.invalidField, "\"\(key)\" must be positive") }
+        return value
+    }
+
+    mutating func optionalBool(_ key: String) throws(ProtocolError) -> Bool? {
+        consumed.insert(key)
+        guard let value = object[key], value != .null else { return nil }
+        guard let bool = value.boolValue else {
+            throw ProtocolError(.invalidField, "\"\(key)\" must be true or false, not \(value.typeName)")
+        }
+        return bool
+    }
+
+    mutating func optionalArray(_ key: String, maxCount: Int) throws(ProtocolError) -> [JSONValue]? {
+        consumed.insert(key)
+        guard let value = object[key], value != .null else { return nil }
+        guard let array = value.arrayValue else {
+            throw ProtocolError(.invalidField, "\"\(key)\" must be an array, not \(value.typeName)")
+        }
+        guard array.count <= maxCount else {
+            throw ProtocolError(.invalidField, "\"\(key)\" holds at most \(maxCount) entries")
+        }
+        return array
+    }
+
+    mutating func optionalObject(_ key: String) throws(ProtocolError) -> [String: JSONValue]? {
+        consumed.insert(key)
+        guard let value = object[key], value != .null else { return nil }
+        guard let fields = value.objectValue else {
+            throw ProtocolError(.invalidField, "\"\(key)\" must be an object, not \(value.typeName)")
+        }
+        return fields
+    }
+
+    mutating func channel() throws(ProtocolError) -> ChannelID {
+        let text = try requiredString("channel", maxBytes: 64)
+        guard let id = ChannelID(text) else { throw ProtocolError(.invalidField, "\"channel\" is not a channel id") }
+        return id
+    }
+
+    mutating func did(_ key: String) throws(ProtocolError) -> DID {
+        let text = try requiredString(key, maxBytes: 128)
+        guard let did = DID(parsing: text) else {
+            throw ProtocolError(.invalidField, "\"\(key)\" is not a did:agentchat identifier")
+        }
+        return did
+    }
+
+    /// A base64url string that must decode to exactly `length` bytes; returned as sent.
+    mutating func base64(_ key: String, length: Int) throws(ProtocolError) -> String {
+        let text = try requiredString(key, maxBytes: length * 2 + 4)
+        guard let bytes = Base64URL.decode(text), bytes.count == length else {
+            throw ProtocolError(.invalidField, "\"\(key)\" must be \(length) bytes in base64url")
+        }
+        return text
     }
 
     mutating func requiredInteger(_ key: String) throws(ProtocolError) -> Int64 {

@@ -4,6 +4,8 @@ public enum ClientFrame: Equatable, Sendable {
     case ping(id: String?)
     /// Log in, with a signed challenge or a session token; answered with `welcome` or an error.
     case auth(id: String?, AuthCredentials)
+    /// A channel or message request.
+    case channel(id: String?, ChannelRequest)
 
     /// Frame types an unauthenticated connection may send.
     public static let typesBeforeAuthentication: Set<String> = ["ping", "auth"]
@@ -27,6 +29,16 @@ public enum ServerFrame: Equatable, Sendable {
     case hello(broker: String, challenge: String, expiresAt: Int64)
     /// Login succeeded: the agent's profile and a session token valid until `expiresAt` (ms).
     case welcome(ref: String?, agent: AgentProfile, token: String, expiresAt: Int64)
+    /// A request succeeded and has nothing more to say.
+    case ok(ref: String?)
+    case channel(ref: String?, ChannelDescription)
+    case channels(ref: String?, [ChannelDescription])
+    /// The asking member's envelope for one epoch, with the signed set it came in.
+    case keys(ref: String?, channel: ChannelID, epoch: Int64, sender: DID, signature: String,
+              envelopes: [String: String])
+    case messageAck(ref: String?, channel: ChannelID, offset: Int64, duplicate: Bool)
+    case subscribed(ref: String?, channel: ChannelID, historyEpoch: String, offset: Int64, recovered: Bool)
+    case channelEvent(channel: ChannelID, event: String, did: DID, epoch: Int64)
 }
 
 /// Why a frame was refused: a stable code and a human-readable message.

@@ -45,6 +45,9 @@ public struct JSONWriter {
         }
     }
 
+    /// Appends bytes that are already JSON.
+    public mutating func append(_ raw: [UInt8]) { bytes.append(contentsOf: raw) }
+
     public mutating func writeString(_ s: String) {
         bytes.append(UInt8(ascii: "\""))
         for b in s.utf8 {

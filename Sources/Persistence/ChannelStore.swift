@@ -1,0 +1,397 @@
+import AgentChatProtocol
+
+/// Channels, membership, key envelopes and message history in Redis. Loop-bound.
+///
+/// Each step that must be atomic is one Lua script over keys of one channel (one hash tag), so the layout works on
+/// a Redis Cluster. Scripts answer `{status, value…}`; statuses other than `ok` become `ChannelStore.Refusal`.
+public final class ChannelStore {
+    /// Why a channel operation was refused.
+    public enum Refusal: String, Error, Sendable {
+        case notFound = "not_found"
+        case forbidden
+        case hidden
+        case notMember = "not_member"
+        case staleEpoch = "stale_epoch"
+        case keysExist = "keys_exist"
+    }
+
+    public enum Failure: Error, Sendable {
+        case refused(Refusal, epoch: Int64?)
+        case store(RedisError)
+    }
+
+    /// Retention and dedup settings.
+    public struct Limits: Sendable {
+        public var historyMaxCount = 10_000
+        public var historyMaxAgeMilliseconds: Int64 = 30 * 24 * 3600 * 1000
+        public var dedupWindowMilliseconds: Int64 = 5 * 60 * 1000
+        public init() {}
+    }
+
+    private let redis: RedisClient
+    public let limits: Limits
+
+    public init(redis: RedisClient, limits: Limits = Limits()) {
+        self.redis = redis
+        self.limits = limits
+        for script in [Self.create, Self.invite, Self.join, Self.leave, Self.remove, Self.publishKeys, Self.append,
+                       Self.state]
+        {
+            redis.scripts.register(script)
+        }
+    }
+
+    // MARK: Scripts
+
+    static let create = RedisScript(name: "channel_create", source: """
+        if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+        redis.call('HSET', KEYS[1], 'name', ARGV[1], 'owner', ARGV[2], 'open', ARGV[3], 'createdAt', ARGV[4],
+                   'historyEpoch', ARGV[5], 'epoch', 1, 'keyedEpoch', 0, 'seq', 0)
+        for i = 6, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+        return {'ok', 1}
+        """)
+
+    static let invite = RedisScript(name: "channel_invite", source: """
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
+        if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then redis.call('SADD', KEYS[3], ARGV[2]) end
+        return {'ok', tonumber(redis.call('HGET', KEYS[1], 'epoch'))}
+        """)
+
+    static let join = RedisScript(name: "channel_join", source: """
+        if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found'} end
+        local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch'))
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return {'ok', epoch, 0} end
+        if redis.call('HGET', KEYS[1], 'open') ~= '1' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
+          return {'hidden'}
+        end
+        redis.call('SREM', KEYS[3], ARGV[1])
+        redis.call('SADD', KEYS[2], ARGV[1])
+        return {'ok', redis.call('HINCRBY', KEYS[1], 'epoch', 1), 1}
+        """)
+
+    static let leave = RedisScript(name: "channel_leave", source: """
+        if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
+        return {'ok', redis.call('HINCRBY', KEYS[1], 'epoch', 1)}
+        """)
+
+    static let remove = RedisScript(name: "channel_remove", source: """
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
+        if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'forbidden'} end
+        redis.call('SREM', KEYS[3], ARGV[2])
+        if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then
+          return {'ok', tonumber(redis.call('HGET', KEYS[1], 'epoch')), 0}
+        end
+        return {'ok', redis.call('HINCRBY', KEYS[1], 'epoch', 1), 1}
+        """)
+
+    /// ARGV: sender, epoch, signature, then recipient/envelope pairs. Envelopes must cover exactly the members.
+    static let publishKeys = RedisScript(name: "channel_keys", source: """
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
+        local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch')
+        local epoch = tonumber(meta[1])
+        if tonumber(ARGV[2]) ~= epoch then return {'stale_epoch', epoch} end
+        if tonumber(meta[2]) >= epoch then return {'keys_exist', epoch} end
+        if (#ARGV - 3) / 2 ~= redis.call('SCARD', KEYS[2]) then return {'stale_epoch', epoch} end
+        for i = 4, #ARGV, 2 do
+          if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then return {'stale_epoch', epoch} end
+        end
+        redis.call('HSET', KEYS[3], '_sender', ARGV[1], '_signature', ARGV[3])
+        for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+        redis.call('HSET', KEYS[1], 'keyedEpoch', epoch)
+        return {'ok', epoch}
+        """)
+
+    /// KEYS: meta, members, log, dedup. ARGV: sender, epoch, item prefix, item suffix, now, max count,
+    /// oldest allowed ms, dedup window ms, feed channel. Stores, trims, remembers the client id, publishes.
+    static let append = RedisScript(name: "channel_append", source: """
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
+        local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch')
+        local epoch = tonumber(meta[1])
+        if tonumber(ARGV[2]) ~= epoch or tonumber(meta[2]) ~= epoch then return {'stale_epoch', epoch} end
+        local existing = redis.call('GET', KEYS[4])
+        if existing then return {'duplicate', tonumber(existing)} end
+        local offset = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+        local item = ARGV[3] .. offset .. ARGV[4]
+        redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[6], '0-' .. offset, 'm', item, 't', ARGV[5])
+        local old = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 100)
+        for _, entry in ipairs(old) do
+          if tonumber(entry[2][4]) < tonumber(ARGV[7]) then redis.call('XDEL', KEYS[3], entry[1]) else break end
+        end
+        redis.call('SET', KEYS[4], offset, 'PX', ARGV[8])
+        redis.call('PUBLISH', ARGV[9], item)
+        return {'ok', offset}
+        """)
+
+    /// KEYS: meta, members, log. ARGV: did. Membership, epochs, latest and first retained offsets.
+    static let state = RedisScript(name: "channel_state", source: """
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
+        local meta = redis.call('HMGET', KEYS[1], 'historyEpoch', 'seq', 'epoch', 'keyedEpoch')
+        local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+        local firstOffset = 0
+        if #first > 0 then firstOffset = tonumber(string.sub(first[1][1], 3)) end
+        return {'ok', meta[1], tonumber(meta[2]), firstOffset, tonumber(meta[3]), tonumber(meta[4])}
+        """)
+
+    // MARK: Operations
+
+    public func create(_ id: ChannelID, name: String, owner: DID, open: Bool, members: [DID], historyEpoch: String,
+                       now: Int64, completion: @escaping (Result<Void, Failure>) -> Void)
+    {
+        var arguments: [RedisArgument] = [RedisArgument(name), RedisArgument(owner.description), open ? "1" : "0",
+                                          RedisArgument(now), RedisArgument(historyEpoch)]
+        arguments += ([owner] + members).map { RedisArgument($0.description) }
+        run(Self.create, keys: [RedisKeys.channel(id), RedisKeys.members(id)], arguments: arguments) { result in
+            completion(result.flatMap { reply in
+                reply.status == "ok" ? .success(()) : .failure(.refused(.forbidden, epoch: nil))
+            })
+        }
+        indexMembership(id, add: [owner] + members)
+    }
+
+    public func invite(_ id: ChannelID, by inviter: DID, _ did: DID,
+                       completion: @escaping (Result<Int64, Failure>) -> Void)
+    {
+        run(Self.invite, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id)],
+            arguments: [RedisArgument(inviter.description), RedisArgument(did.description)]) { result in
+            completion(result.flatMap { $0.epochResult })
+        }
+    }
+
+    /// Joins; the epoch, and whether membership changed (false when already a member).
+    public func join(_ id: ChannelID, _ did: DID, completion: @escaping (Result<(Int64, Bool), Failure>) -> Void) {
+        run(Self.join, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id)],
+            arguments: [RedisArgument(did.description)]) { [weak self] result in
+            let outcome = result.flatMap { reply in reply.epochResult.map { ($0, reply.flag) } }
+            if case .success((_, true)) = outcome { self?.indexMembership(id, add: [did]) }
+            completion(outcome)
+        }
+    }
+
+    public func leave(_ id: ChannelID, _ did: DID, completion: @escaping (Result<Int64, Failure>) -> Void) {
+        run(Self.leave, keys: [RedisKeys.channel(id), RedisKeys.members(id)],
+            arguments: [RedisArgument(did.description)]) { [weak self] result in
+            let outcome = result.flatMap { $0.epochResult }
+            if case .success = outcome { self?.indexMembership(id, remove: did) }
+            completion(outcome)
+        }
+    }
+
+    /// Removes `did` (owner only); the epoch, and whether a member was removed (false for a mere invitation).
+    public func remove(_ id: ChannelID, by owner: DID, _ did: DID,
+                       completion: @escaping (Result<(Int64, Bool), Failure>) -> Void)
+    {
+        run(Self.remove, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id)],
+            arguments: [RedisArgument(owner.description), RedisArgument(did.description)]) { [weak self] result in
+            let outcome = result.flatMap { reply in reply.epochResult.map { ($0, reply.flag) } }
+            if case .success((_, true)) = outcome { self?.indexMembership(id, remove: did) }
+            completion(outcome)
+        }
+    }
+
+    public func publishKeys(_ keys: ChannelKeys, sender: DID, completion: @escaping (Result<Int64, Failure>) -> Void) {
+        var arguments: [RedisArgument] = [RedisArgument(sender.description), RedisArgument(keys.epoch),
+                                          RedisArgument(keys.signature)]
+        for (did, envelope) in keys.envelopes {
+            arguments.append(RedisArgument(did.description))
+            arguments.append(RedisArgument(envelope))
+        }
+        run(Self.publishKeys,
+            keys: [RedisKeys.channel(keys.channel), RedisKeys.members(keys.channel),
+                   RedisKeys.keys(keys.channel, epoch: keys.epoch)],
+            arguments: arguments) { result in completion(result.flatMap { $0.epochResult }) }
+    }
+
+    /// The envelopes of one epoch: sender, signature, recipient → envelope. Nil when none were published.
+    public func keys(_ id: ChannelID, epoch: Int64,
+                     completion: @escaping (Result<(sender: String, signature: String, envelopes: [String: String])?,
+                                                   RedisError>) -> Void)
+    {
+        redis.send(["HGETALL", RedisKeys.keys(id, epoch: epoch)]) { result in
+            completion(result.map { value in
+                var fields: [String: String] = [:]
+                let items = value.array ?? []
+                var index = 0
+                while index + 1 < items.count {
+                    if let key = items[index].bytes, let value = items[index + 1].bytes {
+                        fields[String(decoding: key, as: UTF8.self)] = String(decoding: value, as: UTF8.self)
+                    }
+                    index += 2
+                }
+                guard let sender = fields.removeValue(forKey: "_sender"),
+                    let signature = fields.removeValue(forKey: "_signature")
+                else { return nil }
+                return (sender, signature, fields)
+            })
+        }
+    }
+
+    public enum AppendOutcome: Equatable, Sendable {
+        case stored(offset: Int64)
+        case duplicate(offset: Int64)
+    }
+
+    /// Stores a message and publishes it, in one step. `suffix` is `MessageItem.suffix(...)`.
+    public func append(_ message: MessageSend, sender: DID, suffix: [UInt8], now: Int64,
+                       completion: @escaping (Result<AppendOutcome, Failure>) -> Void)
+    {
+        let id = message.channel
+        run(Self.append,
+            keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.log(id),
+                   RedisKeys.dedup(id, sender: sender, clientMessageID: message.clientMessageID)],
+            arguments: [RedisArgument(sender.description), RedisArgument(message.epoch),
+                        RedisArgument(MessageItem.prefix), RedisArgument(suffix), RedisArgument(now),
+                        RedisArgument(limits.historyMaxCount), RedisArgument(now - limits.historyMaxAgeMilliseconds),
+                        RedisArgument(limits.dedupWindowMilliseconds), RedisKeys.feed(id)]
+        ) { result in
+            completion(result.flatMap { reply in
+                switch reply.status {
+                case "ok": reply.int(1).map { .success(.stored(offset: $0)) } ?? .failure(.store(.unexpectedReply("")))
+                case "duplicate":
+                    reply.int(1).map { .success(.duplicate(offset: $0)) } ?? .failure(.store(.unexpectedReply("")))
+                default: .failure(reply.refusal)
+                }
+            })
+        }
+    }
+
+    public struct State: Sendable, Equatable {
+        public var historyEpoch: String
+        /// Latest offset.
+        public var offset: Int64
+        /// First offset still in history (0 when history is empty).
+        public var firstOffset: Int64
+        public var epoch: Int64
+        public var keyedEpoch: Int64
+    }
+
+    /// The channel's offsets and epochs, if `did` is a member.
+    public func state(_ id: ChannelID, for did: DID, completion: @escaping (Result<State, Failure>) -> Void) {
+        run(Self.state, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.log(id)],
+            arguments: [RedisArgument(did.description)]) { result in
+            completion(result.flatMap { reply in
+                guard reply.status == "ok" else { return .failure(reply.refusal) }
+                guard let historyEpoch = reply.string(1), let offset = reply.int(2), let first = reply.int(3),
+                    let epoch = reply.int(4), let keyed = reply.int(5)
+                else { return .failure(.store(.unexpectedReply("channel_state"))) }
+                return .success(State(historyEpoch: historyEpoch, offset: offset, firstOffset: first, epoch: epoch,
+                                      keyedEpoch: keyed))
+            })
+        }
+    }
+
+    /// Stored items with offsets in `after+1 ... through` (oldest first), at most `count`.
+    public func range(_ id: ChannelID, after: Int64, through: Int64? = nil, count: Int,
+                      completion: @escaping (Result<[[UInt8]], RedisError>) -> Void)
+    {
+        redis.send(["XRANGE", RedisKeys.log(id), RedisArgument("0-\(after + 1)"),
+                    through.map { RedisArgument("0-\($0)") } ?? "+", "COUNT", RedisArgument(count)]) { result in
+            completion(result.map(Self.items))
+        }
+    }
+
+    /// Stored items before `before` (or the newest), newest first, at most `count`.
+    public func reverseRange(_ id: ChannelID, before: Int64?, count: Int,
+                             completion: @escaping (Result<[[UInt8]], RedisError>) -> Void)
+    {
+        let end: RedisArgument = before.map { RedisArgument("0-\(max(0, $0 - 1))") } ?? "+"
+        redis.send(["XREVRANGE", RedisKeys.log(id), end, "-", "COUNT", RedisArgument(count)]) { result in
+            completion(result.map(Self.items))
+        }
+    }
+
+    /// Channel metadata and members, for a description. Nil when the channel does not exist.
+    public func metadata(_ id: ChannelID,
+                         completion: @escaping (Result<(fields: [String: String], members: [DID])?, RedisError>) -> Void)
+    {
+        var meta: RedisValue?
+        redis.send(["HGETALL", RedisKeys.channel(id)]) { result in
+            if case .success(let value) = result { meta = value }
+        }
+        redis.send(["SMEMBERS", RedisKeys.members(id)]) { result in
+            completion(result.map { membersValue in
+                guard let items = meta?.array, !items.isEmpty else { return nil }
+                var fields: [String: String] = [:]
+                var index = 0
+                while index + 1 < items.count {
+                    if let key = items[index].bytes, let value = items[index + 1].bytes {
+                        fields[String(decoding: key, as: UTF8.self)] = String(decoding: value, as: UTF8.self)
+                    }
+                    index += 2
+                }
+                let members = (membersValue.array ?? []).compactMap { $0.bytes }
+                    .compactMap { DID(parsing: String(decoding: $0, as: UTF8.self)) }
+                return (fields, members)
+            })
+        }
+    }
+
+    /// The channels in an agent's index.
+    public func channels(of did: DID, completion: @escaping (Result<[ChannelID], RedisError>) -> Void) {
+        redis.send(["SMEMBERS", RedisKeys.agentChannels(did)]) { result in
+            completion(result.map { value in
+                (value.array ?? []).compactMap { $0.bytes }.compactMap { ChannelID(String(decoding: $0, as: UTF8.self)) }
+                    .sorted { $0.rawValue < $1.rawValue }
+            })
+        }
+    }
+
+    /// Publishes a `channel.event` frame on the channel's feed.
+    public func publishEvent(_ id: ChannelID, frame: [UInt8]) {
+        redis.send(["PUBLISH", RedisKeys.feed(id), RedisArgument(frame)]) { _ in }
+    }
+
+    // MARK: Helpers
+
+    private func indexMembership(_ id: ChannelID, add: [DID] = [], remove: DID? = nil) {
+        for did in add { redis.send(["SADD", RedisKeys.agentChannels(did), RedisArgument(id.rawValue)]) { _ in } }
+        if let remove { redis.send(["SREM", RedisKeys.agentChannels(remove), RedisArgument(id.rawValue)]) { _ in } }
+    }
+
+    private func run(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument],
+                     completion: @escaping (Result<ScriptReply, Failure>) -> Void)
+    {
+        redis.scripts.call(script.name, keys: keys, arguments: arguments) { result in
+            completion(result.mapError { .store($0) }.map(ScriptReply.init))
+        }
+    }
+
+    private static func items(_ value: RedisValue) -> [[UInt8]] {
+        (value.array ?? []).compactMap { entry in
+            // [id, [field, value, field, value]]; the item is the value of "m".
+            guard let parts = entry.array, parts.count == 2, let fields = parts[1].array else { return nil }
+            var index = 0
+            while index + 1 < fields.count {
+                if fields[index].bytes == Array("m".utf8) { return fields[index + 1].bytes }
+                index += 2
+            }
+            return nil
+        }
+    }
+}
+
+/// A script's `{status, value…}` answer.
+struct ScriptReply {
+    let values: [RedisValue]
+    init(_ value: RedisValue) { values = value.array ?? [] }
+
+    var status: String { values.first.flatMap { $0.bytes.map { String(decoding: $0, as: UTF8.self) } ?? $0.string } ?? "" }
+    func int(_ index: Int) -> Int64? {
+        guard index < values.count else { return nil }
+        if let int = values[index].int { return Int64(int) }
+        return values[index].bytes.flatMap { Int64(String(decoding: $0, as: UTF8.self)) }
+    }
+    func string(_ index: Int) -> String? {
+        guard index < values.count else { return nil }
+        return values[index].bytes.map { String(decoding: $0, as: UTF8.self) } ?? values[index].string
+    }
+    var flag: Bool { int(2) == 1 }
+
+    var refusal: ChannelStore.Failure {
+        .refused(ChannelStore.Refusal(rawValue: status) ?? .notFound, epoch: int(1))
+    }
+
+    var epochResult: Result<Int64, ChannelStore.Failure> {
+        guard status == "ok" else { return .failure(refusal) }
+        return int(1).map { .success($0) } ?? .failure(.store(.unexpectedReply("no epoch")))
+    }
+}
