@@ -56,7 +56,8 @@ let package = Package(
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                .product(name: "DequeModule", package: "swift-collections"),
                                .product(name: "ArgumentParser", package: "swift-argument-parser")],
-                path: "Sources/Broker"),
+                path: "Sources/Broker",
+                resources: [.copy("Web")]),
         .executableTarget(name: "agentchat-broker", dependencies: ["AgentChatBroker"],
                           path: "Sources/BrokerMain"),
         // A small blocking RFC 6455 client: tests drive the broker with it, byte by byte when needed.

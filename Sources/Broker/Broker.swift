@@ -23,6 +23,9 @@ final class Broker: WebSocketServerDelegate {
     /// Set by `start()`, once the bound port (and so the default issuer) is known.
     private var authenticator: Authenticator!
     private var channels: ChannelService!
+    private let indicatorStore: IndicatorStore
+    private let indicators: IndicatorService
+    private let presence: PresenceTracker
     private let codec: FrameCodec
     private let metrics: BrokerMetrics
     private let registry: PrometheusCollectorRegistry
@@ -52,10 +55,20 @@ final class Broker: WebSocketServerDelegate {
                                  pingIntervalSeconds: configuration.pingIntervalSeconds,
                                  pingTimeoutSeconds: configuration.pingTimeoutSeconds),
             logger: logger)
-        server.delegate = self
+        indicatorStore = IndicatorStore(redis: redis)
+        indicators = IndicatorService(loop: loop, store: indicatorStore, codec: codec,
+                                      updatesPerSecond: configuration.indicatorRate,
+                                      maxViewersPerAddress: configuration.viewerConnectionsPerAddress,
+                                      logger: Logger(label: "agentchat.indicators"))
+        presence = PresenceTracker(loop: loop, store: indicatorStore, graceSeconds: configuration.onlineGraceSeconds)
         channels = ChannelService(loop: loop, store: ChannelStore(redis: redis, limits: channelLimits),
-                                  agents: agents, pubsub: redis.pubSub, codec: codec, metrics: metrics,
-                                  logger: Logger(label: "agentchat.channels"))
+                                  agents: agents, pubsub: redis.pubSub, indicatorStore: indicatorStore, codec: codec,
+                                  metrics: metrics, logger: Logger(label: "agentchat.channels"))
+        server.delegate = self
+        let site = StaticFiles.bundled()
+        for path in site.files.keys {
+            router.add(.get, path) { _, respond in respond(site.response(for: path)!) }
+        }
         router.add(.get, "/health") { [unowned self] _, respond in respond(health()) }
         router.add(.get, "/metrics") { [unowned self] _, respond in respond(metricsPage()) }
         let cors = CORSPolicy(allowedOrigins: Set(configuration.corsOrigins))
@@ -87,6 +100,8 @@ final class Broker: WebSocketServerDelegate {
     func shutdown(completion: @escaping () -> Void) {
         logger.info("shutting down", metadata: ["connections": "\(server.sessions.count)"])
         healthTimer = nil
+        indicators.stop()
+        presence.stop()
         server.shutdown(grace: configuration.shutdownGraceSeconds) { [self] in
             redis.close()
             logger.info("stopped")
@@ -125,6 +140,8 @@ final class Broker: WebSocketServerDelegate {
 
     func sessionClosed(_ session: WebSocketSession) {
         channels.sessionClosed(session)
+        indicators.sessionClosed(session)
+        if let did = session.auth?.authenticatedDID { presence.disconnected(did) }
         metrics.webSocketConnections.record(server.sessions.count)
         logger.debug("session closed", metadata: ["session": "\(session.id)"])
     }
@@ -161,6 +178,19 @@ final class Broker: WebSocketServerDelegate {
             authenticate(session, id: id, credentials)
         case .success(.channel(let id, let request)):
             channels.handle(request, id: id, from: session)
+        case .success(.viewer(let id, let request)):
+            let wasViewer = indicators.isViewer(session)
+            guard indicators.handle(request, id: id, from: session) else {
+                reply(session, .error(ProtocolError(.rateLimited, "too many viewer connections from this address"),
+                                      ref: id))
+                session.close(.policyViolation, "too many viewer connections from this address")
+                return
+            }
+            if !wasViewer {
+                session.frameBudget = TokenBucket(rate: configuration.viewerFramesPerSecond,
+                                                  burst: configuration.viewerFramesPerSecond * 2,
+                                                  now: Clock.monotonicSeconds())
+            }
         case .failure(let error):
             reply(session, .error(error, ref: decoded.id))
         }
@@ -197,6 +227,7 @@ final class Broker: WebSocketServerDelegate {
         switch result {
         case .success(let profile):
             session.auth?.verified(profile.did)
+            presence.connected(profile.did)
             let (token, expiresAt) = authenticator.issueToken(for: profile.did)
             logger.debug("agent authenticated", metadata: ["session": "\(session.id)", "did": "\(profile.did)"])
             reply(session, .welcome(ref: id, agent: profile, token: token, expiresAt: expiresAt))

@@ -61,6 +61,14 @@ public struct BrokerCommand: ParsableCommand {
     var historyMax: Int?
     @Option(help: "Seconds a message is kept (env AGENTCHAT_HISTORY_MAX_AGE, default 2592000 = 30 days).")
     var historyMaxAge: Int?
+    @Option(help: "Seconds after an agent's last connection closes before it counts as offline (env AGENTCHAT_ONLINE_GRACE, default 15).")
+    var onlineGrace: Double?
+    @Option(help: "Indicator updates per second per viewer, at most (env AGENTCHAT_INDICATOR_RATE, default 4).")
+    var indicatorRate: Double?
+    @Option(help: "Viewer connections per client address (env AGENTCHAT_VIEWER_CONNECTIONS_PER_ADDRESS, default 20).")
+    var viewerConnectionsPerAddress: Int?
+    @Option(help: "Frames per second a viewer may send (env AGENTCHAT_VIEWER_FRAMES_PER_SECOND, default 10).")
+    var viewerFramesPerSecond: Double?
     @Flag(help: "Start a new token signing key; tokens signed by the old one stay valid (env AGENTCHAT_ROTATE_SIGNING_KEY=1).")
     var rotateSigningKey = false
 
@@ -121,6 +129,15 @@ public struct BrokerCommand: ParsableCommand {
         guard c.historyMaxCount >= 1, c.historyMaxAgeSeconds >= 1 else {
             throw ValidationError("history limits must be positive")
         }
+        c.onlineGraceSeconds = try pick(onlineGrace, "AGENTCHAT_ONLINE_GRACE", { Double($0) }, c.onlineGraceSeconds)
+        c.indicatorRate = try pick(indicatorRate, "AGENTCHAT_INDICATOR_RATE", { Double($0) }, c.indicatorRate)
+        c.viewerConnectionsPerAddress = try pick(viewerConnectionsPerAddress, "AGENTCHAT_VIEWER_CONNECTIONS_PER_ADDRESS",
+                                                 { Int($0) }, c.viewerConnectionsPerAddress)
+        c.viewerFramesPerSecond = try pick(viewerFramesPerSecond, "AGENTCHAT_VIEWER_FRAMES_PER_SECOND", { Double($0) },
+                                           c.viewerFramesPerSecond)
+        guard c.onlineGraceSeconds >= 0.5, (0.1...50).contains(c.indicatorRate), c.viewerConnectionsPerAddress >= 1,
+            c.viewerFramesPerSecond > 0
+        else { throw ValidationError("viewer and indicator settings out of range") }
         c.rotateSigningKey = rotateSigningKey || environment["AGENTCHAT_ROTATE_SIGNING_KEY"] == "1"
 
         guard (0...65535).contains(c.port) else { throw ValidationError("port must be 0...65535") }

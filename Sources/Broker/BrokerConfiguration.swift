@@ -38,6 +38,14 @@ struct BrokerConfiguration: Sendable {
     var historyMaxCount = 10_000
     /// Seconds a message is kept.
     var historyMaxAgeSeconds = 30 * 24 * 3600
+    /// Seconds after its last connection closes before an agent counts as offline.
+    var onlineGraceSeconds = 15.0
+    /// Indicator frames per second per viewer, at most.
+    var indicatorRate = 4.0
+    /// Viewer connections per client address on one broker.
+    var viewerConnectionsPerAddress = 20
+    /// Frames per second a viewer may send.
+    var viewerFramesPerSecond = 10.0
     /// Seconds to wait for WebSocket clients to take their 1001 close before the server stops anyway.
     var shutdownGraceSeconds = 3.0
 }

@@ -15,6 +15,7 @@ final class ChannelService {
     private let store: ChannelStore
     private let agents: AgentStore
     private let pubsub: RedisPubSub
+    private let indicatorStore: IndicatorStore
     private let codec: FrameCodec
     private let metrics: BrokerMetrics
     private let logger: Logger
@@ -25,9 +26,10 @@ final class ChannelService {
     /// Messages replayed per history read.
     static let replayPage = 500
 
-    init(loop: EventLoop, store: ChannelStore, agents: AgentStore, pubsub: RedisPubSub, codec: FrameCodec,
-         metrics: BrokerMetrics, logger: Logger)
+    init(loop: EventLoop, store: ChannelStore, agents: AgentStore, pubsub: RedisPubSub, indicatorStore: IndicatorStore,
+         codec: FrameCodec, metrics: BrokerMetrics, logger: Logger)
     {
+        self.indicatorStore = indicatorStore
         self.loop = loop
         self.store = store
         self.agents = agents
@@ -158,8 +160,9 @@ final class ChannelService {
             let suffix = MessageItem.suffix(message, sender: did, timestamp: Clock.unixMilliseconds())
             store.append(message, sender: did, suffix: suffix, now: Clock.unixMilliseconds()) { [self] result in
                 switch result {
-                case .success(.stored(let offset)):
+                case .success(.stored(let offset, let listed)):
                     metrics.messagesStored.increment()
+                    if listed { indicatorStore.touch(message.channel, at: Clock.unixMilliseconds()) }
                     reply(.messageAck(ref: id, channel: message.channel, offset: offset, duplicate: false))
                 case .success(.duplicate(let offset)):
                     reply(.messageAck(ref: id, channel: message.channel, offset: offset, duplicate: true))
@@ -181,6 +184,13 @@ final class ChannelService {
         case .unsubscribe(let channel):
             unsubscribe(session, from: channel)
             reply(.ok(ref: id))
+        case .listing(let channel, let listed, let title, let topic):
+            indicatorStore.setListing(channel, owner: did, listed: listed, title: title, topic: topic) { result in
+                switch result {
+                case .success: reply(.ok(ref: id))
+                case .failure(let failure): storeFailure(failure)
+                }
+            }
         case .history(let channel, let before, let after, let limit):
             store.state(channel, for: did) { [self, weak session] result in
                 guard let session else { return }

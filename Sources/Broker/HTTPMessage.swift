@@ -20,11 +20,12 @@ struct HTTPResponse: Sendable, Equatable {
     var contentType: String
     var body: [UInt8]
     var extraHeaders: [(String, String)] = []
+    var cacheControl = "no-store"
     /// Close the connection after this response (set for errors where the request body was not read).
     var closeConnection = false
 
     static func == (a: HTTPResponse, b: HTTPResponse) -> Bool {
-        a.status == b.status && a.contentType == b.contentType && a.body == b.body
+        a.status == b.status && a.contentType == b.contentType && a.body == b.body && a.cacheControl == b.cacheControl
             && a.closeConnection == b.closeConnection && a.extraHeaders.elementsEqual(b.extraHeaders, by: ==)
     }
 
@@ -42,7 +43,7 @@ struct HTTPResponse: Sendable, Equatable {
         var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\n"
         head += "Content-Type: \(contentType)\r\n"
         head += "Content-Length: \(body.count)\r\n"
-        head += "Cache-Control: no-store\r\n"
+        head += "Cache-Control: \(cacheControl)\r\n"
         head += "X-Content-Type-Options: nosniff\r\n"
         for (name, value) in extraHeaders { head += "\(name): \(value)\r\n" }
         if closeConnection { head += "Connection: close\r\n" }

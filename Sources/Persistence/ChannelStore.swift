@@ -101,8 +101,9 @@ public final class ChannelStore {
         return {'ok', epoch}
         """)
 
-    /// KEYS: meta, members, log, dedup. ARGV: sender, epoch, item prefix, item suffix, now, max count,
-    /// oldest allowed ms, dedup window ms, feed channel. Stores, trims, remembers the client id, publishes.
+    /// KEYS: meta, members, log, dedup, rate. ARGV: sender, epoch, item prefix, item suffix, now, max count,
+    /// oldest allowed ms, dedup window ms, feed channel. Stores, trims, remembers the client id, counts activity,
+    /// publishes. Answers the offset and whether the channel is listed.
     static let append = RedisScript(name: "channel_append", source: """
         if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
         local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch')
@@ -118,8 +119,11 @@ public final class ChannelStore {
           if tonumber(entry[2][4]) < tonumber(ARGV[7]) then redis.call('XDEL', KEYS[3], entry[1]) else break end
         end
         redis.call('SET', KEYS[4], offset, 'PX', ARGV[8])
+        redis.call('HSET', KEYS[1], 'lastActivity', ARGV[5])
+        redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[5]) / 1000), 1)
+        redis.call('PEXPIRE', KEYS[5], 120000)
         redis.call('PUBLISH', ARGV[9], item)
-        return {'ok', offset}
+        return {'ok', offset, redis.call('HGET', KEYS[1], 'listed') == '1' and 1 or 0}
         """)
 
     /// KEYS: meta, members, log. ARGV: did. Membership, epochs, latest and first retained offsets.
@@ -226,7 +230,7 @@ public final class ChannelStore {
     }
 
     public enum AppendOutcome: Equatable, Sendable {
-        case stored(offset: Int64)
+        case stored(offset: Int64, listed: Bool)
         case duplicate(offset: Int64)
     }
 
@@ -237,7 +241,7 @@ public final class ChannelStore {
         let id = message.channel
         run(Self.append,
             keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.log(id),
-                   RedisKeys.dedup(id, sender: sender, clientMessageID: message.clientMessageID)],
+                   RedisKeys.dedup(id, sender: sender, clientMessageID: message.clientMessageID), RedisKeys.rate(id)],
             arguments: [RedisArgument(sender.description), RedisArgument(message.epoch),
                         RedisArgument(MessageItem.prefix), RedisArgument(suffix), RedisArgument(now),
                         RedisArgument(limits.historyMaxCount), RedisArgument(now - limits.historyMaxAgeMilliseconds),
@@ -245,7 +249,9 @@ public final class ChannelStore {
         ) { result in
             completion(result.flatMap { reply in
                 switch reply.status {
-                case "ok": reply.int(1).map { .success(.stored(offset: $0)) } ?? .failure(.store(.unexpectedReply("")))
+                case "ok":
+                    reply.int(1).map { .success(.stored(offset: $0, listed: reply.flag)) }
+                        ?? .failure(.store(.unexpectedReply("")))
                 case "duplicate":
                     reply.int(1).map { .success(.duplicate(offset: $0)) } ?? .failure(.store(.unexpectedReply("")))
                 default: .failure(reply.refusal)

@@ -35,6 +35,13 @@ public enum RedisKeys {
     /// Pub/sub channel: stored items and `channel.event` frames of one channel.
     public static func feed(_ id: ChannelID) -> RedisArgument { RedisArgument("\(prefix)ch:{\(id)}:feed") }
 
+    /// Hash: messages per second (field: Unix second) of the last two minutes.
+    public static func rate(_ id: ChannelID) -> RedisArgument { RedisArgument("\(prefix)ch:{\(id)}:rate") }
+    /// Sorted set: listed channels, scored by last activity (ms).
+    public static let directory = RedisArgument("\(prefix)directory")
+    /// String with a TTL: the agent has a connection to some broker (or had one within the grace period).
+    public static func presence(_ did: DID) -> RedisArgument { RedisArgument("\(prefix)presence:{\(did)}") }
+
     /// Hash: every broker's session-token verification keys, kid → base64url Ed25519 public key.
     public static let signingKeys = RedisArgument("\(prefix)signing-keys")
 }

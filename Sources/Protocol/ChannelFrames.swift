@@ -13,6 +13,7 @@ public enum ChannelRequest: Equatable, Sendable {
     case subscribe(ChannelID, since: Int64?, historyEpoch: String?)
     case unsubscribe(ChannelID)
     case history(ChannelID, before: Int64?, after: Int64?, limit: Int)
+    case listing(ChannelID, listed: Bool, title: String, topic: String)
 }
 
 /// A set of key envelopes for one epoch, signed by the member who made the key.

@@ -12,6 +12,8 @@ public struct CloseCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let protocolError = CloseCode(rawValue: 1002)
     /// A text frame that is not valid UTF-8 (sent by libwebsockets).
     public static let invalidPayload = CloseCode(rawValue: 1007)
+    /// A policy limit was passed (for example too many viewer connections from one address).
+    public static let policyViolation = CloseCode(rawValue: 1008)
     /// A message larger than the configured maximum.
     public static let messageTooBig = CloseCode(rawValue: 1009)
     /// An unexpected broker fault.

@@ -47,6 +47,8 @@ public struct FrameCodec: Sendable {
                 frame = .ping(id: id)
             case "auth":
                 frame = .auth(id: id, try decodeAuth(&fields))
+            case let type where ClientFrame.viewerTypes.contains(type):
+                frame = .viewer(id: id, try decodeViewerRequest(type, &fields))
             case let type where Self.channelTypes.contains(type):
                 frame = .channel(id: id, try decodeChannelRequest(type, &fields))
             default:
@@ -65,8 +67,41 @@ public struct FrameCodec: Sendable {
     static let channelTypes: Set<String> = [
         "channel.create", "channel.invite", "channel.join", "channel.leave", "channel.remove", "channel.list",
         "channel.describe", "channel.keys", "channel.keys.get", "message.send", "channel.subscribe",
-        "channel.unsubscribe", "history",
+        "channel.unsubscribe", "history", "channel.listing",
     ]
+
+    private func decodeViewerRequest(_ type: String, _ fields: inout FrameFields) throws(ProtocolError)
+        -> ViewerRequest
+    {
+        switch type {
+        case "directory.list":
+            let cursor = try fields.optionalInteger("cursor") ?? 0
+            let limit = try fields.optionalInteger("limit") ?? 20
+            guard cursor >= 0, cursor <= 1_000_000 else { throw ProtocolError(.invalidField, "bad \"cursor\"") }
+            guard (1...100).contains(limit) else { throw ProtocolError(.invalidField, "\"limit\" must be 1 to 100") }
+            return .directoryList(cursor: Int(cursor), limit: Int(limit))
+        case "indicators.subscribe":
+            let directory = try fields.optionalBool("directory") ?? false
+            let channels = try fields.optionalArray("channels", maxCount: 100)
+            switch (directory, channels) {
+            case (true, nil): return .subscribeDirectory
+            case (false, let list?):
+                var ids: [ChannelID] = []
+                for value in list {
+                    guard let id = value.stringValue.flatMap(ChannelID.init) else {
+                        throw ProtocolError(.invalidField, "\"channels\" must hold channel ids")
+                    }
+                    if !ids.contains(id) { ids.append(id) }
+                }
+                guard !ids.isEmpty else { throw ProtocolError(.invalidField, "\"channels\" is empty") }
+                return .subscribe(ids)
+            default:
+                throw ProtocolError(.invalidField, "give \"channels\" or \"directory\": true")
+            }
+        default:
+            return .unsubscribe
+        }
+    }
 
     private func decodeChannelRequest(_ type: String, _ fields: inout FrameFields) throws(ProtocolError)
         -> ChannelRequest
@@ -149,6 +184,22 @@ public struct FrameCodec: Sendable {
             return .subscribe(channel, since: since, historyEpoch: historyEpoch)
         case "channel.unsubscribe":
             return .unsubscribe(try fields.channel())
+        case "channel.listing":
+            let channel = try fields.channel()
+            guard let listed = try fields.optionalBool("listed") else {
+                throw ProtocolError(.missingField, "missing field \"listed\"")
+            }
+            let title = try fields.optionalString("title", maxBytes: 4 * ChannelIndicators.maxTitleLength) ?? ""
+            let topic = try fields.optionalString("topic", maxBytes: 4 * ChannelIndicators.maxTopicLength) ?? ""
+            if listed {
+                guard RegistrationRequest.isValidName(title) else {
+                    throw ProtocolError(.invalidField, "\"title\" must be 1 to 64 characters without control characters")
+                }
+                guard topic.unicodeScalars.count <= ChannelIndicators.maxTopicLength,
+                    !topic.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) })
+                else { throw ProtocolError(.invalidField, "\"topic\" is at most 200 characters, no control characters") }
+            }
+            return .listing(channel, listed: listed, title: title, topic: topic)
         default:  // "history"
             let channel = try fields.channel()
             let before = try fields.optionalInteger("before")
@@ -232,6 +283,12 @@ public struct FrameCodec: Sendable {
                 "channel": .string(channel.rawValue), "event": .string(event), "did": .string(did.description),
                 "epoch": .number(Double(epoch)),
             ])
+        case .directory(let ref, let channels, let next):
+            var fields: [String: JSONValue] = ["channels": .array(channels.map(\.json))]
+            if let next { fields["next"] = .number(Double(next)) }
+            return Self.encode(type: "directory", ref: ref, fields)
+        case .indicators(let ref, let channels):
+            return Self.encode(type: "indicators", ref: ref, ["channels": .array(channels.map(\.json))])
         case .welcome(let ref, let agent, let token, let expiresAt):
             var object: [String: JSONValue] = [
                 "type": "welcome", "agent": agent.json, "token": .string(token),

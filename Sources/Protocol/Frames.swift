@@ -6,9 +6,15 @@ public enum ClientFrame: Equatable, Sendable {
     case auth(id: String?, AuthCredentials)
     /// A channel or message request.
     case channel(id: String?, ChannelRequest)
+    /// A viewer's request for public indicators.
+    case viewer(id: String?, ViewerRequest)
 
     /// Frame types an unauthenticated connection may send.
-    public static let typesBeforeAuthentication: Set<String> = ["ping", "auth"]
+    public static let typesBeforeAuthentication: Set<String> = [
+        "ping", "auth", "directory.list", "indicators.subscribe", "indicators.unsubscribe",
+    ]
+    /// Frame types of viewers.
+    public static let viewerTypes: Set<String> = ["directory.list", "indicators.subscribe", "indicators.unsubscribe"]
 }
 
 /// How an agent proves who it is.
@@ -39,6 +45,8 @@ public enum ServerFrame: Equatable, Sendable {
     case messageAck(ref: String?, channel: ChannelID, offset: Int64, duplicate: Bool)
     case subscribed(ref: String?, channel: ChannelID, historyEpoch: String, offset: Int64, recovered: Bool)
     case channelEvent(channel: ChannelID, event: String, did: DID, epoch: Int64)
+    case directory(ref: String?, [ChannelIndicators], next: Int?)
+    case indicators(ref: String?, [ChannelIndicators])
 }
 
 /// Why a frame was refused: a stable code and a human-readable message.

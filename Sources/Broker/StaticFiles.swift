@@ -1,0 +1,58 @@
+import Foundation
+
+/// The viewer page's files, shipped with the package (`Sources/Broker/Web`) and read into memory at start-up.
+struct StaticFiles {
+    struct File {
+        let body: [UInt8]
+        let contentType: String
+    }
+
+    /// Every response of the page carries this policy: nothing from other hosts, no inline script or style.
+    static let contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        + "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+    private(set) var files: [String: File] = [:]
+
+    /// Loads every file of the bundled `Web` directory; `/` serves `index.html`.
+    static func bundled() -> StaticFiles {
+        var result = StaticFiles()
+        guard let directory = Bundle.module.url(forResource: "Web", withExtension: nil),
+            let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path)
+        else { return result }
+        for name in names.sorted() where !name.hasPrefix(".") {
+            guard let data = FileManager.default.contents(atPath: directory.appendingPathComponent(name).path) else {
+                continue
+            }
+            let file = File(body: Array(data), contentType: contentType(of: name))
+            result.files["/" + name] = file
+            if name == "index.html" { result.files["/"] = file }
+        }
+        return result
+    }
+
+    static func contentType(of name: String) -> String {
+        switch (name as NSString).pathExtension.lowercased() {
+        case "html": "text/html; charset=utf-8"
+        case "css": "text/css; charset=utf-8"
+        case "js", "mjs": "text/javascript; charset=utf-8"
+        case "svg": "image/svg+xml"
+        case "png": "image/png"
+        case "ico": "image/x-icon"
+        case "json", "webmanifest": "application/json"
+        case "txt": "text/plain; charset=utf-8"
+        default: "application/octet-stream"
+        }
+    }
+
+    func response(for path: String) -> HTTPResponse? {
+        guard let file = files[path] else { return nil }
+        var response = HTTPResponse(status: 200, contentType: file.contentType, body: file.body)
+        // HTML is revalidated every time so a new release is picked up; the other files may be cached briefly.
+        response.cacheControl = file.contentType.hasPrefix("text/html") ? "no-cache" : "public, max-age=300"
+        response.extraHeaders = [
+            ("Content-Security-Policy", Self.contentSecurityPolicy), ("Referrer-Policy", "no-referrer"),
+            ("X-Frame-Options", "DENY"), ("Cross-Origin-Opener-Policy", "same-origin"),
+        ]
+        return response
+    }
+}
