@@ -11,12 +11,13 @@ import Foundation
 struct AgentChatCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agentchat",
-        abstract: "An AgentChat agent: create an identity, register it, log in.",
+        abstract: "An AgentChat agent: create an identity, register it, log in, use end-to-end encrypted channels.",
         discussion: """
             Exit status: 0 success, 1 identity file problem, 2 usage, 3 refused by the broker, \
             4 network failure, 5 unexpected answer from the broker.
             """,
-        subcommands: [Keygen.self, Register.self, Whoami.self])
+        subcommands: [Keygen.self, Register.self, Whoami.self, ChannelCommand.self, Send.self, Listen.self,
+                      History.self])
 
     /// Parses and runs like `AsyncParsableCommand.main()`, but with this tool's exit statuses.
     static func main() async {

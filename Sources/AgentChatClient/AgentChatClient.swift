@@ -104,6 +104,8 @@ public actor AgentChatClient {
     private var isClosed = false
     private nonisolated let states = Broadcaster<ConnectionState>(replaysLatest: true, initial: .disconnected)
     private nonisolated let unsolicited = Broadcaster<JSONValue>(replaysLatest: false)
+    /// Channel keys, subscriptions and counters (see `AgentChatClient+Channels.swift`).
+    var channelState = ChannelClientState()
 
     public init(identity: AgentIdentity, server: BrokerURL, configuration: Configuration = Configuration()) {
         self.identity = identity
@@ -293,6 +295,9 @@ public actor AgentChatClient {
         self.profile = profile
         sessionToken = SessionToken(token: token, expiresAt: expiresAt)
         setState(.connected(profile))
+        if !channelState.subscriptions.isEmpty {
+            Task { await self.resubscribeAll(generation: current) }
+        }
         return profile
     }
 
@@ -400,6 +405,8 @@ public actor AgentChatClient {
         switch event {
         case .frame(let frame):
             if let ref = frame["ref"]?.stringValue, let continuation = pending.removeValue(forKey: ref) {
+                // Applied here, in frame order, before any `messages` frame that follows it.
+                if frame["type"]?.stringValue == "subscribed" { applySubscribed(frame) }
                 if frame["type"]?.stringValue == "error" {
                     continuation.resume(throwing: AgentChatError.server(
                         frame["code"]?.stringValue ?? "unknown", frame["message"]?.stringValue ?? ""))
@@ -414,6 +421,7 @@ public actor AgentChatClient {
                     bufferedHello = frame
                 }
             } else {
+                routeChannelFrame(frame)
                 unsolicited.yield(frame)
             }
         case .closed(let ending):
@@ -494,6 +502,7 @@ public actor AgentChatClient {
         connection = nil
         generation += 1
         failPending(with: AgentChatError.closed)
+        endAllSubscriptions(with: .closed)
         setState(.closed)
         await open?.close()
         states.finish()
@@ -506,6 +515,16 @@ public actor AgentChatClient {
         guard newState != state else { return }
         state = newState
         states.yield(newState)
+        if case .failed(let error) = newState { endAllSubscriptions(with: error) }
+    }
+
+    /// The current connection's generation (for work that must not outlive its connection).
+    var connectionGeneration: Int { generation }
+
+    /// Testing aid: drops the current WebSocket abruptly (no closing handshake, as if the network failed), so the
+    /// client reconnects and resumes as it would after a real failure. The broker is not told.
+    public func simulateConnectionLoss() {
+        connection?.abort()
     }
 
     static func nowMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }

@@ -86,12 +86,20 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
         public static let notConnected = "not_connected"
         public static let closed = "client_closed"
         public static let unsupportedScheme = "unsupported_scheme"
+        /// A channel key set failed verification (signature, sender membership, or the envelope did not open).
+        public static let keyVerificationFailed = "key_verification_failed"
         // Broker codes (docs/PROTOCOL.md).
         public static let alreadyRegistered = "already_registered"
         public static let rateLimited = "rate_limited"
         public static let authFailed = "auth_failed"
         public static let challengeExpired = "challenge_expired"
         public static let tokenInvalid = "token_invalid"
+        public static let notFound = "not_found"
+        public static let forbidden = "forbidden"
+        public static let notMember = "not_member"
+        public static let staleEpoch = "stale_epoch"
+        public static let keysExist = "keys_exist"
+        public static let unknownAgent = "unknown_agent"
     }
 
     // Values to match with `==` or `#expect(throws:)`.
@@ -99,6 +107,10 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
     public static let rateLimited = AgentChatError.server(Codes.rateLimited, "")
     public static let authFailed = AgentChatError.server(Codes.authFailed, "")
     public static let tokenInvalid = AgentChatError.server(Codes.tokenInvalid, "")
+    public static let notFound = AgentChatError.server(Codes.notFound, "")
+    public static let forbidden = AgentChatError.server(Codes.forbidden, "")
+    public static let notMember = AgentChatError.server(Codes.notMember, "")
+    public static let staleEpoch = AgentChatError.server(Codes.staleEpoch, "")
     public static let timeout = AgentChatError(code: Codes.timeout, category: .network, message: "")
     public static let notConnected = AgentChatError(code: Codes.notConnected, category: .state, message: "")
     public static let closed = AgentChatError(code: Codes.closed, category: .state, message: "")

@@ -33,6 +33,7 @@ final class FrameConnection: @unchecked Sendable {
     private let lock = NSLock()
     private var outbox: [String] = []
     private var closeRequested = false
+    private var abortRequested = false
     private var finished = false
     private var finishWaiters: [CheckedContinuation<Void, Never>] = []
 
@@ -87,14 +88,24 @@ final class FrameConnection: @unchecked Sendable {
         }
     }
 
+    /// Drops the socket without a closing handshake (as a network failure would); the connection then ends with
+    /// ``Event/closed(_:)`` not ``Ending/requestedLocally``.
+    func abort() {
+        lock.withLock { abortRequested = true }
+    }
+
     // MARK: - Connection thread
 
     private func run(_ client: WebSocketClient) {
         var ending = Ending(closeCode: nil, reason: "", requestedLocally: false)
         loop: while true {
-            let (frames, closing) = lock.withLock { () -> ([String], Bool) in
+            let (frames, closing, aborting) = lock.withLock { () -> ([String], Bool, Bool) in
                 defer { outbox.removeAll() }
-                return (outbox, closeRequested)
+                return (outbox, closeRequested, abortRequested)
+            }
+            if aborting {
+                ending.reason = "connection aborted"
+                break loop
             }
             do {
                 for text in frames { try client.send(text: text) }

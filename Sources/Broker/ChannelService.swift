@@ -97,9 +97,11 @@ final class ChannelService {
                 }
             }
         case .leave(let channel):
-            store.leave(channel, did) { [self] result in
+            store.leave(channel, did) { [self, weak session] result in
                 switch result {
                 case .success(let epoch):
+                    // This connection stops at once; the agent's others when the event reaches their brokers.
+                    if let session { unsubscribe(session, from: channel) }
                     publishEvent(channel, "member_left", did, epoch)
                     reply(.ok(ref: id))
                 case .failure(let failure): storeFailure(failure)

@@ -21,6 +21,8 @@ struct HTTPResponse: Sendable, Equatable {
     var body: [UInt8]
     var extraHeaders: [(String, String)] = []
     var cacheControl = "no-store"
+    /// An answer to HEAD: headers (with the full Content-Length) and no body.
+    var omitBody = false
     /// Close the connection after this response (set for errors where the request body was not read).
     var closeConnection = false
 
@@ -48,7 +50,7 @@ struct HTTPResponse: Sendable, Equatable {
         for (name, value) in extraHeaders { head += "\(name): \(value)\r\n" }
         if closeConnection { head += "Connection: close\r\n" }
         head += "\r\n"
-        return Array(head.utf8) + body
+        return Array(head.utf8) + (omitBody ? [] : body)
     }
 
     static func reason(_ status: Int) -> String {

@@ -16,6 +16,17 @@ struct HTTPRouter {
             respond(.error(404, .notFound, "no endpoint at this path"))
             return
         }
+        // HEAD is GET without the body (the length stays).
+        if request.method == .head, let get = methods[.get] {
+            var request = request
+            request.method = .get
+            get(request) { response in
+                var head = response
+                head.omitBody = true
+                respond(head)
+            }
+            return
+        }
         guard let handler = methods[request.method] else {
             var response = HTTPResponse.error(405, .methodNotAllowed, "\(request.method.rawValue) is not allowed here")
             let allowed = methods.keys.map(\.rawValue).sorted().joined(separator: ", ")

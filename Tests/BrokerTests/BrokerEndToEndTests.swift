@@ -89,6 +89,14 @@ func errorCode(_ response: TestSupport.HTTPResponse) throws -> String? {
         #expect(response.bodyText == #"{"status":"healthy","timestamp":\#(timestamp)}"#)
     }
 
+    @Test func headIsGetWithoutTheBody() throws {
+        let fixture = try BrokerFixture()
+        let head = try HTTPProbe.request(port: fixture.port, method: "HEAD", path: "/health")
+        #expect(head.status == 200 || head.status == 503)
+        #expect(head.body.isEmpty)
+        #expect(Int(head.headers["content-length"] ?? "") ?? 0 > 20)
+    }
+
     @Test func unknownPathsAndMethodsGetJSONErrors() throws {
         let fixture = try BrokerFixture()
         let missing = try fixture.get("/no/such/thing")

@@ -1,0 +1,570 @@
+import AgentChatCrypto
+import AgentChatProtocol
+import Foundation
+
+/// A channel key's place in the cache.
+struct EpochKeyID: Hashable, Sendable {
+    let channel: ChannelID
+    let epoch: Int64
+}
+
+/// What a subscription's worker receives, in the order the broker sent it.
+enum SubscriptionInbound: Sendable {
+    case items([JSONValue])
+    case event(ChannelStreamEvent)
+    case end(AgentChatError?)
+}
+
+/// One live subscription: resume point and the worker's inbox.
+struct ChannelSubscription: Sendable {
+    let token: Int
+    /// The highest offset received from the broker (queued for the worker); nil before the first `subscribed`.
+    var lastReceived: Int64?
+    var historyEpoch: String?
+    /// The `since` of the latest subscribe request.
+    var requestedSince: Int64?
+    var isReconnect = false
+    let inbox: AsyncStream<SubscriptionInbound>.Continuation
+}
+
+/// The actor's channel state (all of it isolated to the ``AgentChatClient`` actor).
+struct ChannelClientState: Sendable {
+    /// Channel keys per (channel, epoch), in memory only.
+    var keys: [EpochKeyID: [UInt8]] = [:]
+    /// The epoch this client last sent in (or keyed), per channel: the send fast path.
+    var sendEpoch: [ChannelID: Int64] = [:]
+    var subscriptions: [ChannelID: ChannelSubscription] = [:]
+    var statistics = ChannelStatistics()
+    var nextToken = 0
+}
+
+extension AgentChatClient {
+    /// How many times ``send(channel:bytes:clientMessageID:)`` tries before giving up.
+    static let maxSendAttempts = 6
+    /// How many times key publication is retried when membership changes underneath it.
+    static let maxKeyingAttempts = 5
+
+    /// What the SDK did on its own: keys published and fetched, stale-epoch retries, resubscriptions.
+    public var channelStatistics: ChannelStatistics { channelState.statistics }
+
+    // MARK: - Membership
+
+    /// Creates a channel owned by this agent (`channel.create`) and publishes the first epoch's keys.
+    ///
+    /// - Throws: `unknown_agent` for a member that is not registered, `invalid_field`, `not_connected`, ...
+    public func createChannel(name: String, open: Bool = false, members: [DID] = []) async throws(AgentChatError)
+        -> ChannelDescription
+    {
+        var fields: [String: JSONValue] = ["type": "channel.create", "name": .string(name), "open": .bool(open)]
+        if !members.isEmpty { fields["members"] = .array(members.map { .string($0.description) }) }
+        let description = try Self.channelDescription(in: try await call(fields))
+        await prepareKeys(description.id)
+        return description
+    }
+
+    /// Invites `did` (any member may invite). The invitee becomes a member with ``join(channel:)``.
+    public func invite(channel: ChannelID, did: DID) async throws(AgentChatError) {
+        _ = try await call(["type": "channel.invite", "channel": .string(channel.rawValue),
+                            "did": .string(did.description)])
+    }
+
+    /// Joins an open channel, or one this agent was invited to; publishes the new epoch's keys.
+    @discardableResult
+    public func join(channel: ChannelID) async throws(AgentChatError) -> ChannelDescription {
+        let description = try Self.channelDescription(
+            in: try await call(["type": "channel.join", "channel": .string(channel.rawValue)]))
+        await prepareKeys(channel)
+        return description
+    }
+
+    /// Leaves the channel; ends its subscription.
+    public func leave(channel: ChannelID) async throws(AgentChatError) {
+        _ = try await call(["type": "channel.leave", "channel": .string(channel.rawValue)])
+        channelState.sendEpoch[channel] = nil
+        endSubscription(channel, with: .server("not_member", "left the channel"))
+    }
+
+    /// Removes a member (owner only); publishes the new epoch's keys, without the removed member.
+    public func remove(channel: ChannelID, did: DID) async throws(AgentChatError) {
+        _ = try await call(["type": "channel.remove", "channel": .string(channel.rawValue),
+                            "did": .string(did.description)])
+        await prepareKeys(channel)
+    }
+
+    /// The channels this agent is a member of.
+    public func listChannels() async throws(AgentChatError) -> [ChannelDescription] {
+        let reply = try await call(["type": "channel.list"])
+        guard reply["type"]?.stringValue == "channels", let list = reply["channels"]?.arrayValue else {
+            throw .protocolViolation("expected channels, got \(reply["type"]?.stringValue ?? "no type")")
+        }
+        var descriptions: [ChannelDescription] = []
+        for item in list {
+            guard let description = ChannelDescription(json: item) else {
+                throw .protocolViolation("a channel description is malformed")
+            }
+            descriptions.append(description)
+        }
+        return descriptions
+    }
+
+    /// The channel's description: members (with their encryption keys), epochs, latest offset.
+    public func describe(channel: ChannelID) async throws(AgentChatError) -> ChannelDescription {
+        try Self.channelDescription(in: try await call(["type": "channel.describe", "channel": .string(channel.rawValue)]))
+    }
+
+    // MARK: - Sending
+
+    /// Encrypts `text` under the channel's current epoch key (making and publishing one if needed), signs it and
+    /// sends it. Retries by itself after `stale_epoch` (re-keying) and after a dropped connection, with the same
+    /// `clientMessageId`, so a retry is never stored twice.
+    @discardableResult
+    public func send(channel: ChannelID, text: String) async throws(AgentChatError) -> SendReceipt {
+        try await send(channel: channel, bytes: Array(text.utf8))
+    }
+
+    /// Like ``send(channel:text:)`` for bytes; `clientMessageID` (1–64 characters) defaults to 16 random bytes in
+    /// base64url.
+    @discardableResult
+    public func send(channel: ChannelID, bytes: [UInt8], clientMessageID: String? = nil) async throws(AgentChatError)
+        -> SendReceipt
+    {
+        let messageID = clientMessageID ?? Base64URL.encode(SecureRandom.bytes(16))
+        guard !messageID.isEmpty, messageID.utf8.count <= MessageSend.maxClientMessageIDBytes else {
+            throw .invalidArgument("a clientMessageId has 1 to \(MessageSend.maxClientMessageIDBytes) bytes")
+        }
+        guard bytes.count + AES256GCM.tagLength <= MessageSend.maxCiphertextBytes else {
+            throw .invalidArgument("a message holds at most \(MessageSend.maxCiphertextBytes - AES256GCM.tagLength) bytes")
+        }
+        var refresh = false
+        var lastError = AgentChatError.notConnected
+        for attempt in 0..<Self.maxSendAttempts {
+            do throws(AgentChatError) {
+                if attempt > 0 { try await waitForConnection() }
+                let (epoch, key) = try await sendingKey(channel, refresh: refresh)
+                refresh = false
+                let frame = try sealMessage(bytes, channel: channel, epoch: epoch, key: key, clientMessageID: messageID)
+                let ack = try await request(frame)
+                guard ack["type"]?.stringValue == "message.ack", let offset = ack["offset"]?.integerValue else {
+                    throw .protocolViolation("expected message.ack, got \(ack["type"]?.stringValue ?? "no type")")
+                }
+                return SendReceipt(channel: channel, offset: offset, duplicate: ack["duplicate"]?.boolValue ?? false,
+                                   clientMessageID: messageID, epoch: epoch)
+            } catch {
+                lastError = error
+                if error.code == "stale_epoch" {
+                    channelState.statistics.staleEpochRetries += 1
+                    channelState.sendEpoch[channel] = nil
+                    refresh = true
+                    continue
+                }
+                let transient = error.category == .network || error.code == AgentChatError.Codes.notConnected
+                    || error.code == "unavailable"
+                if transient && configuration.autoReconnect { continue }
+                throw error
+            }
+        }
+        throw lastError
+    }
+
+    private func sealMessage(_ plaintext: [UInt8], channel: ChannelID, epoch: Int64, key: [UInt8],
+                             clientMessageID: String) throws(AgentChatError) -> JSONValue
+    {
+        let nonce = SecureRandom.bytes(AES256GCM.nonceLength)
+        let associatedData = MessageSend.associatedData(channel: channel, epoch: epoch, sender: identity.did,
+                                                        clientMessageID: clientMessageID)
+        let sealed: [UInt8]
+        do {
+            sealed = try AES256GCM.seal(plaintext, key: key, nonce: nonce, associatedData: associatedData)
+        } catch {
+            throw AgentChatError(code: "crypto_error", category: .invalidArgument, message: "encryption failed: \(error)")
+        }
+        let nonceText = Base64URL.encode(nonce)
+        let ciphertext = Base64URL.encode(sealed)
+        let signature = identity.sign(MessageSend.signedBytes(channel: channel, epoch: epoch,
+                                                              clientMessageID: clientMessageID, nonce: nonceText,
+                                                              ciphertext: ciphertext))
+        return [
+            "type": "message.send", "channel": .string(channel.rawValue), "epoch": .number(Double(epoch)),
+            "clientMessageId": .string(clientMessageID), "nonce": .string(nonceText),
+            "ciphertext": .string(ciphertext), "signature": .string(Base64URL.encode(signature)),
+        ]
+    }
+
+    /// Waits (up to the request and connect timeouts) for a reconnection in progress.
+    func waitForConnection() async throws(AgentChatError) {
+        let deadline = ContinuousClock.now + .seconds(configuration.requestTimeout + configuration.connectTimeout)
+        while true {
+            switch state {
+            case .connected: return
+            case .closed: throw .closed
+            case .failed(let error): throw error
+            case .disconnected: throw .notConnected
+            case .connecting, .authenticating, .reconnecting: break
+            }
+            if ContinuousClock.now >= deadline {
+                throw AgentChatError(code: AgentChatError.Codes.timeout, category: .network,
+                                     message: "not reconnected in time")
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    // MARK: - Keys
+
+    /// Best effort: makes sure the channel's current epoch has keys and this client holds them.
+    func prepareKeys(_ channel: ChannelID) async {
+        _ = try? await sendingKey(channel, refresh: true)
+    }
+
+    /// The current epoch and its key: cached, fetched (`channel.keys.get`) or made and published (`channel.keys`).
+    func sendingKey(_ channel: ChannelID, refresh: Bool) async throws(AgentChatError) -> (Int64, [UInt8]) {
+        if !refresh, let epoch = channelState.sendEpoch[channel],
+            let key = channelState.keys[EpochKeyID(channel: channel, epoch: epoch)]
+        {
+            return (epoch, key)
+        }
+        var lastError = AgentChatError.server("stale_epoch", "membership kept changing while keying")
+        for _ in 0..<Self.maxKeyingAttempts {
+            let description = try await describe(channel: channel)
+            let members = Set(description.members.map(\.did))
+            if description.keyedEpoch >= description.epoch {
+                let key = try await epochKey(channel, epoch: description.epoch, currentMembers: members)
+                channelState.sendEpoch[channel] = description.epoch
+                return (description.epoch, key)
+            }
+            do throws(AgentChatError) {
+                let key = try await publishKeys(description)
+                return (description.epoch, key)
+            } catch where error.code == "keys_exist" {
+                let key = try await epochKey(channel, epoch: description.epoch, currentMembers: members)
+                channelState.sendEpoch[channel] = description.epoch
+                return (description.epoch, key)
+            } catch where error.code == "stale_epoch" {
+                lastError = error
+                continue
+            }
+        }
+        throw lastError
+    }
+
+    /// Makes a random key for the description's epoch, seals it for every member, signs and publishes it.
+    private func publishKeys(_ description: ChannelDescription) async throws(AgentChatError) -> [UInt8] {
+        let key = SecureRandom.bytes(AES256GCM.keyLength)
+        var envelopes: [String: String] = [:]
+        for member in description.members {
+            guard let sealed = try? EncryptionKeyPair.sealForRecipient(key, recipientPublicKey: member.encryptionKey)
+            else { throw .protocolViolation("cannot seal a key for \(member.did)") }
+            envelopes[member.did.description] = Base64URL.encode(sealed)
+        }
+        guard envelopes[identity.did.description] != nil else {
+            throw .server("not_member", "this agent is not a member of \(description.id)")
+        }
+        let signed = ChannelKeys.signedBytes(channel: description.id, epoch: description.epoch, envelopes: envelopes)
+        _ = try await call([
+            "type": "channel.keys", "channel": .string(description.id.rawValue),
+            "epoch": .number(Double(description.epoch)), "envelopes": .object(envelopes.mapValues { .string($0) }),
+            "signature": .string(Base64URL.encode(identity.sign(signed))),
+        ])
+        channelState.keys[EpochKeyID(channel: description.id, epoch: description.epoch)] = key
+        channelState.sendEpoch[description.id] = description.epoch
+        channelState.statistics.keysPublished += 1
+        return key
+    }
+
+    /// The key of one epoch: from the cache, or fetched with `channel.keys.get`, verified and opened.
+    ///
+    /// Verification: the key set's signature (over `ChannelKeys.signedBytes`) verifies with the sender's DID; the
+    /// sender is among the epoch's recipients (the broker accepts a set only when it covers exactly the members,
+    /// so the sender was a member then); for the current epoch, the sender is a current member.
+    func epochKey(_ channel: ChannelID, epoch: Int64, currentMembers: Set<DID>? = nil) async throws(AgentChatError)
+        -> [UInt8]
+    {
+        if let key = channelState.keys[EpochKeyID(channel: channel, epoch: epoch)] { return key }
+        let reply = try await call(["type": "channel.keys.get", "channel": .string(channel.rawValue),
+                                    "epoch": .number(Double(epoch))])
+        let key = try Self.openKeySet(reply, channel: channel, epoch: epoch, recipient: identity,
+                                      currentMembers: currentMembers)
+        channelState.keys[EpochKeyID(channel: channel, epoch: epoch)] = key
+        channelState.statistics.keysFetched += 1
+        return key
+    }
+
+    static func openKeySet(_ reply: JSONValue, channel: ChannelID, epoch: Int64, recipient: AgentIdentity,
+                           currentMembers: Set<DID>?) throws(AgentChatError) -> [UInt8]
+    {
+        func refuse(_ why: String) -> AgentChatError {
+            AgentChatError(code: AgentChatError.Codes.keyVerificationFailed, category: .protocolViolation,
+                           message: "keys for \(channel) epoch \(epoch): \(why)")
+        }
+        guard reply["type"]?.stringValue == "channel.keys", reply["channel"]?.stringValue == channel.rawValue,
+            reply["epoch"]?.integerValue == epoch
+        else { throw refuse("the answer is not the requested key set") }
+        guard let sender = reply["sender"]?.stringValue.flatMap(DID.init(parsing:)),
+            let signature = reply["signature"]?.stringValue.flatMap(Base64URL.decode),
+            let envelopeObject = reply["envelopes"]?.objectValue
+        else { throw refuse("missing sender, signature or envelopes") }
+        var envelopes: [String: String] = [:]
+        for (did, value) in envelopeObject {
+            guard let text = value.stringValue else { throw refuse("an envelope is not a string") }
+            envelopes[did] = text
+        }
+        let signed = ChannelKeys.signedBytes(channel: channel, epoch: epoch, envelopes: envelopes)
+        guard SigningKeyPair.verify(signature: signature, message: signed, publicKey: sender.signingKey) else {
+            throw refuse("the signature does not verify with the sender's key")
+        }
+        guard envelopes[sender.description] != nil else { throw refuse("the sender was not a member of the epoch") }
+        if let currentMembers, !currentMembers.contains(sender) {
+            throw refuse("the sender is not a member")
+        }
+        guard let mine = envelopes[recipient.did.description].flatMap(Base64URL.decode) else {
+            throw .server("not_found", "no envelope for this agent")
+        }
+        guard let key = try? recipient.encryptionKeyPair.openSealed(mine), key.count == AES256GCM.keyLength else {
+            throw refuse("this agent's envelope does not open")
+        }
+        return key
+    }
+
+    // MARK: - Receiving
+
+    /// Subscribes to the channel: the stream delivers `.subscribed` (with `recovered`), then every message after
+    /// `since` (default: only new ones) in offset order, decrypted and verified, then live messages. After a
+    /// reconnection the SDK resubscribes from the last offset received by itself (another `.subscribed` element;
+    /// `recovered: false` there means messages were lost). Offsets are delivered at most once.
+    ///
+    /// Ending the stream (cancelling its consumer) unsubscribes. A second subscription to the same channel ends
+    /// the first.
+    public func subscribe(channel: ChannelID, since: Int64? = nil, historyEpoch: String? = nil)
+        async throws(AgentChatError) -> AsyncStream<ChannelStreamEvent>
+    {
+        guard case .connected = state else { throw .notConnected }
+        endSubscription(channel, with: nil)
+        let (inboxStream, inbox) = AsyncStream.makeStream(of: SubscriptionInbound.self, bufferingPolicy: .unbounded)
+        let (output, outputContinuation) = AsyncStream.makeStream(of: ChannelStreamEvent.self,
+                                                                  bufferingPolicy: .unbounded)
+        channelState.nextToken += 1
+        let token = channelState.nextToken
+        channelState.subscriptions[channel] = ChannelSubscription(
+            token: token, lastReceived: since, historyEpoch: historyEpoch, requestedSince: since, inbox: inbox)
+        let worker = Task { [weak self] in
+            for await inbound in inboxStream {
+                switch inbound {
+                case .items(let items):
+                    for item in items {
+                        guard let self else { break }
+                        outputContinuation.yield(.message(await self.openMessage(item, channel: channel)))
+                    }
+                case .event(let event):
+                    outputContinuation.yield(event)
+                case .end(let error):
+                    if let error { outputContinuation.yield(.ended(error)) }
+                    outputContinuation.finish()
+                    return
+                }
+            }
+            outputContinuation.finish()
+        }
+        outputContinuation.onTermination = { [weak self] _ in
+            worker.cancel()
+            Task { await self?.subscriptionTerminated(channel, token: token) }
+        }
+        var fields: [String: JSONValue] = ["type": "channel.subscribe", "channel": .string(channel.rawValue)]
+        if let since { fields["since"] = .number(Double(since)) }
+        if let historyEpoch { fields["historyEpoch"] = .string(historyEpoch) }
+        do {
+            _ = try await call(fields)
+        } catch {
+            if channelState.subscriptions[channel]?.token == token { channelState.subscriptions[channel] = nil }
+            inbox.finish()
+            outputContinuation.finish()
+            throw error
+        }
+        return output
+    }
+
+    /// Stops the channel's subscription (`channel.unsubscribe`); its stream finishes.
+    public func unsubscribe(channel: ChannelID) async {
+        guard channelState.subscriptions[channel] != nil else { return }
+        endSubscription(channel, with: nil)
+        if case .connected = state {
+            _ = try? await call(["type": "channel.unsubscribe", "channel": .string(channel.rawValue)])
+        }
+    }
+
+    /// Stored messages, decrypted and verified, oldest first: the newest `limit` (1–500) before `before` (default:
+    /// the end), or with `after` the first `limit` after that offset. Keys of older epochs are fetched as needed.
+    public func history(channel: ChannelID, limit: Int = 100, before: Int64? = nil, after: Int64? = nil)
+        async throws(AgentChatError) -> [ChannelMessage]
+    {
+        var fields: [String: JSONValue] = ["type": "history", "channel": .string(channel.rawValue),
+                                           "limit": .number(Double(limit))]
+        if let before { fields["before"] = .number(Double(before)) }
+        if let after { fields["after"] = .number(Double(after)) }
+        let reply = try await call(fields)
+        guard reply["type"]?.stringValue == "messages", let items = reply["messages"]?.arrayValue else {
+            throw .protocolViolation("expected messages, got \(reply["type"]?.stringValue ?? "no type")")
+        }
+        var messages: [ChannelMessage] = []
+        for item in items { messages.append(await openMessage(item, channel: channel)) }
+        return messages.sorted { $0.offset < $1.offset }
+    }
+
+    /// Verifies and decrypts one stored item. Never throws: failures are ``ChannelMessage/failure``.
+    func openMessage(_ item: JSONValue, channel: ChannelID) async -> ChannelMessage {
+        let offset = item["offset"]?.integerValue ?? 0
+        let sender = item["sender"]?.stringValue ?? ""
+        let epoch = item["epoch"]?.integerValue ?? 0
+        let timestamp = item["ts"]?.integerValue ?? 0
+        let messageID = item["id"]?.stringValue ?? ""
+        func failed(_ failure: ChannelMessageFailure) -> ChannelMessage {
+            ChannelMessage(channel: channel, offset: offset, sender: sender, epoch: epoch, timestamp: timestamp,
+                           clientMessageID: messageID, plaintext: nil, failure: failure)
+        }
+        guard offset > 0, epoch > 0, !messageID.isEmpty, let did = DID(parsing: sender),
+            let nonceText = item["nonce"]?.stringValue, let nonce = Base64URL.decode(nonceText),
+            nonce.count == AES256GCM.nonceLength, let ciphertextText = item["ciphertext"]?.stringValue,
+            let ciphertext = Base64URL.decode(ciphertextText),
+            let signature = item["signature"]?.stringValue.flatMap(Base64URL.decode)
+        else { return failed(.malformed("missing or invalid fields")) }
+        let signed = MessageSend.signedBytes(channel: channel, epoch: epoch, clientMessageID: messageID,
+                                             nonce: nonceText, ciphertext: ciphertextText)
+        guard SigningKeyPair.verify(signature: signature, message: signed, publicKey: did.signingKey) else {
+            return failed(.badSignature)
+        }
+        var key: [UInt8]?
+        var keyError = AgentChatError.notConnected
+        for _ in 0..<3 {
+            do throws(AgentChatError) {
+                key = try await epochKey(channel, epoch: epoch)
+                break
+            } catch {
+                keyError = error
+                let transient = error.category == .network || error.code == AgentChatError.Codes.notConnected
+                guard transient, configuration.autoReconnect, (try? await waitForConnection()) != nil else { break }
+            }
+        }
+        guard let key else { return failed(.keyUnavailable(keyError.code)) }
+        let associatedData = MessageSend.associatedData(channel: channel, epoch: epoch, sender: did,
+                                                        clientMessageID: messageID)
+        guard let plaintext = try? AES256GCM.open(ciphertext, key: key, nonce: nonce, associatedData: associatedData)
+        else { return failed(.decryptionFailed) }
+        return ChannelMessage(channel: channel, offset: offset, sender: sender, epoch: epoch, timestamp: timestamp,
+                              clientMessageID: messageID, plaintext: plaintext, failure: nil)
+    }
+
+    // MARK: - Frames (called by the actor's frame handler, in frame order)
+
+    /// A `subscribed` answer: records the history epoch and the resume point before any `messages` that follow.
+    func applySubscribed(_ frame: JSONValue) {
+        guard let channel = frame["channel"]?.stringValue.flatMap(ChannelID.init),
+            var subscription = channelState.subscriptions[channel], let latest = frame["offset"]?.integerValue,
+            let historyEpoch = frame["historyEpoch"]?.stringValue
+        else { return }
+        let recovered = frame["recovered"]?.boolValue ?? true
+        if let old = subscription.historyEpoch, old != historyEpoch {
+            subscription.lastReceived = 0  // the history restarted: its offsets start again
+        }
+        if subscription.lastReceived == nil { subscription.lastReceived = latest }
+        subscription.historyEpoch = historyEpoch
+        channelState.subscriptions[channel] = subscription
+        subscription.inbox.yield(.event(.subscribed(ChannelResume(
+            channel: channel, since: subscription.requestedSince, latestOffset: latest, historyEpoch: historyEpoch,
+            recovered: recovered, isReconnect: subscription.isReconnect))))
+    }
+
+    /// `messages` (live or replayed) and `channel.event` frames.
+    func routeChannelFrame(_ frame: JSONValue) {
+        guard let channel = frame["channel"]?.stringValue.flatMap(ChannelID.init) else { return }
+        switch frame["type"]?.stringValue {
+        case "messages":
+            guard var subscription = channelState.subscriptions[channel],
+                let items = frame["messages"]?.arrayValue
+            else { return }
+            var last = subscription.lastReceived ?? -1
+            var fresh: [JSONValue] = []
+            for item in items {
+                guard let offset = item["offset"]?.integerValue, offset > last else { continue }
+                fresh.append(item)
+                last = offset
+            }
+            guard !fresh.isEmpty else { return }
+            subscription.lastReceived = last
+            channelState.subscriptions[channel] = subscription
+            subscription.inbox.yield(.items(fresh))
+        case "channel.event":
+            guard let event = frame["event"]?.stringValue, let did = frame["did"]?.stringValue,
+                let epoch = frame["epoch"]?.integerValue
+            else { return }
+            let membershipChange = ["member_joined", "member_left", "member_removed"].contains(event)
+            if membershipChange { channelState.sendEpoch[channel] = nil }
+            channelState.subscriptions[channel]?.inbox.yield(.event(.membership(
+                ChannelMembershipEvent(channel: channel, event: event, did: did, epoch: epoch))))
+            if did == identity.did.description && (event == "member_left" || event == "member_removed") {
+                endSubscription(channel, with: .server("not_member", "\(event == "member_left" ? "left" : "removed from") the channel"))
+            } else if membershipChange {
+                // A new epoch: key it now (the first member to try publishes; the others fetch).
+                Task { await self.prepareKeys(channel) }
+            }
+        default:
+            return
+        }
+    }
+
+    /// After a reconnection: subscribes again to every channel, from the last offset received.
+    func resubscribeAll(generation: Int) async {
+        for (channel, subscription) in channelState.subscriptions {
+            guard connectionGeneration == generation else { return }
+            guard var current = channelState.subscriptions[channel], current.token == subscription.token else {
+                continue
+            }
+            current.requestedSince = current.lastReceived
+            current.isReconnect = true
+            channelState.subscriptions[channel] = current
+            channelState.statistics.resubscriptions += 1
+            var fields: [String: JSONValue] = ["type": "channel.subscribe", "channel": .string(channel.rawValue)]
+            if let since = current.lastReceived { fields["since"] = .number(Double(since)) }
+            if let historyEpoch = current.historyEpoch { fields["historyEpoch"] = .string(historyEpoch) }
+            do throws(AgentChatError) {
+                _ = try await call(fields)
+            } catch where error.category == .server {
+                if channelState.subscriptions[channel]?.token == subscription.token {
+                    endSubscription(channel, with: error)
+                }
+            } catch {
+                return  // the connection dropped again: the next reconnection resubscribes
+            }
+        }
+    }
+
+    func endSubscription(_ channel: ChannelID, with error: AgentChatError?) {
+        guard let subscription = channelState.subscriptions.removeValue(forKey: channel) else { return }
+        subscription.inbox.yield(.end(error))
+        subscription.inbox.finish()
+    }
+
+    func endAllSubscriptions(with error: AgentChatError) {
+        for channel in Array(channelState.subscriptions.keys) { endSubscription(channel, with: error) }
+    }
+
+    private func subscriptionTerminated(_ channel: ChannelID, token: Int) {
+        guard let subscription = channelState.subscriptions[channel], subscription.token == token else { return }
+        channelState.subscriptions[channel] = nil
+        subscription.inbox.finish()
+        if case .connected = state {
+            try? send(["type": "channel.unsubscribe", "channel": .string(channel.rawValue)])
+        }
+    }
+
+    // MARK: - Helpers
+
+    private func call(_ fields: [String: JSONValue]) async throws(AgentChatError) -> JSONValue {
+        try await request(.object(fields))
+    }
+
+    private static func channelDescription(in reply: JSONValue) throws(AgentChatError) -> ChannelDescription {
+        guard reply["type"]?.stringValue == "channel", let json = reply["channel"],
+            let description = ChannelDescription(json: json)
+        else { throw .protocolViolation("expected a channel description, got \(reply["type"]?.stringValue ?? "no type")") }
+        return description
+    }
+}

@@ -1,0 +1,117 @@
+import AgentChatClient
+import AgentChatProtocol
+import Foundation
+import TestSupport
+import WebSocketClient
+
+/// Real brokers sharing one real Redis: `count` `agentchat-broker` processes started with the same `--issuer`.
+/// `stop()` ends every process (deinit too, as a safety net).
+final class ChannelCluster: @unchecked Sendable {
+    static let issuer = "http://agentchat.cluster.test"
+
+    let redis: RedisServer
+    private(set) var brokers: [BrokerProcess] = []
+    private let lock = NSLock()
+    private var clients: [AgentChatClient] = []
+
+    init(brokers count: Int = 2, extraArguments: [String] = []) async throws {
+        redis = try RedisServer()
+        do {
+            for _ in 0..<count {
+                brokers.append(try await BrokerProcess.start(
+                    extraArguments: ["--redis-url", "redis://127.0.0.1:\(redis.port)", "--issuer", Self.issuer,
+                                     "--register-rate", "1000"] + extraArguments,
+                    logLevel: "warning"))
+            }
+        } catch {
+            stop()
+            throw error
+        }
+    }
+
+    deinit { stop() }
+
+    func url(_ broker: Int) -> String { brokers[broker].baseURL }
+
+    /// A freshly generated, registered and connected agent on broker `broker`.
+    func agent(_ name: String, on broker: Int) async throws -> AgentChatClient {
+        let client = try AgentChatClient(identity: .generate(name: name), server: url(broker),
+                                         configuration: testConfiguration())
+        lock.withLock { clients.append(client) }
+        _ = try await client.register(name: name)
+        try await client.connect()
+        return client
+    }
+
+    /// Closes the clients it made, stops the brokers and Redis. Idempotent.
+    func stop() {
+        for broker in brokers { broker.stop() }
+        redis.stop()
+    }
+
+    func closeClients() async {
+        for client in lock.withLock({ clients }) { await client.close() }
+    }
+
+    /// Every key in Redis (SCAN), read according to its type (GET, HGETALL, SMEMBERS, XRANGE, ...), as raw text.
+    func dumpRedis() async throws -> (keys: [String], text: String) {
+        let port = redis.port
+        let keys = try await runTool("/usr/bin/env", ["redis-cli", "-p", "\(port)", "--scan"])
+            .split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+        guard !keys.isEmpty else { return ([], "") }
+        let quoted = keys.map { "\"" + $0.replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+        let types = try await runTool("/usr/bin/env", ["redis-cli", "-p", "\(port)"],
+                                      stdin: quoted.map { "TYPE \($0)" }.joined(separator: "\n") + "\n")
+            .split(separator: "\n").map(String.init)
+        var commands: [String] = []
+        for (index, key) in quoted.enumerated() {
+            switch index < types.count ? types[index] : "string" {
+            case "string": commands.append("GET \(key)")
+            case "hash": commands.append("HGETALL \(key)")
+            case "set": commands.append("SMEMBERS \(key)")
+            case "stream": commands.append("XRANGE \(key) - +")
+            case "zset": commands.append("ZRANGE \(key) 0 -1 WITHSCORES")
+            case "list": commands.append("LRANGE \(key) 0 -1")
+            default: commands.append("DUMP \(key)")
+            }
+        }
+        let text = try await runTool("/usr/bin/env", ["redis-cli", "-p", "\(port)"],
+                                     stdin: commands.joined(separator: "\n") + "\n")
+        return (keys, text)
+    }
+}
+
+/// Runs a tool to completion on a dedicated thread; returns stdout (throws with stderr on a non-zero status).
+/// With `stdin`, the text is written to a file and fed through the shell (`< file`).
+func runTool(_ executable: String, _ arguments: [String], stdin: String? = nil) async throws -> String {
+    let directory = try makeTemporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    return try await DedicatedThread.run {
+        let outPath = directory + "/out", errPath = directory + "/err", inPath = directory + "/in"
+        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: inPath, contents: Data((stdin ?? "").utf8))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        let command = ([executable] + arguments).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+            .joined(separator: " ")
+        process.arguments = ["-c", command + " < '\(inPath)' > '\(outPath)' 2> '\(errPath)'"]
+        try process.run()
+        process.waitUntilExit()
+        // Lossy: values may hold binary bytes.
+        let out = String(decoding: FileManager.default.contents(atPath: outPath) ?? Data(), as: UTF8.self)
+        guard process.terminationStatus == 0 else {
+            let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+            throw TimedOut(description: "\(arguments) exited \(process.terminationStatus): \(err)")
+        }
+        return out
+    }
+}
+
+/// The messages collected from a channel stream so far.
+extension Collector where Value == ChannelStreamEvent {
+    var messages: [ChannelMessage] { values.compactMap(\.message) }
+    var resumes: [ChannelResume] {
+        values.compactMap { if case .subscribed(let resume) = $0 { resume } else { nil } }
+    }
+}
