@@ -62,9 +62,14 @@ public final class EmbeddedRedis: Sendable {
             throw EmbeddedRedisError(.startFailed("cannot create \(directory): \(error)"))
         }
 
+        // A broker killed with SIGKILL leaves its redis-server running on this directory; two servers writing one
+        // AOF would corrupt it, so a survivor is stopped (cleanly: it flushes its AOF) before a new one starts.
+        EmbeddedRedis.stopSurvivor(pidFile: directory + "/redis.pid")
+
         var lines = [
             "daemonize no",
             "dir \(quoted(directory))",
+            "pidfile \(quoted(directory + "/redis.pid"))",
             "appendonly yes",
             "appendfsync \(configuration.appendFsync.rawValue)",
             "protected-mode yes",
@@ -125,6 +130,19 @@ public final class EmbeddedRedis: Sendable {
     }
 
     deinit { stop() }
+
+    /// Stops a `redis-server` left running by an earlier process on the same data directory, if any.
+    static func stopSurvivor(pidFile: String) {
+        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1,
+            let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
+            cmdline.contains("redis-server")
+        else { return }
+        Foundation.kill(pid, SIGTERM)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while Foundation.kill(pid, 0) == 0, ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        if Foundation.kill(pid, 0) == 0 { Foundation.kill(pid, SIGKILL) }
+    }
 
     /// Whether the child is still running.
     public var isRunning: Bool { process.withLock { $0?.isRunning ?? false } }

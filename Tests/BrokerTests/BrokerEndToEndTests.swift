@@ -357,6 +357,29 @@ func errorCode(_ response: TestSupport.HTTPResponse) throws -> String? {
         #expect(log.contains("ready to exit, bye bye"))
     }
 
+    @Test func aKilledBrokerLosesNothingAcknowledgedAndRestartsOnItsData() throws {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("agentchat-kill-\(UUID().uuidString.prefix(6))").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var broker = try BrokerProcess(dataDirectory: directory)
+        let alice = try RawSession(agent: TestAgent(), port: broker.port)
+        let id = try #require(alice.createChannel()["id"]?.stringValue)
+        try alice.publishKeys(id)
+        var acknowledged: [Int64] = []
+        for _ in 0..<50 { acknowledged += [try #require(alice.send(id, epoch: 1)["offset"]?.integerValue)] }
+        let survivor = try #require(Self.redisServerPID(dataDirectory: directory))
+        broker.kill()
+        _ = try broker.waitForExit(timeout: 10)
+        // Its redis-server outlives it; the next broker on the same directory stops that one and starts its own.
+        #expect(kill(survivor, 0) == 0)
+        broker = try BrokerProcess(dataDirectory: directory)
+        defer { broker.stop() }
+        #expect(kill(survivor, 0) != 0)
+        let again = try RawSession(agent: alice.agent, port: broker.port, register: false)
+        let history = try again.request(["type": "history", "channel": .string(id), "after": 0, "limit": 100])
+        #expect(history["messages"]?.arrayValue?.compactMap { $0["offset"]?.integerValue } == acknowledged)
+    }
+
     /// The pid of a `redis-server` whose command line or working files point into `dataDirectory`.
     static func redisServerPID(dataDirectory: String) -> Int32? {
         let dataDirectory = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
