@@ -254,6 +254,16 @@ public final class ChildProcess: @unchecked Sendable {
         defer { condition.unlock() }
         reapLocked(blocking: false)
         guard rawStatus == nil else { return }
+        // Politely first: a broker stops its embedded redis-server (which lives in a process group of its own) on
+        // SIGTERM, and would orphan it on SIGKILL.
+        _ = sendSignal(-pid, SIGTERM)
+        for _ in 0..<300 {
+            reapLocked(blocking: false)
+            if rawStatus != nil { return }
+            condition.unlock()
+            usleep(10_000)
+            condition.lock()
+        }
         _ = sendSignal(-pid, SIGKILL)
         reapLocked(blocking: true)
     }
