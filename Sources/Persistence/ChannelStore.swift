@@ -212,15 +212,7 @@ public final class ChannelStore {
     {
         redis.send(["HGETALL", RedisKeys.keys(id, epoch: epoch)]) { result in
             completion(result.map { value in
-                var fields: [String: String] = [:]
-                let items = value.array ?? []
-                var index = 0
-                while index + 1 < items.count {
-                    if let key = items[index].bytes, let value = items[index + 1].bytes {
-                        fields[String(decoding: key, as: UTF8.self)] = String(decoding: value, as: UTF8.self)
-                    }
-                    index += 2
-                }
+                var fields = value.stringPairs
                 guard let sender = fields.removeValue(forKey: "_sender"),
                     let signature = fields.removeValue(forKey: "_signature")
                 else { return nil }
@@ -315,15 +307,7 @@ public final class ChannelStore {
         }
         redis.send(["SMEMBERS", RedisKeys.members(id)]) { result in
             completion(result.map { membersValue in
-                guard let items = meta?.array, !items.isEmpty else { return nil }
-                var fields: [String: String] = [:]
-                var index = 0
-                while index + 1 < items.count {
-                    if let key = items[index].bytes, let value = items[index + 1].bytes {
-                        fields[String(decoding: key, as: UTF8.self)] = String(decoding: value, as: UTF8.self)
-                    }
-                    index += 2
-                }
+                guard let fields = meta?.stringPairs, !fields.isEmpty else { return nil }
                 let members = (membersValue.array ?? []).compactMap { $0.bytes }
                     .compactMap { DID(parsing: String(decoding: $0, as: UTF8.self)) }
                 return (fields, members)

@@ -45,6 +45,20 @@ public enum RedisValue: Sendable, Hashable {
     }
 
     public var isNull: Bool { self == .null }
+
+    /// A flat `[field, value, field, value, …]` reply (HGETALL) as a dictionary of UTF-8 strings.
+    public var stringPairs: [String: String] {
+        let items = array ?? []
+        var fields: [String: String] = [:]
+        var index = 0
+        while index + 1 < items.count {
+            if let key = items[index].bytes, let value = items[index + 1].bytes {
+                fields[String(decoding: key, as: UTF8.self)] = String(decoding: value, as: UTF8.self)
+            }
+            index += 2
+        }
+        return fields
+    }
 }
 
 extension RedisValue {

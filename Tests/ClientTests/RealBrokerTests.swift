@@ -3,13 +3,21 @@ import AgentChatProtocol
 import Foundation
 import Testing
 
-/// The SDK and the CLI against a real broker at `AGENTCHAT_TEST_SERVER` (e.g. `http://127.0.0.1:8080`); skipped
-/// when it is not set. Every run registers fresh identities, so the broker's registration rate limit
-/// (`--register-rate`, default 10 per minute) must allow three registrations per run.
-@Suite(.serialized, .enabled(if: realBrokerURL != nil, "AGENTCHAT_TEST_SERVER is not set"))
+/// The SDK and the CLI against a real broker: the one at `AGENTCHAT_TEST_SERVER` (e.g. `http://127.0.0.1:8080`)
+/// when it is set, else a broker and Redis started for the test. Every run registers fresh identities, so a given
+/// broker's registration rate limit (`--register-rate`, default 10 per minute) must allow three per run.
+@Suite(.serialized)
 struct RealBrokerTests {
+    /// The broker to use, and what keeps a started one alive.
+    private func broker() async throws -> (url: String, cluster: ChannelCluster?) {
+        if let url = realBrokerURL { return (url, nil) }
+        let cluster = try await ChannelCluster(brokers: 1)
+        return (cluster.url(0), cluster)
+    }
+
     @Test func registerConnectPingReconnectByHand() async throws {
-        let url = try #require(realBrokerURL)
+        let (url, cluster) = try await broker()
+        defer { cluster?.stop() }
         let identity = AgentIdentity.generate()
         let client = try AgentChatClient(identity: identity, server: url, configuration: testConfiguration())
         let registered = try await client.register(name: "client-test")
@@ -30,7 +38,8 @@ struct RealBrokerTests {
     }
 
     @Test func cli() async throws {
-        let url = try #require(realBrokerURL)
+        let (url, cluster) = try await broker()
+        defer { cluster?.stop() }
         let root = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }
         let global = ["--server", url, "--identity", root + "/id.json"]
