@@ -2,8 +2,10 @@
 SWIFT ?= swift
 APT_PACKAGES := pkg-config libwebsockets-dev libwebsockets-evlib-uv libsodium-dev libhiredis-dev libuv1-dev \
 	redis-server
-# What only the tests use: a reference WebSocket server for the client library's own tests.
-TEST_PACKAGES := libwebsockets-test-server
+# What only the tests use: a reference WebSocket server for the client library's own tests, and a headless
+# browser for the viewer page's test.
+TEST_PACKAGES := libwebsockets-test-server chromium chromium-driver
+PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
@@ -28,8 +30,10 @@ run: build
 
 test: EXTRA_PACKAGES = $(TEST_PACKAGES)
 test: deps
+	$(PYTHON) -c "import selenium" 2>/dev/null || $(PYTHON) -m pip install -q selenium
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(PYTHON) Tests/Browser/test_viewer_real.py $$($(SWIFT) build --show-bin-path)
 
 clean:
 	rm -rf .build

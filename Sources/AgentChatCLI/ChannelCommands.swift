@@ -64,7 +64,27 @@ func descriptionText(_ channel: ChannelDescription) -> String {
 struct ChannelCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "channel", abstract: "Create, join and manage channels.",
-        subcommands: [Create.self, Invite.self, Join.self, Leave.self, Remove.self, Members.self, List.self])
+        subcommands: [Create.self, Invite.self, Join.self, Leave.self, Remove.self, Members.self, List.self,
+                      Listing.self])
+
+    struct Listing: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the channel to viewers with a public title and topic (owner only), or hide it.")
+        @OptionGroup var options: GlobalOptions
+        @Option(help: "The channel id.") var channel: String
+        @Option(help: "The public title (1 to 64 characters).") var title: String?
+        @Option(help: "The public topic (up to 200 characters).") var topic: String = ""
+        @Flag(help: "Hide the channel from viewers again.") var unlist = false
+
+        func run() async throws {
+            let id = try options.channelID(channel)
+            guard unlist || title != nil else { throw ValidationError("--title is required unless --unlist") }
+            try await options.withClient { client throws(AgentChatError) in
+                try await client.setListing(channel: id, listed: !unlist, title: title ?? "", topic: topic)
+            }
+            options.output(text: "ok", json: ["ok": true])
+        }
+    }
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a channel and print its id.")

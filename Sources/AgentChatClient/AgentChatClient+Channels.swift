@@ -84,6 +84,15 @@ extension AgentChatClient {
         endSubscription(channel, with: .server("not_member", "left the channel"))
     }
 
+    /// Lists the channel publicly (owner only): viewers see its title, topic and activity, never its content.
+    /// `listed: false` hides it again.
+    public func setListing(channel: ChannelID, listed: Bool, title: String = "", topic: String = "")
+        async throws(AgentChatError)
+    {
+        _ = try await call(["type": "channel.listing", "channel": .string(channel.rawValue), "listed": .bool(listed),
+                            "title": .string(title), "topic": .string(topic)])
+    }
+
     /// Removes a member (owner only); publishes the new epoch's keys, without the removed member.
     public func remove(channel: ChannelID, did: DID) async throws(AgentChatError) {
         _ = try await call(["type": "channel.remove", "channel": .string(channel.rawValue),

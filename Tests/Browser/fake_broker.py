@@ -1,0 +1,522 @@
+#!/usr/bin/env python3
+"""A fake AgentChat broker for developing and testing the viewer page (Sources/Broker/Web).
+
+Standard library only. One port serves:
+  GET /            -> Web/index.html        (with the broker's Content-Security-Policy)
+  GET /<name>      -> Web/<name>
+  WebSocket (any path, subprotocol agentchat.v1) -> the viewer side of protocol v1:
+      hello, ping/pong, directory.list, indicators.subscribe (channels or directory), indicators.unsubscribe,
+      coalesced indicator updates (--indicator-rate per second), listed:false removals.
+  Control hooks for tests (not part of the real broker), JSON answers:
+      POST /_fake/activity?channel=ID&n=N   add N messages to a channel (404 if unknown)
+      POST /_fake/channel?id=ID&title=T&topic=P&members=M&online=O   create or update and list a channel
+      POST /_fake/unlist?channel=ID         unlist a channel (viewers get listed:false)
+      GET  /_fake/state                     every channel's indicators
+
+Usage:
+  python3 Tests/Browser/fake_broker.py [--port 8099] [--demo] [--state-file F] [--web DIR]
+--demo seeds a few channels and makes random activity; without it the broker is quiet until the hooks are used.
+--state-file keeps the channels across restarts (like Redis does for the real broker).
+"""
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import random
+import signal
+import struct
+import sys
+import time
+import urllib.parse
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SUBPROTOCOL = "agentchat.v1"
+TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".txt": "text/plain; charset=utf-8",
+}
+VIEWER_FRAMES = {"ping", "directory.list", "indicators.subscribe", "indicators.unsubscribe"}
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def compact(obj):
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+
+
+def new_channel_id():
+    return "ch_" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class Channel:
+    def __init__(self, cid, title, topic="", members=1, online=0, messages=0, listed=True):
+        self.id = cid
+        self.title = title
+        self.topic = topic
+        self.members = members
+        self.online = online
+        self.messages = messages
+        self.listed = listed
+        self.times = []  # message times (ms) within the last minute
+        self.last_activity = 0
+        self.peeks = 0
+        self.peeks_active = 0
+
+    def add_messages(self, n):
+        t = now_ms()
+        self.messages += n
+        self.times.extend([t] * min(n, 100000))
+        self.last_activity = t - t % 10000
+
+    def last_minute(self):
+        cutoff = now_ms() - 60000
+        while self.times and self.times[0] <= cutoff:
+            self.times.pop(0)
+        return len(self.times)
+
+    def indicators(self):
+        if not self.listed:
+            return {"id": self.id, "listed": False}
+        return {"id": self.id, "title": self.title, "topic": self.topic, "listed": True, "members": self.members,
+                "online": self.online, "messages": self.messages, "messagesLastMinute": self.last_minute(),
+                "lastActivity": self.last_activity, "peeks": self.peeks, "peeksActive": self.peeks_active}
+
+    def to_state(self):
+        return {"id": self.id, "title": self.title, "topic": self.topic, "members": self.members,
+                "online": self.online, "messages": self.messages, "listed": self.listed,
+                "lastActivity": self.last_activity}
+
+    @classmethod
+    def from_state(cls, s):
+        c = cls(s["id"], s["title"], s.get("topic", ""), s.get("members", 1), s.get("online", 0),
+                s.get("messages", 0), s.get("listed", True))
+        c.last_activity = s.get("lastActivity", 0)
+        return c
+
+
+class Viewer:
+    def __init__(self, broker, writer):
+        self.broker = broker
+        self.writer = writer
+        self.directory = False
+        self.channels = set()
+        self.dirty = {}  # id -> indicators, latest wins
+        self.closed = False
+
+    def subscribed(self, cid):
+        return self.directory or cid in self.channels
+
+    async def send(self, obj):
+        if self.closed:
+            return
+        try:
+            self.writer.write(ws_frame(0x1, compact(obj).encode()))
+            await self.writer.drain()
+        except (ConnectionError, RuntimeError):
+            self.closed = True
+
+
+class Broker:
+    def __init__(self, web_dir, state_file=None, rate=4.0, demo=False):
+        self.web_dir = os.path.abspath(web_dir)
+        self.state_file = state_file
+        self.rate = rate
+        self.demo = demo
+        self.channels = {}
+        self.viewers = set()
+        self.writers = set()
+        self.load()
+        if demo and not self.channels:
+            self.seed()
+
+    # -- state
+    def load(self):
+        if self.state_file and os.path.exists(self.state_file):
+            with open(self.state_file) as f:
+                for s in json.load(f):
+                    c = Channel.from_state(s)
+                    self.channels[c.id] = c
+
+    def save(self):
+        if not self.state_file:
+            return
+        tmp = self.state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump([c.to_state() for c in self.channels.values()], f)
+        os.replace(tmp, self.state_file)
+
+    def seed(self):
+        for title, topic, members in [
+            ("Market makers", "prices, hourly", 4),
+            ("Research swarm", "literature review for protein folding papers", 12),
+            ("Support triage", "routing customer tickets to specialist agents", 6),
+            ("Night shift", "", 2),
+            ("Translation relay", "EN ↔ JA ↔ DE, legal documents", 3),
+        ]:
+            c = Channel(new_channel_id(), title, topic, members, random.randint(0, members),
+                        random.randint(0, 5000))
+            if c.messages:
+                c.last_activity = now_ms() - random.randint(0, 3600) * 1000
+                c.last_activity -= c.last_activity % 10000
+            self.channels[c.id] = c
+        self.save()
+
+    # -- changes
+    def changed(self, c):
+        ind = c.indicators()
+        for v in self.viewers:
+            if v.subscribed(c.id):
+                v.dirty[c.id] = ind
+        if not c.listed:
+            for v in self.viewers:
+                v.channels.discard(c.id)
+        self.save()
+
+    async def demo_loop(self):
+        while True:
+            await asyncio.sleep(random.uniform(0.3, 1.5))
+            listed = [c for c in self.channels.values() if c.listed]
+            if not listed:
+                continue
+            c = random.choice(listed)
+            if random.random() < 0.15:
+                c.online = max(0, min(c.members, c.online + random.choice([-1, 1])))
+            else:
+                c.add_messages(random.randint(1, 8))
+            self.changed(c)
+
+    async def minute_loop(self):
+        """messagesLastMinute decays without new messages: refresh channels whose window moved."""
+        last = {}
+        while True:
+            await asyncio.sleep(1)
+            for c in self.channels.values():
+                if not c.listed:
+                    continue
+                n = c.last_minute()
+                if last.get(c.id, n) != n:
+                    self.changed(c)
+                last[c.id] = n
+
+    async def flush_loop(self, viewer):
+        interval = 1.0 / self.rate
+        while not viewer.closed:
+            await asyncio.sleep(interval)
+            if viewer.dirty:
+                batch = list(viewer.dirty.values())
+                viewer.dirty.clear()
+                await viewer.send({"type": "indicators", "channels": batch})
+
+    # -- HTTP
+    async def handle(self, reader, writer):
+        self.writers.add(writer)
+        try:
+            await self.handle_inner(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    async def handle_inner(self, reader, writer):
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            try:
+                method, target, _ = lines[0].split(" ", 2)
+            except ValueError:
+                return
+            headers = {}
+            for line in lines[1:]:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    headers[k.strip().lower()] = v.strip()
+            length = int(headers.get("content-length", "0") or 0)
+            if length:
+                await reader.readexactly(length)
+            if headers.get("upgrade", "").lower() == "websocket":
+                await self.websocket(reader, writer, headers)
+                return
+            url = urllib.parse.urlsplit(target)
+            await self.http(writer, method, url.path, urllib.parse.parse_qs(url.query))
+            if headers.get("connection", "").lower() == "close":
+                return
+
+    def respond(self, writer, status, body, ctype="application/json", extra=None):
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}.get(status, "OK")
+        hdrs = {"Content-Type": ctype, "Content-Length": str(len(body)), "Cache-Control": "no-cache",
+                "X-Content-Type-Options": "nosniff", "Content-Security-Policy": CSP,
+                "Referrer-Policy": "no-referrer"}
+        hdrs.update(extra or {})
+        out = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+        writer.write(out.encode() + body)
+
+    def error(self, writer, status, code, message):
+        self.respond(writer, status, compact({"error": {"code": code, "message": message}}).encode())
+
+    async def http(self, writer, method, path, query):
+        q = {k: v[0] for k, v in query.items()}
+        if path.startswith("/_fake/"):
+            await self.control(writer, method, path, q)
+        elif path == "/health":
+            self.respond(writer, 200, compact({"status": "healthy", "timestamp": now_ms()}).encode())
+        elif method not in ("GET", "HEAD"):
+            self.error(writer, 405, "method_not_allowed", "GET only")
+        else:
+            name = "index.html" if path == "/" else path[1:]
+            full = os.path.join(self.web_dir, name)
+            if ("/" in name or name.startswith(".") or not os.path.isfile(full)):
+                self.error(writer, 404, "not_found", "no such file")
+            else:
+                with open(full, "rb") as f:
+                    body = f.read()
+                ctype = TYPES.get(os.path.splitext(name)[1], "application/octet-stream")
+                self.respond(writer, 200, b"" if method == "HEAD" else body, ctype)
+        await writer.drain()
+
+    async def control(self, writer, method, path, q):
+        if method != "POST" and path != "/_fake/state":
+            self.error(writer, 405, "method_not_allowed", "POST")
+            return
+        if path == "/_fake/state":
+            self.respond(writer, 200, compact([c.indicators() for c in self.channels.values()]).encode())
+        elif path == "/_fake/channel":
+            cid = q.get("id") or new_channel_id()
+            c = self.channels.get(cid) or Channel(cid, q.get("title", "Untitled"))
+            c.title = q.get("title", c.title)
+            c.topic = q.get("topic", c.topic)
+            c.members = int(q.get("members", c.members))
+            c.online = int(q.get("online", c.online))
+            c.listed = True
+            self.channels[cid] = c
+            self.changed(c)
+            self.respond(writer, 200, compact(c.indicators()).encode())
+        elif path == "/_fake/activity":
+            c = self.channels.get(q.get("channel", ""))
+            if not c:
+                self.error(writer, 404, "not_found", "no such channel")
+                return
+            c.add_messages(int(q.get("n", "1")))
+            if "online" in q:
+                c.online = int(q["online"])
+            if c.listed:
+                self.changed(c)
+            else:
+                self.save()
+            self.respond(writer, 200, compact(c.indicators()).encode())
+        elif path == "/_fake/unlist":
+            c = self.channels.get(q.get("channel", ""))
+            if not c:
+                self.error(writer, 404, "not_found", "no such channel")
+                return
+            c.listed = False
+            self.changed(c)
+            self.respond(writer, 200, b"{}")
+        else:
+            self.error(writer, 404, "not_found", "no such hook")
+
+    # -- WebSocket
+    async def websocket(self, reader, writer, headers):
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+        key = headers.get("sec-websocket-key")
+        if SUBPROTOCOL not in offered or not key:
+            self.error(writer, 400, "subprotocol_required", "offer agentchat.v1")
+            await writer.drain()
+            return
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n").encode())
+        viewer = Viewer(self, writer)
+        self.viewers.add(viewer)
+        flusher = asyncio.create_task(self.flush_loop(viewer))
+        try:
+            challenge = base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+            await viewer.send({"type": "hello", "broker": "http://fake", "challenge": challenge,
+                               "expiresAt": now_ms() + 60000})
+            message = b""
+            while True:
+                opcode, payload, fin = await read_ws_frame(reader)
+                if opcode == 0x8:
+                    writer.write(ws_frame(0x8, payload[:2]))
+                    await writer.drain()
+                    return
+                if opcode == 0x9:
+                    writer.write(ws_frame(0xA, payload))
+                    await writer.drain()
+                    continue
+                if opcode == 0xA:
+                    continue
+                if opcode == 0x2:
+                    await viewer.send({"type": "error", "code": "binary_not_supported", "message": "text only"})
+                    continue
+                message += payload
+                if not fin:
+                    continue
+                text, message = message.decode("utf-8"), b""
+                await self.on_frame(viewer, text)
+        finally:
+            viewer.closed = True
+            self.viewers.discard(viewer)
+            flusher.cancel()
+
+    async def on_frame(self, viewer, text):
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            await viewer.send({"type": "error", "code": "bad_json", "message": "not JSON"})
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            await viewer.send({"type": "error", "code": "bad_frame", "message": "not a frame"})
+            return
+        t, fid = frame["type"], frame.get("id")
+
+        def err(code, message):
+            e = {"type": "error", "code": code, "message": message}
+            if isinstance(fid, str):
+                e["ref"] = fid
+            return e
+
+        def reply(obj):
+            if isinstance(fid, str):
+                obj["ref"] = fid
+            return obj
+
+        allowed = {"ping": {"type", "id"}, "directory.list": {"type", "id", "limit", "cursor"},
+                   "indicators.subscribe": {"type", "id", "channels", "directory"},
+                   "indicators.unsubscribe": {"type", "id"}}
+        if t not in VIEWER_FRAMES:
+            await viewer.send(err("not_authenticated", f"{t} needs an authenticated connection"))
+            return
+        unknown = set(frame) - allowed[t]
+        if unknown:
+            await viewer.send(err("unknown_field", f"unknown field {sorted(unknown)[0]!r}"))
+            return
+        if t == "ping":
+            await viewer.send(reply({"type": "pong", "time": now_ms()}))
+        elif t == "directory.list":
+            limit, cursor = frame.get("limit", 20), frame.get("cursor", 0)
+            if not isinstance(limit, int) or not 1 <= limit <= 100 or not isinstance(cursor, int) or cursor < 0:
+                await viewer.send(err("invalid_field", "limit 1-100, cursor >= 0"))
+                return
+            listed = sorted((c for c in self.channels.values() if c.listed), key=lambda c: -c.last_activity)
+            page = listed[cursor:cursor + limit]
+            out = {"type": "directory", "channels": [c.indicators() for c in page]}
+            if cursor + limit < len(listed):
+                out["next"] = cursor + limit
+            await viewer.send(reply(out))
+        elif t == "indicators.subscribe":
+            if frame.get("directory") is True:
+                viewer.directory = True
+                snap = [c.indicators() for c in self.channels.values() if c.listed]
+            else:
+                ids = frame.get("channels")
+                if not isinstance(ids, list) or not ids or len(ids) > 100:
+                    await viewer.send(err("invalid_field", "channels: 1-100 ids"))
+                    return
+                if any(not (isinstance(i, str) and i in self.channels and self.channels[i].listed) for i in ids):
+                    await viewer.send(err("not_found", "no such listed channel"))
+                    return
+                viewer.channels.update(ids)
+                snap = [self.channels[i].indicators() for i in ids]
+            for c in snap:
+                viewer.dirty.pop(c["id"], None)
+            await viewer.send(reply({"type": "indicators", "channels": snap}))
+        elif t == "indicators.unsubscribe":
+            viewer.directory = False
+            viewer.channels.clear()
+            viewer.dirty.clear()
+            await viewer.send(reply({"type": "ok"}))
+
+    async def shutdown(self):
+        for v in list(self.viewers):
+            try:
+                v.writer.write(ws_frame(0x8, struct.pack("!H", 1001)))
+            except Exception:
+                pass
+        for w in list(self.writers):
+            try:
+                w.close()
+            except Exception:
+                pass
+
+
+def ws_frame(opcode, payload):
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return head + payload
+
+
+async def read_ws_frame(reader):
+    b1, b2 = await reader.readexactly(2)
+    fin, opcode = bool(b1 & 0x80), b1 & 0x0F
+    masked, n = bool(b2 & 0x80), b2 & 0x7F
+    if n == 126:
+        (n,) = struct.unpack("!H", await reader.readexactly(2))
+    elif n == 127:
+        (n,) = struct.unpack("!Q", await reader.readexactly(8))
+    if n > 1 << 20:
+        raise ConnectionError("frame too large")
+    mask = await reader.readexactly(4) if masked else b"\0\0\0\0"
+    data = bytearray(await reader.readexactly(n))
+    for i in range(n):
+        data[i] ^= mask[i % 4]
+    return opcode, bytes(data), fin
+
+
+async def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8099)
+    ap.add_argument("--web", default=os.path.join(here, "..", "..", "Sources", "Broker", "Web"))
+    ap.add_argument("--state-file")
+    ap.add_argument("--indicator-rate", type=float, default=4.0)
+    ap.add_argument("--demo", action="store_true", help="seed channels and make random activity")
+    args = ap.parse_args()
+
+    broker = Broker(args.web, args.state_file, args.indicator_rate, args.demo)
+    server = await asyncio.start_server(broker.handle, args.host, args.port, reuse_address=True)
+    tasks = [asyncio.create_task(broker.minute_loop())]
+    if args.demo:
+        tasks.append(asyncio.create_task(broker.demo_loop()))
+    port = server.sockets[0].getsockname()[1]
+    print(f"fake broker listening on http://{args.host}:{port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    await broker.shutdown()
+    for t in tasks:
+        t.cancel()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)
