@@ -141,6 +141,15 @@ func independentDID(_ signingKey: [UInt8]) -> String {
         // Authenticated connections keep working, and a second login is refused.
         try client.send(text: #"{"type":"auth","id":"again","token":"\#(token)"}"#)
         #expect(try json(client.receiveText(timeout: 5))["code"] == "already_authenticated")
+        // Nothing secret reaches the logs, even at debug level: not the token, not its signature, not the key.
+        let signingSeed = try String(contentsOfFile: fixture.broker.dataDirectory + "/keys/"
+            + (FileManager.default.contentsOfDirectory(atPath: fixture.broker.dataDirectory + "/keys").first ?? ""),
+            encoding: .utf8)
+        let seed = try #require(JSONParser.parse(signingSeed)["seed"]?.stringValue)
+        let logs = fixture.broker.combinedOutput
+        #expect(logs.contains("agent authenticated"))
+        #expect(!logs.contains(token) && !logs.contains(String(token.split(separator: ".")[2])))
+        #expect(!logs.contains(seed))
     }
 
     @Test func wrongSignaturesFailThreeTimesThenClose() throws {
