@@ -9,7 +9,10 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
-.PHONY: deps build run test clean
+# Load tests (loadtest/, a separate package that depends on this one by path).
+BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
+
+.PHONY: deps build run test clean bench loadtest-smoke
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
 deps:
@@ -33,7 +36,20 @@ test: deps
 	$(PYTHON) -c "import selenium" 2>/dev/null || $(PYTHON) -m pip install -q selenium
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(MAKE) loadtest-smoke
 	$(PYTHON) Tests/Browser/test_viewer_real.py $$($(SWIFT) build --show-bin-path)
 
+# The standard comparison (issue 6); rewrites the generated part of docs/BENCHMARKS.md (~20 min;
+# REPEAT=1 EXTRAS= make bench for one run of the standard comparison, ~8 min).
+bench: EXTRA_PACKAGES = $(BENCH_PACKAGES)
+bench: deps
+	SWIFT=$(SWIFT) scripts/bench.sh
+
+# A few seconds, 5 agentchat subscribers: exits non-zero on any lost or duplicated message.
+loadtest-smoke:
+	$(SWIFT) build --product agentchat-broker
+	$(SWIFT) build --package-path loadtest --product agentchat-loadtest
+	loadtest/.build/debug/agentchat-loadtest smoke --broker-binary $$($(SWIFT) build --show-bin-path)/agentchat-broker
+
 clean:
-	rm -rf .build
+	rm -rf .build loadtest/.build

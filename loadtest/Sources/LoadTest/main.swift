@@ -1,0 +1,244 @@
+import AgentChatCrypto
+import ArgumentParser
+import CLoadTestShims
+import Foundation
+import Glibc
+
+/// `agentchat-loadtest`: measures the AgentChat broker and its peers with the same client on the same machine.
+struct LoadTest: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agentchat-loadtest",
+        abstract: "Load tests for the AgentChat broker and its peers (nats-server, mosquitto, the libwebsockets mirror).",
+        discussion: """
+            Every server is started by the harness on loopback and stopped by PID afterwards; every run is bounded \
+            in count and time. Results are printed as tables and written as JSON under --results.
+            """,
+        subcommands: [RunCommand.self, SmokeCommand.self, ReportCommand.self, WorkerCommand.self])
+}
+
+struct CommonOptions: ParsableArguments {
+    @Option(help: "agentchat-broker to test (default: ../.build/release/agentchat-broker, then ./.build/…).")
+    var brokerBinary: String?
+    @Option(help: "Where nats.conf and mosquitto.conf are (default: the loadtest/config directory).")
+    var configDir: String?
+    @Option(help: "Directory for JSON results.")
+    var results = "results"
+    @Option(help: "Harness processes for the subscribers (default: 1 up to 100 connections, else 2 per 10,000).")
+    var workers: Int?
+    @Option(help: "agentchat brokers on one Redis (multi-broker: the publisher on the first, subscribers on the last).")
+    var brokers = 1
+    @Option(help: "Command prefix for the agentchat broker, e.g. \"valgrind --tool=callgrind\" for a profile.")
+    var brokerWrapper: String?
+
+    var loadtestDirectory: String {
+        // …/loadtest/.build/<triple>/<config>/agentchat-loadtest → …/loadtest
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        var dir = exe.deletingLastPathComponent()
+        for _ in 0..<4 where dir.lastPathComponent != "loadtest" && dir.path != "/" {
+            dir = dir.deletingLastPathComponent()
+        }
+        return dir.lastPathComponent == "loadtest" ? dir.path : FileManager.default.currentDirectoryPath
+    }
+
+    func serverOptions(extra: [String]) -> TargetServer.Options {
+        let base = loadtestDirectory
+        let broker = brokerBinary ?? [base + "/../.build/release/agentchat-broker", "./.build/release/agentchat-broker"]
+            .first { FileManager.default.isExecutableFile(atPath: $0) } ?? "agentchat-broker"
+        return TargetServer.Options(configDirectory: configDir ?? base + "/config", brokerBinary: broker,
+                                    brokerArguments: extra,
+                                    brokerWrapper: brokerWrapper?.split(separator: " ").map(String.init) ?? [],
+                                    brokerCount: brokers)
+    }
+}
+
+/// Broker flags for load tests: registration and frame rates that do not throttle the harness, and a message
+/// size that fits a `channel.keys` frame with 1,001 envelopes.
+let brokerBenchArguments = ["--register-rate", "1000000", "--frames-per-second", "1000000",
+                            "--max-message-bytes", "1048576", "--max-queue-bytes", "16777216"]
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run a workload against targets.")
+
+    @OptionGroup var common: CommonOptions
+    @Option(help: "broadcast, idle, churn or rooms.") var workload = "broadcast"
+    @Option(help: "rooms: members per room.") var roomSize = 10
+    @Option(help: "Targets (repeat the option; default: all four).") var target: [TargetKind] = []
+    @Option(help: "Subscribers (broadcast) or connections (idle).") var connections = 1000
+    @Option(help: "Payload bytes (broadcast).") var payload = 256
+    @Option(help: "Seconds per rate step.") var stepSeconds = 2.0
+    @Option(help: "First rate, messages per second.") var startRate = 20.0
+    @Option(help: "Rate multiplier between steps.") var factor = 1.3
+    @Option(help: "Highest rate tried, messages per second.") var maxRate = 5000.0
+    @Option(help: "p99 latency limit, ms.") var p99Limit = 50.0
+    @Option(help: "Also measure at this rate, messages per second (repeatable).") var extraRate: [Double] = []
+    @Option(help: "Seconds to hold idle connections while measuring CPU, or to churn.") var hold = 20.0
+    @Option(help: "Upper bound on the ramp's duration, seconds.") var maxSeconds = 240.0
+    @Flag(help: "Skip the steps at 25/50/75% of the maximum.") var noFractions = false
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        lt_install_cleanup_handler()
+        _ = lt_raise_nofile()
+        Sodium.initialize()
+        let targets = target.isEmpty ? TargetKind.allCases : target
+        var runs: [RunResult] = []
+        for t in targets {
+            let options = HarnessOptions(target: t, connections: connections, workers: common.workers,
+                                         server: common.serverOptions(extra: brokerBenchArguments),
+                                         resultsDirectory: common.results,
+                                         command: CommandLine.arguments.dropFirst().joined(separator: " "))
+            FileHandle.standardError.write(Data("== \(workload) \(t.rawValue), \(connections) connections\n".utf8))
+            let h = try Harness(options: options)
+            do {
+                let r: RunResult
+                if workload == "idle" {
+                    r = try h.runIdle(holdSeconds: hold)
+                } else if workload == "churn" {
+                    r = try h.runChurn(seconds: hold)
+                } else if workload == "rooms" {
+                    var o = BroadcastOptions()
+                    o.payload = payload; o.stepSeconds = stepSeconds; o.startRate = startRate; o.factor = factor
+                    o.maxRate = maxRate; o.p99LimitMs = p99Limit; o.maxSeconds = maxSeconds; o.fractions = !noFractions
+                    r = try h.runRooms(size: roomSize, o)
+                    print(Report.stepTable(r))
+                } else {
+                    var o = BroadcastOptions()
+                    o.payload = payload; o.stepSeconds = stepSeconds; o.startRate = startRate; o.factor = factor
+                    o.maxRate = maxRate; o.p99LimitMs = p99Limit; o.extraRates = extraRate; o.maxSeconds = maxSeconds
+                    o.fractions = !noFractions
+                    r = try h.runBroadcast(o)
+                    print(Report.stepTable(r))
+                }
+                h.shutdown()
+                let path = try Report.save(r, directory: common.results)
+                FileHandle.standardError.write(Data("wrote \(path)\n".utf8))
+                runs.append(r)
+            } catch {
+                h.shutdown()
+                throw error
+            }
+        }
+        if workload == "idle" {
+            print(Report.idleTable(runs))
+        } else if workload == "churn" {
+            print(Report.churnTable(runs))
+        } else if workload == "rooms" {
+            print(Report.broadcastTable(runs))
+        } else {
+            print(Report.broadcastTable(runs))
+            let svg = common.results + "/broadcast-\(connections)x\(payload).svg"
+            try Report.svg(runs, title: "broadcast 1→\(connections), \(payload) B: p99 latency against deliveries/s")
+                .write(toFile: svg, atomically: true, encoding: .utf8)
+        }
+    }
+}
+
+/// `smoke`: a few seconds, a handful of agentchat connections; fails unless every message arrived exactly once.
+struct SmokeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "smoke",
+                                                    abstract: "Short agentchat broadcast asserting zero loss and zero duplicates.")
+    @OptionGroup var common: CommonOptions
+    @Option var connections = 5
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        lt_install_cleanup_handler()
+        Sodium.initialize()
+        let options = HarnessOptions(target: .agentchat, connections: connections, workers: common.workers ?? 1,
+                                     server: common.serverOptions(extra: brokerBenchArguments),
+                                     resultsDirectory: common.results, command: "smoke")
+        let h = try Harness(options: options)
+        let r: RunResult
+        do {
+            var o = BroadcastOptions()
+            // Three 1 s steps, 50, 100 and 200 messages/s: no ramp to a limit, only the loss and duplicate checks.
+            o.stepSeconds = 1; o.startRate = 50; o.factor = 2; o.maxRate = 250; o.fractions = false
+            o.p99LimitMs = 10_000
+            r = try h.runBroadcast(o)
+            h.shutdown()
+        } catch {
+            h.shutdown()
+            throw error
+        }
+        print(Report.stepTable(r))
+        let sent = r.steps.map(\.messagesSent).reduce(0, +)
+        let delivered = r.steps.map(\.delivered).reduce(0, +)
+        let expected = UInt64(sent * connections)
+        // lost counts every message a subscriber never got, read at the very end (so a slow CI machine has time).
+        let ok = sent > 0 && r.lost == 0 && r.duplicated == 0 && r.notes.allSatisfy { !$0.hasPrefix("failed") }
+        print("smoke: \(sent) messages to \(connections) subscribers, \(delivered) of \(expected) delivered, lost \(r.lost), duplicated \(r.duplicated)")
+        print(ok ? "smoke: ok" : "smoke: FAILED")
+        if !ok { throw ExitCode(1) }
+    }
+}
+
+/// `report`: the side-by-side tables (Markdown) and the chart (SVG) from the newest JSON result of each
+/// workload and target.
+struct ReportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "report", abstract: "Markdown tables and SVG from results.")
+    @Option var results = "results"
+    @Option(help: "Markdown output.") var markdown: String
+    @Option(help: "SVG output (broadcast chart).") var svg: String
+    @Option(help: "How the SVG is referenced from the Markdown.") var svgLink: String?
+
+    func run() throws {
+        let files = try FileManager.default.contentsOfDirectory(atPath: results).filter { $0.hasSuffix(".json") }.sorted()
+        var all: [String: [RunResult]] = [:]
+        let dec = JSONDecoder()
+        for f in files {
+            let r = try dec.decode(RunResult.self, from: Data(contentsOf: URL(fileURLWithPath: results + "/" + f)))
+            all["\(r.workload)/\(r.target)", default: []].append(r)
+        }
+        // The median run of each workload and target: by max sustained deliveries/s, or RSS per connection.
+        var newest: [String: RunResult] = [:]
+        var repeats: [String: Int] = [:]
+        for (key, rs) in all {
+            let sorted = rs.sorted {
+                ($0.maxSustainedDeliveriesPerSecond ?? $0.sessionsPerSecond ?? $0.brokerRSSPerConnectionBytes ?? 0)
+                    < ($1.maxSustainedDeliveriesPerSecond ?? $1.sessionsPerSecond ?? $1.brokerRSSPerConnectionBytes ?? 0)
+            }
+            newest[key] = sorted[sorted.count / 2]
+            repeats[key] = rs.count
+        }
+        let order = TargetKind.allCases.map(\.rawValue)
+        func runs(_ w: String) -> [RunResult] {
+            newest.values.filter { $0.workload == w }.sorted {
+                (order.firstIndex(of: $0.target) ?? 9) < (order.firstIndex(of: $1.target) ?? 9)
+            }
+        }
+        var md = ""
+        let b = runs("broadcast")
+        if !b.isEmpty {
+            let n = b[0].connections, p = b[0].payloadBytes ?? 0
+            md += "### broadcast: 1 publisher → \(n) subscribers, \(p)-byte payloads\n\n"
+            md += Report.broadcastTable(b) + "\n"
+            md += "Each row is the median of \(b.map { repeats["broadcast/\($0.target)"] ?? 1 }.map(String.init).joined(separator: "/")) run(s) (by max sustained deliveries/s), in the order of the rows.\n\n"
+            md += "![p99 latency against deliveries per second](\(svgLink ?? svg))\n\n"
+            try Report.svg(b, title: "broadcast 1→\(n), \(p) B: p99 latency against deliveries/s")
+                .write(toFile: svg, atomically: true, encoding: .utf8)
+            for r in b {
+                md += "<details><summary>\(r.target): every step (\(r.date))</summary>\n\n" + Report.stepTable(r)
+                if !r.notes.isEmpty { md += "\nNotes: " + r.notes.joined(separator: "; ") + "\n" }
+                md += "\n</details>\n\n"
+            }
+        }
+        let i = runs("idle")
+        if !i.isEmpty {
+            md += "### idle: \(i[0].connections) connections held\n\n" + Report.idleTable(i) + "\n"
+        }
+        let rm = runs("rooms")
+        if !rm.isEmpty {
+            md += "\n### rooms: \(rm[0].connections / 10) rooms of 10 members, every member publishing \(rm[0].payloadBytes ?? 0)-byte messages\n\n"
+            md += "Rates are per member; a delivery is a message reaching one other member.\n\n"
+            md += Report.broadcastTable(rm) + "\n"
+        }
+        let c = runs("churn")
+        if !c.isEmpty {
+            md += "\n### churn: \(c[0].connections) connections closed and reopened as soon as each has logged in\n\n"
+            md += Report.churnTable(c) + "\n"
+        }
+        try md.write(toFile: markdown, atomically: true, encoding: .utf8)
+    }
+}
+
+LoadTest.main()

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The standard comparison of issue 6 (`make bench`): every target on broadcast (1 publisher → 1,000 subscribers,
+# 256-byte payloads) and idle (10,000 connections), then the tables and chart spliced into docs/BENCHMARKS.md
+# between its `bench:begin` and `bench:end` markers. Every server is started and stopped (by PID) by the harness,
+# on loopback only.
+#
+# Environment: REPEAT (runs per target, the median is reported; default 3), TARGETS (default: all four),
+# SUBSCRIBERS (1000), PAYLOAD (256), IDLE_CONNECTIONS (10000), IDLE_HOLD (seconds, default 40: past the broker's
+# 30 s keep-alive ping), EXTRAS (beyond the standard comparison, default "churn rooms multi-broker"; empty for
+# none), SKIP_BUILD=1, REPORT_FROM=loadtest/results/bench-… (no runs: only rebuild the page from that run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+REPEAT=${REPEAT:-3}
+TARGETS=${TARGETS:-agentchat nats mosquitto lws-mirror}
+SUBSCRIBERS=${SUBSCRIBERS:-1000}
+PAYLOAD=${PAYLOAD:-256}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+IDLE_HOLD=${IDLE_HOLD:-40}
+SWIFT=${SWIFT:-swift}
+EXTRAS=${EXTRAS-churn rooms multi-broker}
+
+if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${REPORT_FROM:-}" ]; then
+    $SWIFT build -c release --product agentchat-broker
+    $SWIFT build -c release --package-path loadtest --product agentchat-loadtest
+fi
+LT=$ROOT/loadtest/.build/release/agentchat-loadtest
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RES=$ROOT/loadtest/results/bench-$STAMP
+[ -n "${REPORT_FROM:-}" ] && RES=$(cd "$REPORT_FROM" && pwd)
+mkdir -p "$RES"
+LOG=$RES/bench.log
+targets_args=()
+for t in $TARGETS; do targets_args+=(--target "$t"); done
+
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+if [ -z "${REPORT_FROM:-}" ]; then
+echo "load average before: $(load)" | tee -a "$LOG"
+for i in $(seq 1 "$REPEAT"); do
+    echo "== broadcast, run $i of $REPEAT" | tee -a "$LOG"
+    # 280 msg/s × 1,000 = 280k deliveries/s: the issue's comparison point (half of nats-server's maximum there).
+    "$LT" run --workload broadcast "${targets_args[@]}" --connections "$SUBSCRIBERS" --payload "$PAYLOAD" \
+        --extra-rate $((280000 / SUBSCRIBERS)) --results "$RES" 2>&1 | tee -a "$LOG"
+    echo "load average: $(load)" | tee -a "$LOG"
+done
+echo "== idle" | tee -a "$LOG"
+"$LT" run --workload idle "${targets_args[@]}" --connections "$IDLE_CONNECTIONS" --hold "$IDLE_HOLD" \
+    --results "$RES" 2>&1 | tee -a "$LOG"
+for extra in $EXTRAS; do
+    echo "== $extra" | tee -a "$LOG"
+    case $extra in
+        churn)  # 100 connections closed and reopened as soon as each has logged in, for 10 s
+            "$LT" run --workload churn "${targets_args[@]}" --connections 100 --hold 10 --results "$RES" 2>&1 | tee -a "$LOG" ;;
+        rooms)  # 100 rooms of 10 members, every member publishing; lws-mirror has no rooms
+            room_targets=()
+            for t in $TARGETS; do [ "$t" = lws-mirror ] || room_targets+=(--target "$t"); done
+            "$LT" run --workload rooms "${room_targets[@]}" --connections 1000 --payload "$PAYLOAD" --start-rate 1 \
+                --max-rate 200 --results "$RES" 2>&1 | tee -a "$LOG" ;;
+        multi-broker)  # two brokers on one Redis: the publisher on one, the 1,000 subscribers on the other
+            case " $TARGETS " in *" agentchat "*)
+                "$LT" run --workload broadcast --target agentchat --brokers 2 --connections "$SUBSCRIBERS" \
+                    --payload "$PAYLOAD" --results "$RES" 2>&1 | tee -a "$LOG" ;;
+            esac ;;
+    esac
+done
+echo "load average after: $(load)" | tee -a "$LOG"
+fi
+
+# Keep the figures the page shows: JSON and chart under loadtest/benchmarks/ (results/ is not committed).
+KEEP=$ROOT/loadtest/benchmarks
+rm -rf "$KEEP"; mkdir -p "$KEEP"
+cp "$RES"/*.json "$KEEP"/
+"$LT" report --results "$RES" --markdown "$RES/tables.md" --svg "$KEEP/broadcast.svg" \
+    --svg-link ../loadtest/benchmarks/broadcast.svg
+
+{
+    echo "Measured $(date -u -r "$LOG" '+%Y-%m-%d %H:%M UTC') by \`make bench\` (scripts/bench.sh; REPEAT=$REPEAT)."
+    echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
+    echo "$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(. /etc/os-release; echo "$PRETTY_NAME"),"
+    echo "kernel $(uname -r), $($SWIFT --version 2>&1 | head -1 | sed 's/ (.*//'); nats-server $(nats-server --version | awk '{print $NF}'),"
+    echo "mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}'), libwebsockets-test-server $(dpkg-query -W -f='${Version}' libwebsockets-test-server),"
+    echo "redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2). Load average (1/5/15 min) before, between runs and after: $(grep -h 'load average' "$LOG" | sed 's/.*: //' | paste -sd';' | sed 's/;/; /g')."
+    echo
+    echo '```sh'
+    echo "make bench   # = scripts/bench.sh; per target:"
+    echo "loadtest/.build/release/agentchat-loadtest run --workload broadcast --target T --connections $SUBSCRIBERS --payload $PAYLOAD --extra-rate $((280000 / SUBSCRIBERS))"
+    echo "loadtest/.build/release/agentchat-loadtest run --workload idle --target T --connections $IDLE_CONNECTIONS --hold $IDLE_HOLD"
+    [ -n "$EXTRAS" ] && echo "# and, once each: churn (--connections 100 --hold 10), rooms (--connections 1000 --start-rate 1), multi-broker (--brokers 2)"
+    echo '```'
+    echo
+    cat "$RES/tables.md"
+} > "$RES/section.md"
+
+python3 - "$ROOT/docs/BENCHMARKS.md" "$RES/section.md" <<'EOF'
+import sys
+doc, section = sys.argv[1], open(sys.argv[2]).read()
+text = open(doc).read()
+begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    text = head + begin + "\n" + section + end + tail
+else:
+    text = text.rstrip("\n") + "\n\n" + begin + "\n" + section + end + "\n"
+open(doc, "w").write(text)
+EOF
+echo "docs/BENCHMARKS.md updated from $RES"
