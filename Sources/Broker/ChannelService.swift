@@ -197,7 +197,7 @@ final class ChannelService {
             store.state(channel, for: did) { [self, weak session] result in
                 guard let session else { return }
                 if case .failure(let failure) = result { return storeFailure(failure) }
-                let deliver: (Result<[[UInt8]], RedisError>) -> Void = { [self] items in
+                let deliver: (Result<[[UInt8]], RedisError>) -> Void = { items in
                     switch items {
                     case .failure: fail(.unavailable, "the store is unreachable; retry")
                     case .success(let items):
@@ -209,7 +209,6 @@ final class ChannelService {
                 } else {
                     store.reverseRange(channel, before: before, count: limit, completion: deliver)
                 }
-                _ = self
             }
         }
     }

@@ -52,6 +52,7 @@ final class WebSocketServer {
     private(set) var boundPort = 0
     private(set) var isShuttingDown = false
     private var shutdownTimer: LoopTimer?
+    private var keepAliveTimer: LoopTimer?
 
     init(loop: EventLoop, configuration: Configuration, logger: Logger) {
         loop.preconditionInEventLoop()
@@ -80,13 +81,13 @@ final class WebSocketServer {
         (protocols + 1).initialize(to: ws)
         (protocols + 2).initialize(to: agentchat_lws_protocols_terminator())
 
+        // Zero validity times switch off libwebsockets' own keep-alive: 4.1 keeps one timer per connection in a
+        // list sorted by linear insertion and re-inserts it on every received frame, O(connections) each time.
+        // `sweepKeepAlive` does the job with one timer for all connections.
         retryPolicy = .allocate(capacity: 1)
         retryPolicy.initialize(to: lws_retry_bo_t(
-            retry_ms_table: nil, retry_ms_table_count: 0, conceal_count: 0,
-            secs_since_valid_ping: UInt16(clamping: configuration.pingIntervalSeconds),
-            secs_since_valid_hangup: UInt16(clamping: configuration.pingIntervalSeconds
-                + configuration.pingTimeoutSeconds),
-            jitter_percent: 0))
+            retry_ms_table: nil, retry_ms_table_count: 0, conceal_count: 0, secs_since_valid_ping: 0,
+            secs_since_valid_hangup: 0, jitter_percent: 0))
     }
 
     deinit {
@@ -131,6 +132,23 @@ final class WebSocketServer {
             destroyContextNow()
             throw BrokerError.listenFailed(host: configuration.host, port: configuration.port)
         }
+        let period = UInt64(max(250, min(configuration.pingIntervalSeconds, configuration.pingTimeoutSeconds) * 250))
+        keepAliveTimer = LoopTimer(loop: loop) { [weak self] in self?.sweepKeepAlive() }
+        keepAliveTimer?.start(after: period, repeat: period)
+    }
+
+    /// Pings connections silent for `--ping-interval` and drops those that stay silent `--ping-timeout` longer.
+    private func sweepKeepAlive() {
+        let now = Clock.monotonicSeconds()
+        let interval = Double(configuration.pingIntervalSeconds)
+        let timeout = Double(configuration.pingTimeoutSeconds)
+        for session in sessions.values {
+            if let sent = session.pingSentAt {
+                if now - sent > timeout { session.drop() }
+            } else if now - session.lastHeard >= interval {
+                session.ping(now: now)
+            }
+        }
     }
 
     /// Closes every WebSocket with 1001, waits (at most `grace` seconds) for them to go, then destroys the context.
@@ -138,6 +156,7 @@ final class WebSocketServer {
         loop.preconditionInEventLoop()
         guard !isShuttingDown else { return }
         isShuttingDown = true
+        keepAliveTimer = nil
         for session in sessions.values { session.close(.goingAway, "broker shutting down") }
         let deadline = Clock.monotonicSeconds() + grace
         var destroying: OpaquePointer?
@@ -193,6 +212,12 @@ final class WebSocketServer {
             return established(wsi, user)
         case LWS_CALLBACK_RECEIVE:
             return receive(wsi, user, input, length)
+        case LWS_CALLBACK_RECEIVE_PONG:
+            if let id = Self.slotID(user), let session = sessions[id] {
+                session.lastHeard = Clock.monotonicSeconds()
+                session.pingSentAt = nil
+            }
+            return 0
         case LWS_CALLBACK_SERVER_WRITEABLE:
             guard let id = Self.slotID(user), let session = sessions[id] else { return -1 }
             return session.writeable()
@@ -260,6 +285,8 @@ final class WebSocketServer {
         _ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?, _ input: UnsafeMutableRawPointer?, _ length: Int
     ) -> Int32 {
         guard let id = Self.slotID(user), let session = sessions[id] else { return -1 }
+        session.lastHeard = Clock.monotonicSeconds()
+        session.pingSentAt = nil
         let outcome = session.assembler.append(
             UnsafeRawBufferPointer(start: input, count: input == nil ? 0 : length),
             isBinary: lws_frame_is_binary(wsi) != 0,

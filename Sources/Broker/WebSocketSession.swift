@@ -1,5 +1,6 @@
 import AgentChatProtocol
 import CLibWebSockets
+import Glibc
 
 /// One WebSocket connection speaking `agentchat.v1`. Loop-bound.
 ///
@@ -16,6 +17,11 @@ final class WebSocketSession {
     var frameBudget: TokenBucket
     /// Login state; set by the broker when the connection opens.
     var auth: SessionAuthStateMachine?
+    /// Keep-alive (see `WebSocketServer.sweepKeepAlive`): when the peer was last heard from, and when the
+    /// unanswered ping went out.
+    var lastHeard: Double
+    var pingSentAt: Double?
+    private var pingDue = false
     /// Channels this connection is subscribed to (see `ChannelService`).
     var channels: Set<ChannelID> = []
     let remoteAddress: String
@@ -26,8 +32,9 @@ final class WebSocketSession {
         self.remoteAddress = remoteAddress
         assembler = InboundAssembler(maxBytes: limits.maxMessageBytes)
         queue = OutboundQueue(maxBytes: limits.maxOutboundQueueBytes)
-        frameBudget = TokenBucket(rate: limits.framesPerSecond, burst: limits.frameBurst,
-                                  now: Clock.monotonicSeconds())
+        let now = Clock.monotonicSeconds()
+        frameBudget = TokenBucket(rate: limits.framesPerSecond, burst: limits.frameBurst, now: now)
+        lastHeard = now
     }
 
     var isOpen: Bool { wsi != nil && pendingClose == nil }
@@ -45,6 +52,23 @@ final class WebSocketSession {
         }
     }
 
+    /// Sends a WebSocket ping from the next writeable callback.
+    func ping(now: Double) {
+        guard let wsi, pendingClose == nil, !pingDue else { return }
+        pingDue = true
+        pingSentAt = now
+        lws_callback_on_writable(wsi)
+    }
+
+    /// Drops the connection without a close handshake (the peer stopped answering). Shutting the socket down
+    /// makes libwebsockets see the end of the stream and close it; its own timers, armed from outside its
+    /// callbacks, do not fire on a foreign loop.
+    func drop() {
+        guard let wsi else { return }
+        let fd = lws_get_socket_fd(wsi)
+        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
     /// Closes the connection with `code` once the frames already queued are written.
     func close(_ code: CloseCode, _ reason: String) {
         guard let wsi, pendingClose == nil else { return }
@@ -56,6 +80,16 @@ final class WebSocketSession {
     /// Returns the value for libwebsockets (-1 closes the connection).
     func writeable() -> Int32 {
         guard let wsi else { return -1 }
+        if pingDue {
+            pingDue = false
+            // A payload, because libwebsockets 4.1 does not report an empty pong (LWS_CALLBACK_RECEIVE_PONG).
+            let ping = OutboundFrame(Array("ka".utf8))
+            if lws_write(wsi, ping.payload, ping.count, lwsWritePing) < 0 { return -1 }
+            if lws_send_pipe_choked(wsi) != 0 {
+                lws_callback_on_writable(wsi)
+                return 0
+            }
+        }
         while let frame = queue.dequeue() {
             let mode = frame.isBinary ? lwsWriteBinary : lwsWriteText
             if lws_write(wsi, frame.payload, frame.count, mode) < 0 { return -1 }
@@ -91,5 +125,7 @@ final class WebSocketSession {
 // Swift does not import these two enumerators of `lws_write_protocol` (LWS_WRITE_TEXT = 0, LWS_WRITE_BINARY = 1).
 private let lwsWriteText = lws_write_protocol(rawValue: 0)
 private let lwsWriteBinary = lws_write_protocol(rawValue: 1)
+/// LWS_WRITE_PING (5).
+private let lwsWritePing = lws_write_protocol(rawValue: 5)
 /// LWS_WRITE_CLOSE (4) is left out of the public enum in 4.1 ("handled by lws_close_reason()").
 private let lwsWriteClose = lws_write_protocol(rawValue: 4)

@@ -114,9 +114,12 @@ public final class ChannelStore {
         local offset = redis.call('HINCRBY', KEYS[1], 'seq', 1)
         local item = ARGV[3] .. offset .. ARGV[4]
         redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[6], '0-' .. offset, 'm', item, 't', ARGV[5])
-        local old = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 100)
-        for _, entry in ipairs(old) do
-          if tonumber(entry[2][4]) < tonumber(ARGV[7]) then redis.call('XDEL', KEYS[3], entry[1]) else break end
+        -- Age trim: look at the oldest entry only (usually it is young enough), drop at most 100 a call.
+        local oldest = tonumber(ARGV[7])
+        for _ = 1, 100 do
+          local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
+          if first == nil or tonumber(first[2][4]) >= oldest then break end
+          redis.call('XDEL', KEYS[3], first[1])
         end
         redis.call('SET', KEYS[4], offset, 'PX', ARGV[8])
         redis.call('HSET', KEYS[1], 'lastActivity', ARGV[5])
