@@ -1,5 +1,6 @@
 import AgentChatClient
 import Foundation
+import TestSupport
 import WebSocketClient
 #if canImport(Glibc)
 import Glibc
@@ -69,36 +70,7 @@ final class Collector<Value: Sendable>: @unchecked Sendable {
 /// The `agentchat` binary next to the test bundle (`AGENTCHAT_CLI_BIN` overrides), built by
 /// `swift build --product agentchat`.
 func locateCLI() throws -> String {
-    if let override = ProcessInfo.processInfo.environment["AGENTCHAT_CLI_BIN"], !override.isEmpty { return override }
-    var directories: [URL] = []
-    if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-        directories.append(URL(fileURLWithPath: exe).deletingLastPathComponent())
-    }
-    if let first = CommandLine.arguments.first {
-        directories.append(URL(fileURLWithPath: first).standardizedFileURL.deletingLastPathComponent())
-    }
-    directories.append(Bundle.main.bundleURL)
-    for bundle in Bundle.allBundles where bundle.bundleURL.pathExtension == "xctest" {
-        directories.append(bundle.bundleURL.deletingLastPathComponent())
-    }
-    var tried: [String] = []
-    for dir in directories {
-        var d = dir
-        for _ in 0..<4 {
-            let candidate = d.appendingPathComponent("agentchat").path
-            if !tried.contains(candidate) {
-                tried.append(candidate)
-                var isDirectory: ObjCBool = false
-                if FileManager.default.fileExists(atPath: candidate, isDirectory: &isDirectory), !isDirectory.boolValue,
-                    access(candidate, X_OK) == 0
-                {
-                    return candidate
-                }
-            }
-            d = d.deletingLastPathComponent()
-        }
-    }
-    throw TimedOut(description: "agentchat binary not found (swift build --product agentchat); tried \(tried)")
+    try BrokerProcess.locateProduct("agentchat", override: "AGENTCHAT_CLI_BIN")
 }
 
 struct CLIResult: Sendable {

@@ -422,7 +422,15 @@ public final class BrokerProcess: @unchecked Sendable {
     /// The broker binary: `$AGENTCHAT_BROKER_BIN` if set, else `agentchat-broker` in the directory of the running
     /// test binary (the build products directory) or, for a macOS `.xctest` bundle, beside the bundle.
     public static func locateExecutable(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String {
-        if let override = environment["AGENTCHAT_BROKER_BIN"], !override.isEmpty { return override }
+        try locateProduct("agentchat-broker", override: "AGENTCHAT_BROKER_BIN", environment: environment)
+    }
+
+    /// A product of this package (`name`) beside the running test binary, or the path in `$override` when set.
+    public static func locateProduct(_ name: String, override variable: String,
+                                     environment: [String: String] = ProcessInfo.processInfo.environment) throws
+        -> String
+    {
+        if let override = environment[variable], !override.isEmpty { return override }
         var directories: [URL] = []
         if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
             directories.append(URL(fileURLWithPath: exe).deletingLastPathComponent())
@@ -440,7 +448,7 @@ public final class BrokerProcess: @unchecked Sendable {
             // The test binary may live in X.xctest/Contents/MacOS; walk up a few levels.
             var d = dir
             for _ in 0..<4 {
-                let candidate = d.appendingPathComponent("agentchat-broker").path
+                let candidate = d.appendingPathComponent(name).path
                 if !tried.contains(candidate) {
                     tried.append(candidate)
                     if access(candidate, X_OK) == 0 { return candidate }
