@@ -159,12 +159,13 @@ final class ChannelService {
                 }
             }
         case .send(let message):
-            let suffix = MessageItem.suffix(message, sender: did, timestamp: Clock.unixMilliseconds())
-            store.append(message, sender: did, suffix: suffix, now: Clock.unixMilliseconds()) { [self] result in
+            let now = Clock.unixMilliseconds()
+            let suffix = MessageItem.suffix(message, sender: did, timestamp: now)
+            store.append(message, sender: did, suffix: suffix, now: now) { [self] result in
                 switch result {
                 case .success(.stored(let offset, let listed)):
                     metrics.messagesStored.increment()
-                    if listed { indicatorStore.touch(message.channel, at: Clock.unixMilliseconds()) }
+                    if listed { indicatorStore.touch(message.channel, at: now) }
                     reply(.messageAck(ref: id, channel: message.channel, offset: offset, duplicate: false))
                 case .success(.duplicate(let offset)):
                     reply(.messageAck(ref: id, channel: message.channel, offset: offset, duplicate: true))
