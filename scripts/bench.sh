@@ -7,7 +7,8 @@
 # Environment: REPEAT (runs per target, the median is reported; default 3), TARGETS (default: all four),
 # SUBSCRIBERS (1000), PAYLOAD (256), IDLE_CONNECTIONS (10000), IDLE_HOLD (seconds, default 40: past the broker's
 # 30 s keep-alive ping), EXTRAS (beyond the standard comparison, default "churn rooms multi-broker"; empty for
-# none), SKIP_BUILD=1, REPORT_FROM=loadtest/results/bench-… (no runs: only rebuild the page from that run).
+# none; "indicators" is also available: 10 listed channels × 200 msg/s watched by 1,000 viewers, agentchat only),
+# SKIP_BUILD=1, REPORT_FROM=loadtest/results/bench-… (no runs: only rebuild the page from that run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -56,6 +57,11 @@ for extra in $EXTRAS; do
             for t in $TARGETS; do [ "$t" = lws-mirror ] || room_targets+=(--target "$t"); done
             "$LT" run --workload rooms "${room_targets[@]}" --connections 1000 --payload "$PAYLOAD" --start-rate 1 \
                 --max-rate 200 --results "$RES" 2>&1 | tee -a "$LOG" ;;
+        indicators)  # 10 listed channels at 200 msg/s each, 1,000 viewers of all 10; agentchat only (no peer equivalent)
+            case " $TARGETS " in *" agentchat "*)
+                "$LT" run --workload indicators --target agentchat --connections 1000 --channels 10 \
+                    --channel-rate 200 --hold 20 --results "$RES" 2>&1 | tee -a "$LOG" ;;
+            esac ;;
         multi-broker)  # two brokers on one Redis: the publisher on one, the 1,000 subscribers on the other
             case " $TARGETS " in *" agentchat "*)
                 "$LT" run --workload broadcast --target agentchat --brokers 2 --connections "$SUBSCRIBERS" \

@@ -63,6 +63,8 @@ struct RunResult: Codable {
     var setupLatency: Latency?
     var harnessCPUSeconds: Double = 0
     var harnessCPUShareAtMax: Double?
+    // indicators
+    var indicators: IndicatorsResult?
     var notes: [String] = []
 }
 

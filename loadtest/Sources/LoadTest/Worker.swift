@@ -181,6 +181,8 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "rooms: members per room (connections i…i+size−1 share one); 0 for broadcast.") var roomSize = 0
     @Option(help: "rooms: global index of this worker's first connection.") var indexOffset = 0
     @Option var payload = 256
+    @Option(help: "indicators: the connections are viewers of these channels (comma-separated), or of \"directory\".")
+    var viewerChannels: String?
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
@@ -194,6 +196,8 @@ struct WorkerCommand: ParsableCommand {
         let keys = try identities.map { try IdentityFile.read($0) } ?? []
         var handlers = [SessionHandler?](repeating: nil, count: connections)
         let offset = indexOffset, size = roomSize
+        let viewing = viewerChannels?.split(separator: ",").map(String.init)
+        let book = ViewerBook(count: viewing == nil ? 0 : connections)
         let pool = ConnectionPool(loop: loop, endpoint: endpoint, source: source, mode: sessionMode,
                                   count: connections, context: context) { i in
             let room = (offset + i) / max(1, size)
@@ -208,6 +212,8 @@ struct WorkerCommand: ParsableCommand {
                 if rooms { m.topic = Array("room/\(room)".utf8) }
                 h = m
             case .lwsMirror: h = MirrorSession(context: context)
+            case .agentchat where viewing != nil:
+                h = ViewerSession(context: context, book: book, index: i, channels: viewing!)
             case .agentchat:
                 let e = keys[i % keys.count]
                 let a = AgentChatSession(context: context, mode: sessionMode, identity: e.key,
@@ -311,6 +317,23 @@ struct WorkerCommand: ParsableCommand {
                     let report = WorkerReport(step: 0, received: UInt64(r.sessions), duplicates: 0, gaps: 0,
                                               malformed: nil, latency: pairs, lastSeq: nil, open: 0, failed: r.failed)
                     FileHandle.standardOutput.write(try encoder.encode(report) + Data("\n".utf8))
+                case "mark":
+                    // mark START_NS RATE BASE: count viewers' frames from now; the publishers started at START_NS.
+                    book.mark(startNs: parts.count > 1 ? UInt64(parts[1]) ?? 0 : 0,
+                              rate: parts.count > 2 ? Double(parts[2]) ?? 0 : 0,
+                              base: parts.count > 3 ? Int64(parts[3]) ?? 0 : 0)
+                case "vreport":
+                    let r = book.report(open: context.ready - context.failed)
+                    book.publishRate = 0  // the publishers stop: values are no longer on the schedule
+                    FileHandle.standardOutput.write(try encoder.encode(r) + Data("\n".utf8))
+                case "vcheck":
+                    // vcheck CH=N,…: how many (viewer, channel) last values equal the acknowledged counts.
+                    var expected: [String: Int64] = [:]
+                    for kv in (parts.count > 1 ? parts[1] : "").split(separator: ",") {
+                        let f = kv.split(separator: "=")
+                        if f.count == 2, let n = Int64(f[1]) { expected[String(f[0])] = n }
+                    }
+                    FileHandle.standardOutput.write(try encoder.encode(book.check(expected)) + Data("\n".utf8))
                 case "quit":
                     pool.closeAll()
                     return

@@ -60,7 +60,7 @@ struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Run a workload against targets.")
 
     @OptionGroup var common: CommonOptions
-    @Option(help: "broadcast, idle, churn or rooms.") var workload = "broadcast"
+    @Option(help: "broadcast, idle, churn, rooms or indicators.") var workload = "broadcast"
     @Option(help: "rooms: members per room.") var roomSize = 10
     @Option(help: "Targets (repeat the option; default: all four).") var target: [TargetKind] = []
     @Option(help: "Subscribers (broadcast) or connections (idle).") var connections = 1000
@@ -74,24 +74,42 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Seconds to hold idle connections while measuring CPU, or to churn.") var hold = 20.0
     @Option(help: "Upper bound on the ramp's duration, seconds.") var maxSeconds = 240.0
     @Flag(help: "Skip the steps at 25/50/75% of the maximum.") var noFractions = false
+    @Option(help: "indicators: listed channels, each with its own publisher.") var channels = 10
+    @Option(help: "indicators: messages per second each channel's publisher sends.") var channelRate = 200.0
+    @Option(help: "indicators: the broker's --indicator-rate (updates per second per viewer).") var indicatorRate = 4.0
+    @Flag(help: "indicators: viewers subscribe to the directory instead of the channels.") var directory = false
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
         lt_install_cleanup_handler()
         _ = lt_raise_nofile()
         Sodium.initialize()
-        let targets = target.isEmpty ? TargetKind.allCases : target
+        // indicators: agentchat only (the peers have nothing like public indicators).
+        let targets = target.isEmpty ? (workload == "indicators" ? [.agentchat] : TargetKind.allCases) : target
+        if workload == "indicators", targets.contains(where: { $0 != .agentchat }) {
+            throw ValidationError("indicators: agentchat only; nats, mosquitto and lws-mirror have no equivalent")
+        }
+        var brokerArguments = brokerBenchArguments
+        if workload == "indicators" {
+            // Viewers come from a few source addresses (one per worker): lift the per-address viewer limit.
+            brokerArguments += ["--viewer-connections-per-address", "1000000", "--indicator-rate", String(indicatorRate)]
+        }
         var runs: [RunResult] = []
         for t in targets {
             let options = HarnessOptions(target: t, connections: connections, workers: common.workers,
-                                         server: common.serverOptions(extra: brokerBenchArguments),
+                                         server: common.serverOptions(extra: brokerArguments),
                                          resultsDirectory: common.results,
                                          command: CommandLine.arguments.dropFirst().joined(separator: " "))
             FileHandle.standardError.write(Data("== \(workload) \(t.rawValue), \(connections) connections\n".utf8))
             let h = try Harness(options: options)
             do {
                 let r: RunResult
-                if workload == "idle" {
+                if workload == "indicators" {
+                    var o = IndicatorsOptions()
+                    o.channels = channels; o.channelRate = channelRate; o.holdSeconds = hold; o.directory = directory
+                    o.indicatorRate = indicatorRate; o.payload = payload
+                    r = try h.runIndicators(o)
+                } else if workload == "idle" {
                     r = try h.runIdle(holdSeconds: hold)
                 } else if workload == "churn" {
                     r = try h.runChurn(seconds: hold)
@@ -118,7 +136,9 @@ struct RunCommand: ParsableCommand {
                 throw error
             }
         }
-        if workload == "idle" {
+        if workload == "indicators" {
+            print(Report.indicatorsTable(runs))
+        } else if workload == "idle" {
             print(Report.idleTable(runs))
         } else if workload == "churn" {
             print(Report.churnTable(runs))
@@ -236,6 +256,11 @@ struct ReportCommand: ParsableCommand {
         if !c.isEmpty {
             md += "\n### churn: \(c[0].connections) connections closed and reopened as soon as each has logged in\n\n"
             md += Report.churnTable(c) + "\n"
+        }
+        let ind = runs("indicators")
+        if !ind.isEmpty {
+            md += "\n### indicators: listed channels kept busy while viewers watch them (agentchat only)\n\n"
+            md += Report.indicatorsTable(ind) + "\n"
         }
         try md.write(toFile: markdown, atomically: true, encoding: .utf8)
     }
