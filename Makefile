@@ -33,7 +33,8 @@ run: build
 
 test: EXTRA_PACKAGES = $(TEST_PACKAGES)
 test: deps
-	$(PYTHON) -c "import selenium" 2>/dev/null || $(PYTHON) -m pip install -q selenium
+	$(PYTHON) -c "import selenium" 2>/dev/null || $(PYTHON) -m pip install -q selenium \
+		|| $(PYTHON) -m pip install -q --break-system-packages selenium
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	$(MAKE) loadtest-smoke
