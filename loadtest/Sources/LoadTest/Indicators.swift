@@ -276,15 +276,7 @@ extension Harness {
             workers.append(try WorkerProcess(arguments: args, connections: count, loop: loop))
         }
         // The viewers connect while the publishers are quiet.
-        var ready = 0, failed = 0
-        for wp in workers {
-            guard let line = wp.nextLine(loop, timeout: 180) else { throw HarnessError("a worker did not report") }
-            let parts = line.split(separator: " ", maxSplits: 3)
-            guard parts.count >= 3, parts[0] == "ready" else { throw HarnessError("worker said: \(line)") }
-            ready += Int(parts[1]) ?? 0
-            failed += Int(parts[2]) ?? 0
-            if parts.count > 3 && parts[3] != "-" { log("worker: first failure: \(parts[3])") }
-        }
+        let (ready, failed) = try awaitReady(workers)
         log("\(ready) viewers ready, \(failed) failed, over \(workers.count) worker processes")
 
         // Phase 2: the same publishing with the viewers watching.

@@ -117,15 +117,7 @@ final class Harness {
             workers.append(try WorkerProcess(arguments: args, connections: count, loop: loop))
             offset += count
         }
-        var ready = 0, failed = 0
-        for wp in workers {
-            guard let line = wp.nextLine(loop, timeout: 180) else { throw HarnessError("a worker did not report") }
-            let parts = line.split(separator: " ", maxSplits: 3)
-            guard parts.count >= 3, parts[0] == "ready" else { throw HarnessError("worker said: \(line)") }
-            ready += Int(parts[1]) ?? 0
-            failed += Int(parts[2]) ?? 0
-            if parts.count > 3 && parts[3] != "-" { log("worker: first failure: \(parts[3])") }
-        }
+        let (ready, failed) = try awaitReady(workers)
         log("\(ready) connections ready, \(failed) failed, over \(workers.count) worker processes")
         if options.target == .agentchat, withPublisher, roomSize <= 1, let channel {
             try publisher!.publishKeys(channel: channel, runTag: runTag)
@@ -181,7 +173,59 @@ struct BroadcastOptions {
     var fractions = true
 }
 
+/// Steps the rate up by `factor` from `startRate` until a step fails (twice: `confirmed` retries), then bisects
+/// between the last pass and the first failure `refinements` times; bounded by `maxSeconds` since `started`.
+func searchMaximumRate(_ o: BroadcastOptions, since started: UInt64,
+                       confirmed: (Double) throws -> StepResult) rethrows
+{
+    var rate = o.startRate
+    var lo = 0.0
+    var hi: Double?
+    var refinements = 0
+    while Double(nowNs() - started) / 1e9 < o.maxSeconds {
+        let st = try confirmed(rate)
+        if st.passed { lo = max(lo, rate) } else { hi = min(hi ?? rate, rate) }
+        if let h = hi {
+            if lo == 0 || refinements >= o.refinements || h / lo < 1.06 { break }
+            refinements += 1
+            rate = (lo + h) / 2
+        } else {
+            rate *= o.factor
+            if rate > o.maxRate { break }
+        }
+    }
+}
+
+extension RunResult {
+    /// Records the figures of the best passing step (most deliveries per second) and returns it.
+    mutating func recordBest() -> StepResult? {
+        let best = steps.filter(\.passed).max { $0.deliveredPerSecond < $1.deliveredPerSecond }
+        maxSustainedDeliveriesPerSecond = best?.deliveredPerSecond
+        maxSustainedMessagesPerSecond = best?.offeredMessagesPerSecond
+        deliveriesPerBrokerCPUSecondAtMax = best?.deliveriesPerBrokerCPUSecond
+        harnessCPUShareAtMax = best.map { $0.harnessCPUSeconds / $0.seconds }
+        deliveriesPerServerCPUSecondAtMax = best.map {
+            Double($0.delivered) / max(0.01, $0.brokerCPUSeconds + $0.auxCPUSeconds)
+        }
+        return best
+    }
+}
+
 extension Harness {
+    /// Waits for every worker's `ready <connected> <failed> [first failure]` line.
+    func awaitReady(_ workers: [WorkerProcess]) throws -> (ready: Int, failed: Int) {
+        var ready = 0, failed = 0
+        for wp in workers {
+            guard let line = wp.nextLine(loop, timeout: 180) else { throw HarnessError("a worker did not report") }
+            let parts = line.split(separator: " ", maxSplits: 3)
+            guard parts.count >= 3, parts[0] == "ready" else { throw HarnessError("worker said: \(line)") }
+            ready += Int(parts[1]) ?? 0
+            failed += Int(parts[2]) ?? 0
+            if parts.count > 3 && parts[3] != "-" { log("worker: first failure: \(parts[3])") }
+        }
+        return (ready, failed)
+    }
+
     func runBroadcast(_ o: BroadcastOptions) throws -> RunResult {
         let rss0 = server.brokerRSS
         let (ready, failed) = try connect(mode: .subscribe, payloadSize: o.payload, withPublisher: true)
@@ -253,10 +297,6 @@ extension Harness {
         }
 
         // Ramp: multiply the rate until a step fails, then bisect between the last pass and the first failure.
-        var rate = o.startRate
-        var lo = 0.0
-        var hi: Double?
-        var refinements = 0
         // A step that misses is run once more at the same rate and fails only if it misses again: a shared
         // machine's hiccups (a p99 spike from another process) must not end the ramp.
         func confirmed(rate: Double, phase: String) throws -> StepResult {
@@ -268,26 +308,8 @@ extension Harness {
             }
             return st
         }
-        while Double(nowNs() - started) / 1e9 < o.maxSeconds {
-            let st = try confirmed(rate: rate, phase: "ramp")
-            if st.passed { lo = max(lo, rate) } else { hi = min(hi ?? rate, rate) }
-            if let h = hi {
-                if lo == 0 || refinements >= o.refinements || h / lo < 1.06 { break }
-                refinements += 1
-                rate = (lo + h) / 2
-            } else {
-                rate *= o.factor
-                if rate > o.maxRate { break }
-            }
-        }
-        let best = result.steps.filter(\.passed).max { $0.deliveredPerSecond < $1.deliveredPerSecond }
-        result.maxSustainedDeliveriesPerSecond = best?.deliveredPerSecond
-        result.maxSustainedMessagesPerSecond = best?.offeredMessagesPerSecond
-        result.deliveriesPerBrokerCPUSecondAtMax = best?.deliveriesPerBrokerCPUSecond
-        result.harnessCPUShareAtMax = best.map { $0.harnessCPUSeconds / $0.seconds }
-        result.deliveriesPerServerCPUSecondAtMax = best.map {
-            Double($0.delivered) / max(0.01, $0.brokerCPUSeconds + $0.auxCPUSeconds)
-        }
+        try searchMaximumRate(o, since: started) { try confirmed(rate: $0, phase: "ramp") }
+        let best = result.recordBest()
         result.brokerRSSBytes = server.brokerRSS
         result.brokerRSSPerConnectionBytes = Double(server.brokerRSS - rss0) / Double(max(1, subscribers))
         if let best, o.fractions {
@@ -474,10 +496,6 @@ extension Harness {
             return st
         }
 
-        var rate = o.startRate
-        var lo = 0.0
-        var hi: Double?
-        var refinements = 0
         var perMember: [Int: Double] = [:]
         func confirmed(rate: Double, phase: String) throws -> StepResult {
             var st = try step(rate: rate, phase: phase)
@@ -490,26 +508,8 @@ extension Harness {
             }
             return st
         }
-        while Double(nowNs() - started) / 1e9 < o.maxSeconds {
-            let st = try confirmed(rate: rate, phase: "ramp")
-            if st.passed { lo = max(lo, rate) } else { hi = min(hi ?? rate, rate) }
-            if let h = hi {
-                if lo == 0 || refinements >= o.refinements || h / lo < 1.06 { break }
-                refinements += 1
-                rate = (lo + h) / 2
-            } else {
-                rate *= o.factor
-                if rate > o.maxRate { break }
-            }
-        }
-        let best = result.steps.filter(\.passed).max { $0.deliveredPerSecond < $1.deliveredPerSecond }
-        result.maxSustainedDeliveriesPerSecond = best?.deliveredPerSecond
-        result.maxSustainedMessagesPerSecond = best?.offeredMessagesPerSecond
-        result.deliveriesPerBrokerCPUSecondAtMax = best?.deliveriesPerBrokerCPUSecond
-        result.deliveriesPerServerCPUSecondAtMax = best.map {
-            Double($0.delivered) / max(0.01, $0.brokerCPUSeconds + $0.auxCPUSeconds)
-        }
-        result.harnessCPUShareAtMax = best.map { $0.harnessCPUSeconds / $0.seconds }
+        try searchMaximumRate(o, since: started) { try confirmed(rate: $0, phase: "ramp") }
+        let best = result.recordBest()
         result.brokerRSSBytes = server.brokerRSS
         result.brokerRSSPerConnectionBytes = Double(server.brokerRSS - rss0) / Double(max(1, ready))
         if let best, o.fractions, let r = perMember[best.step] {
