@@ -11,6 +11,10 @@ struct BrokerMetrics {
     let redisUp = Gauge(label: "agentchat_redis_up")
     let messagesStored = Counter(label: "agentchat_messages_stored_total")
     let deliveries = Counter(label: "agentchat_message_deliveries_total")
+    /// Live batches that would have skipped offsets for a subscriber (pub/sub lost items): read from history instead.
+    let feedGaps = Counter(label: "agentchat_feed_gaps_total")
+    /// History reads for a replay or catch-up that failed and were retried.
+    let historyReadRetries = Counter(label: "agentchat_history_read_retries_total")
     private let frameErrors: [String: Counter]
 
     init() {

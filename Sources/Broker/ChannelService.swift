@@ -23,8 +23,12 @@ final class ChannelService {
     private var dirty: [ChannelFeed] = []
     private var flushTimer: LoopTimer?
 
-    /// Messages replayed per history read.
+    /// Most messages asked for per history read (fewer when the connection's queue has less room).
     static let replayPage = 500
+    /// Retries of a failed history read: first delay, longest delay, and how many before the subscriber is closed.
+    static let readRetryMilliseconds: UInt64 = 50
+    static let readRetryMaxMilliseconds: UInt64 = 2_000
+    static let maxFailedReads = 20
 
     init(loop: EventLoop, store: ChannelStore, agents: AgentStore, pubsub: RedisPubSub, indicatorStore: IndicatorStore,
          codec: FrameCodec, metrics: BrokerMetrics, logger: Logger)
@@ -198,11 +202,12 @@ final class ChannelService {
             store.state(channel, for: did) { [self, weak session] result in
                 guard let session else { return }
                 if case .failure(let failure) = result { return storeFailure(failure) }
-                let deliver: (Result<[[UInt8]], RedisError>) -> Void = { items in
+                let deliver: (Result<[[UInt8]], RedisError>) -> Void = { [weak self] items in
                     switch items {
                     case .failure: fail(.unavailable, "the store is unreachable; retry")
                     case .success(let items):
-                        session.send(OutboundFrame(MessageItem.batch(channel: channel, items: items, ref: id)))
+                        self?.sendPaced(Self.historyPage(items, channel: channel, ref: id,
+                                                         budget: session.queueLimit / 2), to: session)
                     }
                 }
                 if let after {
@@ -212,6 +217,35 @@ final class ChannelService {
                 }
             }
         }
+    }
+
+    /// A `history` reply holding as many of `items` (in the order read) as fit in `budget` bytes, at least one;
+    /// when some are left out it carries `next`, the offset to page on from in the same direction.
+    static func historyPage(_ items: [[UInt8]], channel: ChannelID, ref: String?, budget: Int) -> OutboundFrame {
+        var size = 128 + channel.rawValue.utf8.count + (ref?.utf8.count ?? 0)
+        var kept = 0
+        for item in items {
+            if kept > 0, size + item.count + 1 > budget { break }
+            size += item.count + 1
+            kept += 1
+        }
+        let next = kept < items.count ? MessageItem.offset(of: items[kept - 1]) : nil
+        return OutboundFrame(MessageItem.batch(channel: channel, items: items[..<kept], ref: ref, next: next))
+    }
+
+    /// Queues a reply to the connection's own request once it fits in the queue, so that asking never makes a
+    /// reader a slow consumer (4008).
+    private func sendPaced(_ frame: OutboundFrame, to session: WebSocketSession) {
+        guard session.isOpen else { return }
+        if session.queuedBytes > 0, session.queuedBytes + frame.count > session.queueLimit {
+            session.whenDrained { [weak self, weak session] in
+                guard let self, let session else { return }
+                sendPaced(frame, to: session)
+            }
+            return
+        }
+        metrics.framesSent.increment()
+        session.send(frame)
     }
 
     /// Where a resuming subscriber starts (the offset after which it is sent messages) and whether that covers
@@ -314,7 +348,7 @@ final class ChannelService {
         let subscriber = ChannelFeed.Subscriber(session: session, did: did, lastOffset: start)
         feed.subscribers[session.id] = subscriber
         session.channels.insert(channel)
-        if feed.isActive { replay(subscriber, in: feed) }
+        if feed.isActive { startReading(subscriber, in: feed) }
     }
 
     private func makeFeed(_ channel: ChannelID) -> ChannelFeed {
@@ -348,58 +382,108 @@ final class ChannelService {
         for channel in session.channels { unsubscribe(session, from: channel) }
     }
 
-    /// The pub/sub subscription is confirmed (first time, or after a reconnect, when live items may have been
-    /// lost): catch live subscribers up from history, and start the replays that waited for this.
+    /// The pub/sub subscription is confirmed: the first time, or after a reconnect, when live items may have been
+    /// lost. Every subscriber reads history from its last offset until it meets the live stream again.
     private func activated(_ feed: ChannelFeed) {
-        let wasActive = feed.isActive
         feed.isActive = true
-        let live = feed.subscribers.values.filter { if case .live = $0.phase { true } else { false } }
-        if let from = live.map(\.lastOffset).min(), wasActive || feed.catchUpHeld == nil {
-            feed.catchUpHeld = []
-            catchUp(feed, after: from)
-        }
-        for subscriber in feed.subscribers.values {
-            if case .waiting = subscriber.phase { replay(subscriber, in: feed) }
-        }
+        for subscriber in feed.subscribers.values { startReading(subscriber, in: feed) }
     }
 
-    private func catchUp(_ feed: ChannelFeed, after offset: Int64) {
-        store.range(feed.id, after: offset, count: Self.replayPage) { [weak self, weak feed] result in
-            guard let self, let feed else { return }
-            let items = (try? result.get())?.compactMap(Self.item) ?? []
-            if !items.isEmpty { deliver(items, on: feed) }
-            if items.count == Self.replayPage, let last = items.last {
-                return catchUp(feed, after: last.offset)
-            }
-            let held = feed.catchUpHeld ?? []
-            feed.catchUpHeld = nil
-            if !held.isEmpty { deliver(held, on: feed) }
-        }
+    private func startReading(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed) {
+        subscriber.startReading()
+        pump(subscriber, in: feed)
     }
 
-    private func replay(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed) {
-        if case .replaying = subscriber.phase { return }
-        subscriber.phase = .replaying(held: [])
-        replayPage(subscriber, in: feed)
-    }
-
-    private func replayPage(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed) {
-        store.range(feed.id, after: subscriber.lastOffset, count: Self.replayPage) {
-            [weak self, weak feed, weak subscriber] result in
-            guard let self, let feed, let subscriber, feed.subscribers[subscriber.session.id] === subscriber else {
-                return
-            }
-            guard case .success(let raw) = result else {
-                subscriber.session.close(.internalError, "history unavailable; resume from your last offset")
-                return
-            }
-            let items = raw.compactMap(Self.item)
-            send(items, in: feed, to: subscriber)
-            if items.count == Self.replayPage { return replayPage(subscriber, in: feed) }
-            guard case .replaying(let held) = subscriber.phase else { return }
+    /// Moves a reading subscriber on: queues what was read as its queue allows, reads the next page, and goes
+    /// live once a read reached the end of history with every later live item held.
+    private func pump(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed) {
+        guard case .reading = subscriber.phase, feed.subscribers[subscriber.session.id] === subscriber,
+            subscriber.session.isOpen
+        else { return }
+        guard queueBacklog(subscriber, in: feed), !subscriber.reading else { return }
+        if subscriber.reachedEnd {
             subscriber.phase = .live
+            let held = subscriber.held
+            subscriber.held = []
+            subscriber.heldBytes = 0
             send(held, in: feed, to: subscriber)
+            return
         }
+        readHistory(subscriber, in: feed)
+    }
+
+    /// Queues backlog items in frames of their own while the connection's queue is at most half full (the rest
+    /// is room for live traffic on its other channels); otherwise waits for the queue to drain. True when the
+    /// backlog is empty.
+    private func queueBacklog(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed) -> Bool {
+        let session = subscriber.session
+        while !subscriber.backlog.isEmpty {
+            guard let chunk = ChannelFeed.chunks(subscriber.backlog.prefix(Self.replayPage)).first else { break }
+            let bytes = chunk.reduce(0) { $0 + $1.bytes.count + 1 }
+            if session.queuedBytes > 0, session.queuedBytes + bytes > session.queueLimit / 2 {
+                if !subscriber.awaitingDrain {
+                    subscriber.awaitingDrain = true
+                    session.whenDrained { [weak self, weak feed, weak subscriber] in
+                        guard let self, let feed, let subscriber else { return }
+                        subscriber.awaitingDrain = false
+                        pump(subscriber, in: feed)
+                    }
+                }
+                return false
+            }
+            subscriber.backlog.removeFirst(chunk.count)
+            send(Array(chunk), in: feed, to: subscriber)
+        }
+        return true
+    }
+
+    /// Reads the next page of history after the subscriber's last offset, sized to what its queue can take.
+    private func readHistory(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed) {
+        let space = max(subscriber.session.queueLimit / 2 - subscriber.session.queuedBytes, 0)
+        let count = min(Self.replayPage, max(1, space / max(subscriber.itemBytesEstimate, 1)))
+        let generation = subscriber.holdGeneration
+        subscriber.reading = true
+        store.range(feed.id, after: subscriber.lastOffset, count: count) { [weak self, weak feed, weak subscriber] result in
+            guard let self, let feed, let subscriber, feed.subscribers[subscriber.session.id] === subscriber,
+                case .reading = subscriber.phase
+            else { return }
+            switch result {
+            case .failure(let error):
+                retryRead(subscriber, in: feed, after: error)
+            case .success(let raw):
+                subscriber.reading = false
+                subscriber.failedReads = 0
+                let items = raw.compactMap(Self.item)
+                if !items.isEmpty {
+                    subscriber.itemBytesEstimate = max(64, items.reduce(0) { $0 + $1.bytes.count } / items.count)
+                }
+                subscriber.backlog = items.filter { $0.offset > subscriber.lastOffset }
+                // A short page read in the current hold generation: history holds nothing more that was not held.
+                if raw.count < count, generation == subscriber.holdGeneration { subscriber.reachedEnd = true }
+                pump(subscriber, in: feed)
+            }
+        }
+    }
+
+    /// A history read failed (Redis unreachable): live items stay held and the read is retried with backoff; a
+    /// subscriber whose history stays unreadable is closed so that it resumes elsewhere. Never skipped.
+    private func retryRead(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed, after error: RedisError) {
+        subscriber.failedReads += 1
+        metrics.historyReadRetries.increment()
+        guard subscriber.failedReads <= Self.maxFailedReads else {
+            logger.warning("history unreadable; closing the subscriber", metadata: [
+                "channel": "\(feed.id)", "connection": "\(subscriber.session.id)", "error": "\(error)"])
+            subscriber.session.close(.internalError, "history unavailable; resume from your last offset")
+            return
+        }
+        let delay = min(Self.readRetryMaxMilliseconds, Self.readRetryMilliseconds << UInt64(subscriber.failedReads - 1))
+        let timer = subscriber.retryTimer ?? LoopTimer(loop: loop) { [weak self, weak feed, weak subscriber] in
+            guard let self, let feed, let subscriber else { return }
+            subscriber.reading = false
+            pump(subscriber, in: feed)
+        }
+        subscriber.retryTimer = timer
+        timer.start(after: delay)
     }
 
     private static func item(_ bytes: [UInt8]) -> ChannelFeed.Item? {
@@ -408,10 +492,6 @@ final class ChannelService {
 
     private func received(_ bytes: [UInt8], on feed: ChannelFeed) {
         if let item = Self.item(bytes) {
-            if feed.catchUpHeld != nil {
-                feed.catchUpHeld?.append(item)
-                return
-            }
             if feed.pending.isEmpty { dirty.append(feed) }
             feed.pending.append(item)
             scheduleFlush()
@@ -451,7 +531,8 @@ final class ChannelService {
     }
 
     /// Hands items (in offset order) to every subscriber: one shared frame per batch for subscribers that need all
-    /// of it, a frame of their own for the rare one that has part of it already.
+    /// of it, a frame of their own for the rare one that has part of it already. A live subscriber for which the
+    /// batch would skip offsets reads the missing ones from history first.
     private func deliver(_ items: [ChannelFeed.Item], on feed: ChannelFeed) {
         for chunk in ChannelFeed.chunks(items) {
             guard let first = chunk.first, let last = chunk.last else { continue }
@@ -460,19 +541,23 @@ final class ChannelService {
                 switch subscriber.phase {
                 case .waiting:
                     continue
-                case .replaying(var held):
-                    held.append(contentsOf: chunk)
-                    subscriber.phase = .replaying(held: held)
+                case .reading:
+                    subscriber.hold(chunk, limit: subscriber.session.queueLimit / 4)
                 case .live:
                     guard last.offset > subscriber.lastOffset else { continue }
-                    if first.offset > subscriber.lastOffset {
+                    if first.offset == subscriber.lastOffset + 1 {
                         let frame = shared ?? OutboundFrame(MessageItem.batch(channel: feed.id, items: chunk.map(\.bytes)))
                         shared = frame
                         subscriber.session.send(frame)
                         subscriber.lastOffset = last.offset
                         metrics.deliveries.increment(by: chunk.count)
-                    } else {
+                    } else if first.offset <= subscriber.lastOffset {
                         send(Array(chunk), in: feed, to: subscriber)
+                    } else {
+                        metrics.feedGaps.increment()
+                        subscriber.startReading()
+                        subscriber.hold(chunk, limit: subscriber.session.queueLimit / 4)
+                        pump(subscriber, in: feed)
                     }
                 }
             }

@@ -39,6 +39,21 @@ final class WebSocketSession {
 
     var isOpen: Bool { wsi != nil && pendingClose == nil }
 
+    /// Bytes waiting in the outbound queue.
+    var queuedBytes: Int { queue.queuedBytes }
+    /// The queue's byte limit: passing it closes the connection with 4008.
+    var queueLimit: Int { queue.maxBytes }
+
+    /// Runs `body` once, from a writeable callback, when the queue has drained to a quarter of its limit or less:
+    /// how replies that are paced by the reader (replays, history) wait for room. Call it only while frames are
+    /// queued (an empty queue has room now). Dropped if the connection closes first.
+    func whenDrained(_ body: @escaping () -> Void) {
+        drainHandlers.append(body)
+        if let wsi, !queue.isEmpty { lws_callback_on_writable(wsi) }
+    }
+
+    private var drainHandlers: [() -> Void] = []
+
     /// Queues one frame. A connection whose queue passes its byte limit is closed with 4008 (slow consumer).
     func send(_ frame: OutboundFrame) {
         guard let wsi, pendingClose == nil else { return }
@@ -95,6 +110,11 @@ final class WebSocketSession {
             if lws_write(wsi, frame.payload, frame.count, mode) < 0 { return -1 }
             if lws_send_pipe_choked(wsi) != 0 { break }
         }
+        if !drainHandlers.isEmpty, pendingClose == nil, queue.queuedBytes <= queue.maxBytes / 4 {
+            let handlers = drainHandlers
+            drainHandlers = []
+            for handler in handlers { handler() }
+        }
         if !queue.isEmpty {
             lws_callback_on_writable(wsi)
             return 0
@@ -119,6 +139,7 @@ final class WebSocketSession {
     func detach() {
         wsi = nil
         queue.removeAll()
+        drainHandlers = []
     }
 }
 

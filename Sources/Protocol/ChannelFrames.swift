@@ -121,7 +121,10 @@ public enum MessageItem {
     }
 
     /// A `messages` frame holding `items` (each a stored item's bytes), joined without re-encoding them.
-    public static func batch(channel: ChannelID, items: some Collection<[UInt8]>, ref: String? = nil) -> [UInt8] {
+    /// `next` (history replies cut short by their size cap) is where the next page starts.
+    public static func batch(channel: ChannelID, items: some Collection<[UInt8]>, ref: String? = nil,
+                             next: Int64? = nil) -> [UInt8]
+    {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(items.reduce(64) { $0 + $1.count + 1 })
         bytes.append(contentsOf: #"{"channel":""#.utf8)
@@ -134,6 +137,7 @@ public enum MessageItem {
             bytes.append(contentsOf: item)
         }
         bytes.append(UInt8(ascii: "]"))
+        if let next { bytes.append(contentsOf: #","next":\#(next)"#.utf8) }
         if let ref {
             var writer = JSONWriter()
             writer.writeString(ref)
