@@ -24,6 +24,10 @@ struct ChannelSubscription: Sendable {
     /// The `since` of the latest subscribe request.
     var requestedSince: Int64?
     var isReconnect = false
+    /// The next item may skip offsets: the broker said it could not recover everything (`recovered: false`).
+    var acceptsJump = false
+    /// A gap was seen and a new `channel.subscribe` is on its way: items are dropped until its `subscribed`.
+    var repairing = false
     let inbox: AsyncStream<SubscriptionInbound>.Continuation
 }
 
@@ -339,7 +343,9 @@ extension AgentChatClient {
     /// Subscribes to the channel: the stream delivers `.subscribed` (with `recovered`), then every message after
     /// `since` (default: only new ones) in offset order, decrypted and verified, then live messages. After a
     /// reconnection the SDK resubscribes from the last offset received by itself (another `.subscribed` element;
-    /// `recovered: false` there means messages were lost). Offsets are delivered at most once.
+    /// `recovered: false` there means messages were lost). Offsets are delivered at most once. A stream that skips
+    /// an offset unannounced is treated as a gap: the SDK subscribes again from the last offset received (another
+    /// `.subscribed` element) and counts it in ``ChannelStatistics/gapsRepaired``.
     ///
     /// Ending the stream (cancelling its consumer) unsubscribes. A second subscription to the same channel ends
     /// the first.
@@ -402,19 +408,26 @@ extension AgentChatClient {
 
     /// Stored messages, decrypted and verified, oldest first: the newest `limit` (1–500) before `before` (default:
     /// the end), or with `after` the first `limit` after that offset. Keys of older epochs are fetched as needed.
+    /// Pages the broker cuts short by size (`next`) are followed until `limit` messages arrived.
     public func history(channel: ChannelID, limit: Int = 100, before: Int64? = nil, after: Int64? = nil)
         async throws(AgentChatError) -> [ChannelMessage]
     {
-        var fields: [String: JSONValue] = ["type": "history", "channel": .string(channel.rawValue),
-                                           "limit": .number(Double(limit))]
-        if let before { fields["before"] = .number(Double(before)) }
-        if let after { fields["after"] = .number(Double(after)) }
-        let reply = try await call(fields)
-        guard reply["type"]?.stringValue == "messages", let items = reply["messages"]?.arrayValue else {
-            throw .protocolViolation("expected messages, got \(reply["type"]?.stringValue ?? "no type")")
-        }
         var messages: [ChannelMessage] = []
-        for item in items { messages.append(await openMessage(item, channel: channel)) }
+        var before = before
+        var after = after
+        while messages.count < limit {
+            var fields: [String: JSONValue] = ["type": "history", "channel": .string(channel.rawValue),
+                                               "limit": .number(Double(limit - messages.count))]
+            if let before { fields["before"] = .number(Double(before)) }
+            if let after { fields["after"] = .number(Double(after)) }
+            let reply = try await call(fields)
+            guard reply["type"]?.stringValue == "messages", let items = reply["messages"]?.arrayValue else {
+                throw .protocolViolation("expected messages, got \(reply["type"]?.stringValue ?? "no type")")
+            }
+            for item in items { messages.append(await openMessage(item, channel: channel)) }
+            guard let next = reply["next"]?.integerValue, !items.isEmpty else { break }
+            if after != nil { after = next } else { before = next }
+        }
         return messages.sorted { $0.offset < $1.offset }
     }
 
@@ -475,6 +488,8 @@ extension AgentChatClient {
         }
         if subscription.lastReceived == nil { subscription.lastReceived = latest }
         subscription.historyEpoch = historyEpoch
+        subscription.acceptsJump = !recovered
+        subscription.repairing = false
         channelState.subscriptions[channel] = subscription
         subscription.inbox.yield(.event(.subscribed(ChannelResume(
             channel: channel, since: subscription.requestedSince, latestOffset: latest, historyEpoch: historyEpoch,
@@ -486,20 +501,28 @@ extension AgentChatClient {
         guard let channel = frame["channel"]?.stringValue.flatMap(ChannelID.init) else { return }
         switch frame["type"]?.stringValue {
         case "messages":
-            guard var subscription = channelState.subscriptions[channel],
+            guard var subscription = channelState.subscriptions[channel], !subscription.repairing,
                 let items = frame["messages"]?.arrayValue
             else { return }
             var last = subscription.lastReceived ?? -1
             var fresh: [JSONValue] = []
+            var gap = false
             for item in items {
                 guard let offset = item["offset"]?.integerValue, offset > last else { continue }
+                // Offsets are consecutive: a jump means the stream lost messages, unless the broker announced it.
+                if last >= 0, offset != last + 1, !subscription.acceptsJump {
+                    gap = true
+                    break
+                }
+                subscription.acceptsJump = false
                 fresh.append(item)
                 last = offset
             }
-            guard !fresh.isEmpty else { return }
-            subscription.lastReceived = last
+            if !fresh.isEmpty { subscription.lastReceived = last }
+            if gap { subscription.repairing = true }
             channelState.subscriptions[channel] = subscription
-            subscription.inbox.yield(.items(fresh))
+            if !fresh.isEmpty { subscription.inbox.yield(.items(fresh)) }
+            if gap { Task { await self.repairGap(channel, token: subscription.token) } }
         case "channel.event":
             guard let event = frame["event"]?.stringValue, let did = frame["did"]?.stringValue,
                 let epoch = frame["epoch"]?.integerValue
@@ -523,26 +546,38 @@ extension AgentChatClient {
     func resubscribeAll(generation: Int) async {
         for (channel, subscription) in channelState.subscriptions {
             guard connectionGeneration == generation else { return }
-            guard var current = channelState.subscriptions[channel], current.token == subscription.token else {
-                continue
-            }
-            current.requestedSince = current.lastReceived
-            current.isReconnect = true
-            channelState.subscriptions[channel] = current
             channelState.statistics.resubscriptions += 1
-            var fields: [String: JSONValue] = ["type": "channel.subscribe", "channel": .string(channel.rawValue)]
-            if let since = current.lastReceived { fields["since"] = .number(Double(since)) }
-            if let historyEpoch = current.historyEpoch { fields["historyEpoch"] = .string(historyEpoch) }
-            do throws(AgentChatError) {
-                _ = try await call(fields)
-            } catch where error.category == .server {
-                if channelState.subscriptions[channel]?.token == subscription.token {
-                    endSubscription(channel, with: error)
-                }
-            } catch {
-                return  // the connection dropped again: the next reconnection resubscribes
-            }
+            guard await resubscribe(channel, token: subscription.token) else { return }
         }
+    }
+
+    /// Subscribes again from the last offset received after the stream skipped offsets: the broker replays the
+    /// missing messages (or says `recovered: false` when its history no longer has them).
+    func repairGap(_ channel: ChannelID, token: Int) async {
+        guard channelState.subscriptions[channel]?.repairing == true, case .connected = state else { return }
+        channelState.statistics.gapsRepaired += 1
+        await resubscribe(channel, token: token)
+    }
+
+    /// Sends `channel.subscribe` from the subscription's last offset received. False when the connection dropped
+    /// (the next reconnection resubscribes); a refusal ends the subscription with the broker's error.
+    @discardableResult
+    private func resubscribe(_ channel: ChannelID, token: Int) async -> Bool {
+        guard var current = channelState.subscriptions[channel], current.token == token else { return true }
+        current.requestedSince = current.lastReceived
+        current.isReconnect = true
+        channelState.subscriptions[channel] = current
+        var fields: [String: JSONValue] = ["type": "channel.subscribe", "channel": .string(channel.rawValue)]
+        if let since = current.lastReceived { fields["since"] = .number(Double(since)) }
+        if let historyEpoch = current.historyEpoch { fields["historyEpoch"] = .string(historyEpoch) }
+        do throws(AgentChatError) {
+            _ = try await call(fields)
+        } catch where error.category == .server {
+            if channelState.subscriptions[channel]?.token == token { endSubscription(channel, with: error) }
+        } catch {
+            return false
+        }
+        return true
     }
 
     func endSubscription(_ channel: ChannelID, with error: AgentChatError?) {

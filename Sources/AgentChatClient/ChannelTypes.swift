@@ -135,5 +135,8 @@ public struct ChannelStatistics: Sendable, Equatable {
     public var staleEpochRetries = 0
     /// Resubscriptions after reconnecting.
     public var resubscriptions = 0
+    /// Offset jumps seen in a subscription's stream, each repaired by subscribing again from the last offset
+    /// received (the broker replays the missing messages).
+    public var gapsRepaired = 0
     public init() {}
 }

@@ -43,6 +43,14 @@ final class FakeBroker: @unchecked Sendable {
         get { lock.withLock { _refuseTokens } }
         set { lock.withLock { _refuseTokens = newValue } }
     }
+    /// Answers frames of an authenticated connection that the fake does not handle itself: called with the frame
+    /// and a function that sends a frame on the same connection; returns whether it handled the frame.
+    typealias FrameHandler = @Sendable (JSONValue, (JSONValue) throws -> Void) throws -> Bool
+    private var _frameHandler: FrameHandler?
+    var frameHandler: FrameHandler? {
+        get { lock.withLock { _frameHandler } }
+        set { lock.withLock { _frameHandler = newValue } }
+    }
     /// Answer registrations with this instead of processing them.
     var registerOverride: (status: Int, headers: [(String, String)], body: String)? {
         get { lock.withLock { _registerOverride } }
@@ -278,6 +286,9 @@ final class FakeBroker: @unchecked Sendable {
                 try reply(["type": "welcome", "agent": profile, "token": .string(token),
                            "expiresAt": .number(Double(expiresAt))])
             default:
+                if authenticated, let handler = frameHandler, try handler(json, { try sendJSON(peer, $0) }) {
+                    continue
+                }
                 try reply(["type": "error", "code": authenticated ? "unknown_type" : "not_authenticated",
                            "message": "no"])
             }
