@@ -104,19 +104,27 @@ extension AgentChatClient {
         await prepareKeys(channel)
     }
 
-    /// The channels this agent is a member of.
+    /// The channels this agent is a member of (every page of `channel.list`).
     public func listChannels() async throws(AgentChatError) -> [ChannelDescription] {
-        let reply = try await call(["type": "channel.list"])
-        guard reply["type"]?.stringValue == "channels", let list = reply["channels"]?.arrayValue else {
-            throw .protocolViolation("expected channels, got \(reply["type"]?.stringValue ?? "no type")")
-        }
         var descriptions: [ChannelDescription] = []
-        for item in list {
-            guard let description = ChannelDescription(json: item) else {
-                throw .protocolViolation("a channel description is malformed")
+        var after: String?
+        repeat {
+            var fields: [String: JSONValue] = ["type": "channel.list"]
+            if let after { fields["after"] = .string(after) }
+            let reply = try await call(fields)
+            guard reply["type"]?.stringValue == "channels", let list = reply["channels"]?.arrayValue else {
+                throw .protocolViolation("expected channels, got \(reply["type"]?.stringValue ?? "no type")")
             }
-            descriptions.append(description)
-        }
+            for item in list {
+                guard let description = ChannelDescription(json: item) else {
+                    throw .protocolViolation("a channel description is malformed")
+                }
+                descriptions.append(description)
+            }
+            let next = reply["next"]?.stringValue
+            guard next == nil || next != after else { throw .protocolViolation("channel.list did not move on") }
+            after = next
+        } while after != nil
         return descriptions
     }
 

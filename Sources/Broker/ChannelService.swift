@@ -120,11 +120,18 @@ final class ChannelService {
                 case .failure(let failure): storeFailure(failure)
                 }
             }
-        case .list:
-            store.channels(of: did) { [self] result in
+        case .list(let after, let limit):
+            store.channels(of: did) { [self, weak session] result in
                 switch result {
                 case .failure: fail(.unavailable, "the store is unreachable; retry")
-                case .success(let ids): describeAll(ids, for: did) { reply(.channels(ref: id, $0)) }
+                case .success(let ids):
+                    let rest = ids.filter { after == nil || $0.rawValue > after!.rawValue }
+                    let page = Array(rest.prefix(limit))
+                    describeAll(page, for: did) { [self] descriptions in
+                        guard let session else { return }
+                        sendPaced(channelsPage(descriptions, ref: id, more: rest.count > page.count,
+                                               last: page.last, budget: session.queueLimit / 2), to: session)
+                    }
                 }
             }
         case .describe(let channel):
@@ -231,6 +238,20 @@ final class ChannelService {
         }
         let next = kept < items.count ? MessageItem.offset(of: items[kept - 1]) : nil
         return OutboundFrame(MessageItem.batch(channel: channel, items: items[..<kept], ref: ref, next: next))
+    }
+
+    /// A `channels` reply with as many descriptions as fit in `budget` bytes (at least one), and `next` when more
+    /// may follow: cut here, or `more` ids after `last`.
+    private func channelsPage(_ descriptions: [ChannelDescription], ref: String?, more: Bool, last: ChannelID?,
+                              budget: Int) -> OutboundFrame
+    {
+        var kept = descriptions.count
+        var bytes = codec.encode(.channels(ref: ref, descriptions, next: more ? last : nil))
+        while bytes.count > budget, kept > 1 {
+            kept = max(1, min(kept - 1, kept * budget / bytes.count))
+            bytes = codec.encode(.channels(ref: ref, Array(descriptions.prefix(kept)), next: descriptions[kept - 1].id))
+        }
+        return OutboundFrame(bytes)
     }
 
     /// Queues a reply to the connection's own request once it fits in the queue, so that asking never makes a

@@ -5,7 +5,8 @@ public enum ChannelRequest: Equatable, Sendable {
     case join(ChannelID)
     case leave(ChannelID)
     case remove(ChannelID, DID)
-    case list
+    /// The agent's channels with ids after `after` (in id order), at most `limit`.
+    case list(after: ChannelID?, limit: Int)
     case describe(ChannelID)
     case publishKeys(ChannelKeys)
     case getKeys(ChannelID, epoch: Int64)

@@ -131,7 +131,13 @@ public struct FrameCodec: Sendable {
         case "channel.remove":
             return .remove(try fields.channel(), try fields.did("did"))
         case "channel.list":
-            return .list
+            let after = try fields.optionalString("after", maxBytes: 64)
+            let limit = try fields.optionalInteger("limit") ?? 100
+            guard (1...100).contains(limit) else { throw ProtocolError(.invalidField, "\"limit\" must be 1 to 100") }
+            guard after == nil || after.flatMap(ChannelID.init) != nil else {
+                throw ProtocolError(.invalidField, "\"after\" is not a channel id")
+            }
+            return .list(after: after.flatMap(ChannelID.init), limit: Int(limit))
         case "channel.describe":
             return .describe(try fields.channel())
         case "channel.keys":
@@ -261,8 +267,10 @@ public struct FrameCodec: Sendable {
             return Self.encode(type: "ok", ref: ref, [:])
         case .channel(let ref, let description):
             return Self.encode(type: "channel", ref: ref, ["channel": description.json])
-        case .channels(let ref, let descriptions):
-            return Self.encode(type: "channels", ref: ref, ["channels": .array(descriptions.map(\.json))])
+        case .channels(let ref, let descriptions, let next):
+            var fields: [String: JSONValue] = ["channels": .array(descriptions.map(\.json))]
+            if let next { fields["next"] = .string(next.rawValue) }
+            return Self.encode(type: "channels", ref: ref, fields)
         case .keys(let ref, let channel, let epoch, let sender, let signature, let envelopes):
             return Self.encode(type: "channel.keys", ref: ref, [
                 "channel": .string(channel.rawValue), "epoch": .number(Double(epoch)),

@@ -38,7 +38,8 @@ public enum ServerFrame: Equatable, Sendable {
     /// A request succeeded and has nothing more to say.
     case ok(ref: String?)
     case channel(ref: String?, ChannelDescription)
-    case channels(ref: String?, [ChannelDescription])
+    /// `next`: the last channel id of this page when more may follow.
+    case channels(ref: String?, [ChannelDescription], next: ChannelID?)
     /// The asking member's envelope for one epoch, with the signed set it came in.
     case keys(ref: String?, channel: ChannelID, epoch: Int64, sender: DID, signature: String,
               envelopes: [String: String])

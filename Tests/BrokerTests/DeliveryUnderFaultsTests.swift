@@ -131,4 +131,39 @@ import WebSocketClient
         #expect(try alice.receiveMessages(40, channel: id, timeout: 60).compactMap { $0["offset"]?.integerValue }
             == Array(1...40))
     }
+
+    /// An agent in 150 channels under a 32 KiB queue: `channel.list` pages by count (100) and by bytes (half the
+    /// queue), and the pages together list every channel once, in id order.
+    @Test func channelListPagesByCountAndBytes() throws {
+        let cluster = try ClusterFixture(["--max-message-bytes", "16384", "--max-queue-bytes", "32768"])
+        let alice = try RawSession(agent: TestAgent(), port: cluster.first.port)
+        let bob = try RawSession(agent: TestAgent(), port: cluster.first.port)
+        let carol = try RawSession(agent: TestAgent(), port: cluster.first.port)
+        var created: [String] = []
+        for index in 0..<150 {
+            created.append(try #require(alice.createChannel(name: "room-\(index)", members: [bob.did, carol.did])["id"]?
+                .stringValue))
+        }
+        var listed: [String] = []
+        var after: String?
+        var pages = 0
+        repeat {
+            var request: [String: JSONValue] = ["type": "channel.list"]
+            if let after { request["after"] = .string(after) }
+            let page = try alice.request(.object(request))
+            #expect(JSONWriter.encode(page).count <= 16384)
+            let ids = page["channels"]?.arrayValue?.compactMap { $0["id"]?.stringValue } ?? []
+            #expect(!ids.isEmpty)
+            listed += ids
+            after = page["next"]?.stringValue
+            if let after { #expect(after == ids.last) }
+            pages += 1
+        } while after != nil && pages < 20
+        #expect(listed == created.sorted())
+        #expect(pages >= 5)  // 100 descriptions of 3 members do not fit in 16 KiB
+        let limited = try alice.request(["type": "channel.list", "limit": 2])
+        #expect(limited["channels"]?.arrayValue?.count == 2 && limited["next"]?.stringValue == created.sorted()[1])
+        #expect(try alice.request(["type": "channel.list", "limit": 0])["code"] == "invalid_field")
+        #expect(try alice.request(["type": "channel.list", "after": "nope"])["code"] == "invalid_field")
+    }
 }

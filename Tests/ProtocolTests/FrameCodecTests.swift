@@ -30,6 +30,24 @@ import Testing
         #expect(decoded.id == id)
     }
 
+    @Test func channelListTakesAnOptionalCursorAndLimit() throws {
+        let id = ChannelID(randomBytes: Array(repeating: 7, count: 16))
+        #expect(decode(#"{"type":"channel.list","id":"l"}"#).frame == .success(.channel(id: "l", .list(after: nil, limit: 100))))
+        #expect(decode(#"{"type":"channel.list","after":"\#(id.rawValue)","limit":5}"#).frame
+            == .success(.channel(id: nil, .list(after: id, limit: 5))))
+        for bad in [#"{"type":"channel.list","limit":0}"#, #"{"type":"channel.list","limit":101}"#,
+                    #"{"type":"channel.list","after":"room"}"#, #"{"type":"channel.list","after":1}"#]
+        {
+            guard case .failure(let error) = decode(bad).frame else {
+                Issue.record("expected a failure for \(bad)")
+                continue
+            }
+            #expect(error.code == .invalidField)
+        }
+        let page = codec.encode(.channels(ref: "l", [], next: id))
+        #expect(try JSONParser.parse(page)["next"]?.stringValue == id.rawValue)
+    }
+
     @Test func refusesOverlongID() {
         let id = String(repeating: "x", count: 65)
         guard case .failure(let error) = decode(#"{"type":"ping","id":"\#(id)"}"#).frame else {
