@@ -97,6 +97,15 @@ extension AgentChatClient {
                             "title": .string(title), "topic": .string(topic)])
     }
 
+    /// Starts a new key epoch for the same members (`channel.rotate`) and, unless `keying` is false, publishes its
+    /// keys: after a key may have leaked, or when this agent cannot open its envelope of the current epoch (the
+    /// SDK then rotates by itself).
+    public func rotate(channel: ChannelID, keying: Bool = true) async throws(AgentChatError) {
+        _ = try await call(["type": "channel.rotate", "channel": .string(channel.rawValue)])
+        channelState.sendEpoch[channel] = nil
+        if keying { await prepareKeys(channel) }
+    }
+
     /// Removes a member (owner only); publishes the new epoch's keys, without the removed member.
     public func remove(channel: ChannelID, did: DID) async throws(AgentChatError) {
         _ = try await call(["type": "channel.remove", "channel": .string(channel.rawValue),
@@ -249,9 +258,16 @@ extension AgentChatClient {
             let description = try await describe(channel: channel)
             let members = Set(description.members.map(\.did))
             if description.keyedEpoch >= description.epoch {
-                let key = try await epochKey(channel, epoch: description.epoch, currentMembers: members)
-                channelState.sendEpoch[channel] = description.epoch
-                return (description.epoch, key)
+                do throws(AgentChatError) {
+                    let key = try await epochKey(channel, epoch: description.epoch, currentMembers: members)
+                    channelState.sendEpoch[channel] = description.epoch
+                    return (description.epoch, key)
+                } catch where error.code == AgentChatError.Codes.keyVerificationFailed {
+                    // The current key set cannot be used by this agent: start a new epoch and key it afresh.
+                    lastError = error
+                    try await rotate(channel: channel, keying: false)
+                    continue
+                }
             }
             do throws(AgentChatError) {
                 let key = try await publishKeys(description)
@@ -535,7 +551,7 @@ extension AgentChatClient {
             guard let event = frame["event"]?.stringValue, let did = frame["did"]?.stringValue,
                 let epoch = frame["epoch"]?.integerValue
             else { return }
-            let membershipChange = ["member_joined", "member_left", "member_removed"].contains(event)
+            let membershipChange = ["member_joined", "member_left", "member_removed", "epoch_rotated"].contains(event)
             if membershipChange { channelState.sendEpoch[channel] = nil }
             channelState.subscriptions[channel]?.inbox.yield(.event(.membership(
                 ChannelMembershipEvent(channel: channel, event: event, did: did, epoch: epoch))))

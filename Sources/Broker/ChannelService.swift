@@ -62,6 +62,7 @@ final class ChannelService {
                 case .notMember: fail(.notMember, "not a member of this channel")
                 case .staleEpoch: fail(.staleEpoch, "the current epoch is \(epoch ?? 0) and needs published keys")
                 case .keysExist: fail(.keysExist, "keys for epoch \(epoch ?? 0) exist; fetch them")
+                case .full: fail(.channelFull, "the channel has \(ChannelKeys.maxMembers) members")
                 }
             }
         }
@@ -136,6 +137,15 @@ final class ChannelService {
             }
         case .describe(let channel):
             describe(channel, for: did, ref: id, reply: reply, fail: fail)
+        case .rotate(let channel):
+            store.rotate(channel, by: did) { [self] result in
+                switch result {
+                case .success(let epoch):
+                    publishEvent(channel, "epoch_rotated", did, epoch)
+                    reply(.ok(ref: id))
+                case .failure(let failure): storeFailure(failure)
+                }
+            }
         case .publishKeys(let keys):
             let envelopes = Dictionary(uniqueKeysWithValues: keys.envelopes.map { ($0.key.description, $0.value) })
             let signed = ChannelKeys.signedBytes(channel: keys.channel, epoch: keys.epoch, envelopes: envelopes)

@@ -66,11 +66,13 @@ final class IndicatorService {
         let fail: (ErrorCode, String) -> Void = { code, message in reply(.error(ProtocolError(code, message), ref: id)) }
         switch request {
         case .directoryList(let cursor, let limit):
-            store.directory(cursor: cursor, limit: limit) { [self] result in
-                guard case .success(let ids) = result else { return fail(.unavailable, "the store is unreachable") }
+            // One more than asked, to know whether another page follows.
+            store.directory(cursor: cursor, limit: limit + 1) { [self] result in
+                guard case .success(let found) = result else { return fail(.unavailable, "the store is unreachable") }
+                let ids = Array(found.prefix(limit))
                 read(ids) { indicators in
                     let listed = ids.compactMap { indicators[$0] }
-                    reply(.directory(ref: id, listed, next: ids.count == limit ? cursor + limit : nil))
+                    reply(.directory(ref: id, listed, next: found.count > limit ? cursor + limit : nil))
                 }
             }
         case .subscribe(let ids):

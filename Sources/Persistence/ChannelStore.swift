@@ -13,6 +13,8 @@ public final class ChannelStore {
         case notMember = "not_member"
         case staleEpoch = "stale_epoch"
         case keysExist = "keys_exist"
+        /// The channel has `ChannelKeys.maxMembers` members.
+        case full
     }
 
     public enum Failure: Error, Sendable {
@@ -34,8 +36,8 @@ public final class ChannelStore {
     public init(redis: RedisClient, limits: Limits = Limits()) {
         self.redis = redis
         self.limits = limits
-        for script in [Self.create, Self.invite, Self.join, Self.leave, Self.remove, Self.publishKeys, Self.append,
-                       Self.state]
+        for script in [Self.create, Self.invite, Self.join, Self.leave, Self.remove, Self.rotate, Self.publishKeys,
+                       Self.append, Self.state]
         {
             redis.scripts.register(script)
         }
@@ -64,13 +66,36 @@ public final class ChannelStore {
         if redis.call('HGET', KEYS[1], 'open') ~= '1' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
           return {'hidden'}
         end
+        if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[2]) then return {'full', epoch} end
         redis.call('SREM', KEYS[3], ARGV[1])
         redis.call('SADD', KEYS[2], ARGV[1])
         return {'ok', redis.call('HINCRBY', KEYS[1], 'epoch', 1), 1}
         """)
 
+    /// When the owner leaves, the remaining member whose DID sorts first (bytewise) becomes the owner.
     static let leave = RedisScript(name: "channel_leave", source: """
         if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
+        if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
+          local members = redis.call('SMEMBERS', KEYS[2])
+          if #members > 0 then
+            local function before(a, b)  -- bytewise, whatever the server's collation locale
+              for i = 1, math.min(#a, #b) do
+                local x, y = string.byte(a, i), string.byte(b, i)
+                if x ~= y then return x < y end
+              end
+              return #a < #b
+            end
+            local owner = members[1]
+            for i = 2, #members do if before(members[i], owner) then owner = members[i] end end
+            redis.call('HSET', KEYS[1], 'owner', owner)
+          end
+        end
+        return {'ok', redis.call('HINCRBY', KEYS[1], 'epoch', 1)}
+        """)
+
+    /// A new epoch for the same members. ARGV: did.
+    static let rotate = RedisScript(name: "channel_rotate", source: """
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
         return {'ok', redis.call('HINCRBY', KEYS[1], 'epoch', 1)}
         """)
 
@@ -167,7 +192,7 @@ public final class ChannelStore {
     /// Joins; the epoch, and whether membership changed (false when already a member).
     public func join(_ id: ChannelID, _ did: DID, completion: @escaping (Result<(Int64, Bool), Failure>) -> Void) {
         run(Self.join, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id)],
-            arguments: [RedisArgument(did.description)]) { [weak self] result in
+            arguments: [RedisArgument(did.description), RedisArgument(ChannelKeys.maxMembers)]) { [weak self] result in
             let outcome = result.flatMap { reply in reply.epochResult.map { ($0, reply.flag) } }
             if case .success((_, true)) = outcome { self?.indexMembership(id, add: [did]) }
             completion(outcome)
@@ -180,6 +205,14 @@ public final class ChannelStore {
             let outcome = result.flatMap { $0.epochResult }
             if case .success = outcome { self?.indexMembership(id, remove: did) }
             completion(outcome)
+        }
+    }
+
+    /// Starts a new epoch (members only); the new epoch.
+    public func rotate(_ id: ChannelID, by did: DID, completion: @escaping (Result<Int64, Failure>) -> Void) {
+        run(Self.rotate, keys: [RedisKeys.channel(id), RedisKeys.members(id)],
+            arguments: [RedisArgument(did.description)]) { result in
+            completion(result.flatMap { $0.epochResult })
         }
     }
 

@@ -8,6 +8,8 @@ public enum ChannelRequest: Equatable, Sendable {
     /// The agent's channels with ids after `after` (in id order), at most `limit`.
     case list(after: ChannelID?, limit: Int)
     case describe(ChannelID)
+    /// Starts a new epoch without a membership change (a member's envelope would not open, or keys must change).
+    case rotate(ChannelID)
     case publishKeys(ChannelKeys)
     case getKeys(ChannelID, epoch: Int64)
     case send(MessageSend)
@@ -40,8 +42,8 @@ public struct ChannelKeys: Equatable, Sendable {
         return Array(text.utf8)
     }
 
-    /// Largest sealed box accepted (a 32-byte key sealed is 80 bytes).
-    public static let maxEnvelopeBytes = 256
+    /// Length of an envelope: a 32-byte channel key sealed with `crypto_box_seal` (32 + 48 bytes).
+    public static let envelopeBytes = 80
     /// Most members a channel may have (and so envelopes per epoch).
     public static let maxMembers = 1_000
 }

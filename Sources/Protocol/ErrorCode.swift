@@ -60,6 +60,8 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let staleEpoch = ErrorCode(rawValue: "stale_epoch")
     /// Keys for this epoch were published already.
     public static let keysExist = ErrorCode(rawValue: "keys_exist")
+    /// The channel has the most members a channel may have.
+    public static let channelFull = ErrorCode(rawValue: "channel_full")
 
     // HTTP.
     /// A JSON endpoint called with another `Content-Type`.

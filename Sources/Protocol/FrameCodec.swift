@@ -65,7 +65,7 @@ public struct FrameCodec: Sendable {
     }
 
     static let channelTypes: Set<String> = [
-        "channel.create", "channel.invite", "channel.join", "channel.leave", "channel.remove", "channel.list",
+        "channel.create", "channel.invite", "channel.join", "channel.leave", "channel.remove", "channel.list", "channel.rotate",
         "channel.describe", "channel.keys", "channel.keys.get", "message.send", "channel.subscribe",
         "channel.unsubscribe", "history", "channel.listing",
     ]
@@ -140,6 +140,8 @@ public struct FrameCodec: Sendable {
             return .list(after: after.flatMap(ChannelID.init), limit: Int(limit))
         case "channel.describe":
             return .describe(try fields.channel())
+        case "channel.rotate":
+            return .rotate(try fields.channel())
         case "channel.keys":
             let channel = try fields.channel()
             let epoch = try fields.positiveInteger("epoch")
@@ -153,10 +155,10 @@ public struct FrameCodec: Sendable {
             var parsed: [DID: String] = [:]
             for (didText, value) in envelopes {
                 guard let did = DID(parsing: didText), let envelope = value.stringValue,
-                    let bytes = Base64URL.decode(envelope), !bytes.isEmpty,
-                    bytes.count <= ChannelKeys.maxEnvelopeBytes
+                    let bytes = Base64URL.decode(envelope), bytes.count == ChannelKeys.envelopeBytes
                 else {
-                    throw ProtocolError(.invalidField, "\"envelopes\" maps DIDs to base64url sealed boxes")
+                    throw ProtocolError(.invalidField,
+                                        "\"envelopes\" maps DIDs to base64url sealed boxes of \(ChannelKeys.envelopeBytes) bytes")
                 }
                 parsed[did] = envelope
             }
@@ -168,8 +170,11 @@ public struct FrameCodec: Sendable {
             let epoch = try fields.positiveInteger("epoch")
             let clientMessageID = try fields.requiredString("clientMessageId",
                                                             maxBytes: MessageSend.maxClientMessageIDBytes)
-            guard !clientMessageID.isEmpty else {
-                throw ProtocolError(.invalidField, "\"clientMessageId\" must not be empty")
+            guard !clientMessageID.isEmpty,
+                !clientMessageID.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) })
+            else {
+                throw ProtocolError(.invalidField,
+                                    "\"clientMessageId\" must be 1 to 64 UTF-8 bytes without control characters")
             }
             let nonce = try fields.base64("nonce", length: 12)
             let ciphertext = try fields.requiredString("ciphertext", maxBytes: MessageSend.maxCiphertextBytes * 4 / 3 + 4)

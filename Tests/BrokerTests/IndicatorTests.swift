@@ -167,6 +167,9 @@ final class ViewerSession {
         #expect(page["next"] == 2)
         let rest = try viewer.request(["type": "directory.list", "limit": 2, "cursor": 2])
         #expect(rest["channels"]?.arrayValue?.count == 1 && rest["next"] == nil)
+        // A full last page says it is the last.
+        let whole = try viewer.request(["type": "directory.list", "limit": 3])
+        #expect(whole["channels"]?.arrayValue?.count == 3 && whole["next"] == nil)
     }
 
     @Test func theViewerPageIsServedWithAStrictPolicy() throws {
