@@ -8,8 +8,9 @@ import Logging
 ///
 /// Where a message goes: `message.send` → `ChannelStore.append` (one Lua step: membership and epoch checks, dedup,
 /// offset, history, trim, PUBLISH of the stored item) → every broker with subscribers of the channel receives the
-/// item on its `ChannelFeed` → `flush()` sends each loop turn's items as one `messages` frame, encoded once and
-/// queued on every live subscriber.
+/// item on its `ChannelFeed` → `flush()` hands each loop turn's items to the feed's `ChannelFeedStateMachine`, and
+/// `perform` carries out what it decides: one `messages` frame encoded once and queued on every live subscriber,
+/// history reads for subscribers that replay or catch up, waits for a queue to drain, retries.
 final class ChannelService {
     private let loop: EventLoop
     private let store: ChannelStore
@@ -23,12 +24,6 @@ final class ChannelService {
     private var dirty: [ChannelFeed] = []
     private var flushTimer: LoopTimer?
 
-    /// Most messages asked for per history read (fewer when the connection's queue has less room).
-    static let replayPage = 500
-    /// Retries of a failed history read: first delay, longest delay, and how many before the subscriber is closed.
-    static let readRetryMilliseconds: UInt64 = 50
-    static let readRetryMaxMilliseconds: UInt64 = 2_000
-    static let maxFailedReads = 20
 
     init(loop: EventLoop, store: ChannelStore, agents: AgentStore, pubsub: RedisPubSub, indicatorStore: IndicatorStore,
          codec: FrameCodec, metrics: BrokerMetrics, logger: Logger)
@@ -376,10 +371,10 @@ final class ChannelService {
 
     private func subscribe(_ session: WebSocketSession, did: DID, to channel: ChannelID, after start: Int64) {
         let feed = feeds[channel] ?? makeFeed(channel)
-        let subscriber = ChannelFeed.Subscriber(session: session, did: did, lastOffset: start)
-        feed.subscribers[session.id] = subscriber
+        feed.subscribers[session.id] = ChannelFeed.Subscriber(session: session, did: did)
+        feed.retryTimers[session.id] = nil
         session.channels.insert(channel)
-        if feed.isActive { startReading(subscriber, in: feed) }
+        perform(feed.machine.subscribe(session.id, after: start, queue: Self.queue(of: session)), on: feed)
     }
 
     private func makeFeed(_ channel: ChannelID) -> ChannelFeed {
@@ -389,7 +384,7 @@ final class ChannelService {
             channel: RedisKeys.feed(channel).bytes,
             onActive: { [weak self, weak feed] in
                 guard let self, let feed else { return }
-                activated(feed)
+                perform(feed.machine.activated(queues: queues(of: feed)), on: feed)
             },
             handler: { [weak self, weak feed] bytes in
                 guard let self, let feed else { return }
@@ -402,7 +397,8 @@ final class ChannelService {
         session.channels.remove(channel)
         guard let feed = feeds[channel] else { return }
         feed.subscribers[session.id] = nil
-        if feed.subscribers.isEmpty {
+        feed.retryTimers[session.id] = nil
+        if feed.machine.unsubscribe(session.id) {
             if let subscription = feed.subscription { pubsub.unsubscribe(subscription) }
             feeds[channel] = nil
         }
@@ -413,108 +409,59 @@ final class ChannelService {
         for channel in session.channels { unsubscribe(session, from: channel) }
     }
 
-    /// The pub/sub subscription is confirmed: the first time, or after a reconnect, when live items may have been
-    /// lost. Every subscriber reads history from its last offset until it meets the live stream again.
-    private func activated(_ feed: ChannelFeed) {
-        feed.isActive = true
-        for subscriber in feed.subscribers.values { startReading(subscriber, in: feed) }
+    private static func queue(of session: WebSocketSession) -> ChannelFeedStateMachine.Queue {
+        .init(queuedBytes: session.queuedBytes, limit: session.queueLimit)
     }
 
-    private func startReading(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed) {
-        subscriber.startReading()
-        pump(subscriber, in: feed)
+    private func queues(of feed: ChannelFeed) -> (UInt64) -> ChannelFeedStateMachine.Queue {
+        { [feed] id in feed.subscribers[id].map { Self.queue(of: $0.session) } ?? .init(queuedBytes: 0, limit: 0) }
     }
 
-    /// Moves a reading subscriber on: queues what was read as its queue allows, reads the next page, and goes
-    /// live once a read reached the end of history with every later live item held.
-    private func pump(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed) {
-        guard case .reading = subscriber.phase, feed.subscribers[subscriber.session.id] === subscriber,
-            subscriber.session.isOpen
-        else { return }
-        guard queueBacklog(subscriber, in: feed), !subscriber.reading else { return }
-        if subscriber.reachedEnd {
-            subscriber.phase = .live
-            let held = subscriber.held
-            subscriber.held = []
-            subscriber.heldBytes = 0
-            send(held, in: feed, to: subscriber)
-            return
-        }
-        readHistory(subscriber, in: feed)
-    }
-
-    /// Queues backlog items in frames of their own while the connection's queue is at most half full (the rest
-    /// is room for live traffic on its other channels); otherwise waits for the queue to drain. True when the
-    /// backlog is empty.
-    private func queueBacklog(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed) -> Bool {
-        let session = subscriber.session
-        while !subscriber.backlog.isEmpty {
-            guard let chunk = ChannelFeed.chunks(subscriber.backlog.prefix(Self.replayPage)).first else { break }
-            let bytes = chunk.reduce(0) { $0 + $1.bytes.count + 1 }
-            if session.queuedBytes > 0, session.queuedBytes + bytes > session.queueLimit / 2 {
-                if !subscriber.awaitingDrain {
-                    subscriber.awaitingDrain = true
-                    session.whenDrained { [weak self, weak feed, weak subscriber] in
-                        guard let self, let feed, let subscriber else { return }
-                        subscriber.awaitingDrain = false
-                        pump(subscriber, in: feed)
-                    }
+    /// Carries out the delivery machine's actions.
+    private func perform(_ actions: [ChannelFeedStateMachine.Action], on feed: ChannelFeed) {
+        for action in actions {
+            switch action {
+            case .broadcast(let ids, let items):
+                for chunk in ChannelFeed.chunks(items) {
+                    let frame = OutboundFrame(MessageItem.batch(channel: feed.id, items: chunk.map(\.bytes)))
+                    for id in ids { feed.subscribers[id]?.session.send(frame) }
+                    metrics.deliveries.increment(by: chunk.count * ids.count)
                 }
-                return false
-            }
-            subscriber.backlog.removeFirst(chunk.count)
-            send(Array(chunk), in: feed, to: subscriber)
-        }
-        return true
-    }
-
-    /// Reads the next page of history after the subscriber's last offset, sized to what its queue can take.
-    private func readHistory(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed) {
-        let space = max(subscriber.session.queueLimit / 2 - subscriber.session.queuedBytes, 0)
-        let count = min(Self.replayPage, max(1, space / max(subscriber.itemBytesEstimate, 1)))
-        let generation = subscriber.holdGeneration
-        subscriber.reading = true
-        store.range(feed.id, after: subscriber.lastOffset, count: count) { [weak self, weak feed, weak subscriber] result in
-            guard let self, let feed, let subscriber, feed.subscribers[subscriber.session.id] === subscriber,
-                case .reading = subscriber.phase
-            else { return }
-            switch result {
-            case .failure(let error):
-                retryRead(subscriber, in: feed, after: error)
-            case .success(let raw):
-                subscriber.reading = false
-                subscriber.failedReads = 0
-                let items = raw.compactMap(Self.item)
-                if !items.isEmpty {
-                    subscriber.itemBytesEstimate = max(64, items.reduce(0) { $0 + $1.bytes.count } / items.count)
+            case .send(let id, let items):
+                guard let session = feed.subscribers[id]?.session else { continue }
+                for chunk in ChannelFeed.chunks(items) {
+                    session.send(OutboundFrame(MessageItem.batch(channel: feed.id, items: chunk.map(\.bytes))))
+                    metrics.deliveries.increment(by: chunk.count)
                 }
-                subscriber.backlog = items.filter { $0.offset > subscriber.lastOffset }
-                // A short page read in the current hold generation: history holds nothing more that was not held.
-                if raw.count < count, generation == subscriber.holdGeneration { subscriber.reachedEnd = true }
-                pump(subscriber, in: feed)
+            case .read(let read):
+                store.range(feed.id, after: read.after, count: read.count) { [weak self, weak feed] result in
+                    guard let self, let feed, let session = feed.subscribers[read.subscriber]?.session else { return }
+                    let items = try? result.get().compactMap(Self.item)
+                    perform(feed.machine.readCompleted(read, items: items, queue: Self.queue(of: session)), on: feed)
+                }
+            case .awaitDrain(let id):
+                feed.subscribers[id]?.session.whenDrained { [weak self, weak feed] in
+                    guard let self, let feed, let session = feed.subscribers[id]?.session else { return }
+                    perform(feed.machine.drained(id, queue: Self.queue(of: session)), on: feed)
+                }
+            case .retry(let id, let delay):
+                metrics.historyReadRetries.increment()
+                let timer = feed.retryTimers[id] ?? LoopTimer(loop: loop) { [weak self, weak feed] in
+                    guard let self, let feed, let session = feed.subscribers[id]?.session else { return }
+                    perform(feed.machine.retryDue(id, queue: Self.queue(of: session)), on: feed)
+                }
+                feed.retryTimers[id] = timer
+                timer.start(after: delay)
+            case .close(let id):
+                guard let session = feed.subscribers[id]?.session else { continue }
+                logger.warning("history unreadable; closing the subscriber",
+                               metadata: ["channel": "\(feed.id)", "connection": "\(id)"])
+                session.close(.internalError, "history unavailable; resume from your last offset")
+                unsubscribe(session, from: feed.id)
+            case .gap:
+                metrics.feedGaps.increment()
             }
         }
-    }
-
-    /// A history read failed (Redis unreachable): live items stay held and the read is retried with backoff; a
-    /// subscriber whose history stays unreadable is closed so that it resumes elsewhere. Never skipped.
-    private func retryRead(_ subscriber: ChannelFeed.Subscriber, in feed: ChannelFeed, after error: RedisError) {
-        subscriber.failedReads += 1
-        metrics.historyReadRetries.increment()
-        guard subscriber.failedReads <= Self.maxFailedReads else {
-            logger.warning("history unreadable; closing the subscriber", metadata: [
-                "channel": "\(feed.id)", "connection": "\(subscriber.session.id)", "error": "\(error)"])
-            subscriber.session.close(.internalError, "history unavailable; resume from your last offset")
-            return
-        }
-        let delay = min(Self.readRetryMaxMilliseconds, Self.readRetryMilliseconds << UInt64(subscriber.failedReads - 1))
-        let timer = subscriber.retryTimer ?? LoopTimer(loop: loop) { [weak self, weak feed, weak subscriber] in
-            guard let self, let feed, let subscriber else { return }
-            subscriber.reading = false
-            pump(subscriber, in: feed)
-        }
-        subscriber.retryTimer = timer
-        timer.start(after: delay)
     }
 
     private static func item(_ bytes: [UInt8]) -> ChannelFeed.Item? {
@@ -558,50 +505,6 @@ final class ChannelService {
         guard !feed.pending.isEmpty else { return }
         let items = feed.pending
         feed.pending = []
-        deliver(items, on: feed)
-    }
-
-    /// Hands items (in offset order) to every subscriber: one shared frame per batch for subscribers that need all
-    /// of it, a frame of their own for the rare one that has part of it already. A live subscriber for which the
-    /// batch would skip offsets reads the missing ones from history first.
-    private func deliver(_ items: [ChannelFeed.Item], on feed: ChannelFeed) {
-        for chunk in ChannelFeed.chunks(items) {
-            guard let first = chunk.first, let last = chunk.last else { continue }
-            var shared: OutboundFrame?
-            for subscriber in feed.subscribers.values {
-                switch subscriber.phase {
-                case .waiting:
-                    continue
-                case .reading:
-                    subscriber.hold(chunk, limit: subscriber.session.queueLimit / 4)
-                case .live:
-                    guard last.offset > subscriber.lastOffset else { continue }
-                    if first.offset == subscriber.lastOffset + 1 {
-                        let frame = shared ?? OutboundFrame(MessageItem.batch(channel: feed.id, items: chunk.map(\.bytes)))
-                        shared = frame
-                        subscriber.session.send(frame)
-                        subscriber.lastOffset = last.offset
-                        metrics.deliveries.increment(by: chunk.count)
-                    } else if first.offset <= subscriber.lastOffset {
-                        send(Array(chunk), in: feed, to: subscriber)
-                    } else {
-                        metrics.feedGaps.increment()
-                        subscriber.startReading()
-                        subscriber.hold(chunk, limit: subscriber.session.queueLimit / 4)
-                        pump(subscriber, in: feed)
-                    }
-                }
-            }
-        }
-    }
-
-    /// Sends the items after the subscriber's last offset in frames of its own.
-    private func send(_ items: [ChannelFeed.Item], in feed: ChannelFeed, to subscriber: ChannelFeed.Subscriber) {
-        let fresh = items.filter { $0.offset > subscriber.lastOffset }
-        for chunk in ChannelFeed.chunks(fresh) {
-            subscriber.session.send(OutboundFrame(MessageItem.batch(channel: feed.id, items: chunk.map(\.bytes))))
-            metrics.deliveries.increment(by: chunk.count)
-        }
-        if let last = fresh.last { subscriber.lastOffset = last.offset }
+        perform(feed.machine.deliver(items, queues: queues(of: feed)), on: feed)
     }
 }
