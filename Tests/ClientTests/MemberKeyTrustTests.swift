@@ -48,17 +48,20 @@ import Testing
         try await Self.redis(cluster, "HSET \(Self.agentKey(bob.identity.did)) encryptionKey "
                              + Self.quoted(attacker.publicKey))
 
-        let error = await #expect(throws: AgentChatError(code: "member_key_unverified", category: .protocolViolation, message: "")) {
+        let error = await #expect(throws: AgentChatError.memberKeyUnverified) {
             try await alice.createChannel(name: "tampered", members: [bob.identity.did])
         }
+        #expect(error?.member == bob.identity.did)
         #expect(error?.message.contains(bob.identity.did.description) == true)
         try await Self.expectNothingPublished(bob: bob, attacker: attacker)
 
         // Sending needs the epoch's key: refused the same way, still nothing published.
         let channel = try #require(try await alice.listChannels().first)
-        let sendError = await #expect(throws: AgentChatError(code: "member_key_unverified", category: .protocolViolation, message: "")) {
+        let sendError = await #expect(throws: AgentChatError.memberKeyUnverified) {
             try await alice.send(channel: channel.id, text: "for bob only")
         }
+        #expect(sendError?.member == bob.identity.did)
+        #expect(sendError?.channel == channel.id)
         try await Self.expectNothingPublished(bob: bob, attacker: attacker)
         await cluster.closeClients()
     }
@@ -80,9 +83,10 @@ import Testing
         #expect(entry["registrationSignature"] == nil && entry["registrationTimestamp"] == nil)
         let channel = try #require(described["channel"].flatMap(ChannelDescription.init(json:)))
 
-        let error = await #expect(throws: AgentChatError(code: "member_key_unverified", category: .protocolViolation, message: "")) {
+        let error = await #expect(throws: AgentChatError.memberKeyUnverified) {
             try await alice.send(channel: channel.id, text: "for bob only")
         }
+        #expect(error?.member == bob.identity.did)
         #expect(error?.message.contains("no registration signature") == true)
         try await Self.expectNothingPublished(bob: bob, attacker: nil)
         await cluster.closeClients()
@@ -94,6 +98,12 @@ import Testing
         let (alice, bob) = try await Self.pair(cluster)
         let channel = try await alice.createChannel(name: "honest", members: [bob.identity.did])
         #expect(channel.members.count == 2)
+        // The broker keeps the signature from registration and returns it in `welcome` as well.
+        #expect(await alice.profile?.verifyRegistration() == .valid)
+        for member in channel.members {
+            #expect(member.registration != nil, "\(member.did) is described without its registration signature")
+            #expect(member.verifyRegistration() == .valid)
+        }
         #expect(try await alice.describe(channel: channel.id).keyedEpoch == channel.epoch)
         let text = "hello \(UUID().uuidString)"
         _ = try await alice.send(channel: channel.id, text: text)
