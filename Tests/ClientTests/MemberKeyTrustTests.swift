@@ -66,6 +66,26 @@ import Testing
         await cluster.closeClients()
     }
 
+    /// Joining keys the new epoch; the joiner checks every member, itself included: its own stored key was
+    /// replaced, so it refuses too.
+    @Test func aJoinerRefusesToKeyWhenItsOwnStoredKeyWasReplaced() async throws {
+        let cluster = try await ChannelCluster(brokers: 1)
+        defer { cluster.stop() }
+        let (alice, bob) = try await Self.pair(cluster)
+        let channel = try await alice.createChannel(name: "open", open: true)
+        #expect(try await alice.describe(channel: channel.id).keyedEpoch == channel.epoch)
+        try await Self.redis(cluster, "HSET \(Self.agentKey(bob.identity.did)) encryptionKey "
+                             + Self.quoted(EncryptionKeyPair().publicKey))
+
+        let error = await #expect(throws: AgentChatError.memberKeyUnverified) {
+            try await bob.join(channel: channel.id)
+        }
+        #expect(error?.member == bob.identity.did && error?.channel == channel.id)
+        let after = try await alice.describe(channel: channel.id)
+        #expect(after.epoch == channel.epoch + 1 && after.keyedEpoch == channel.epoch)
+        await cluster.closeClients()
+    }
+
     /// A profile stored before profiles carried their registration signature (or with it deleted) cannot be
     /// verified, so nothing is sealed to it.
     @Test func aMemberWithoutARegistrationSignatureIsRefused() async throws {
