@@ -109,12 +109,16 @@ struct GlobalOptions: ParsableArguments {
             if let did = error.existingDID { fields["did"] = .string(did.description) }
             if let retry = error.retryAfterSeconds { fields["retryAfter"] = .number(Double(retry)) }
             if let status = error.httpStatus { fields["status"] = .number(Double(status)) }
+            if let member = error.member { fields["member"] = .string(member.description) }
+            if let channel = error.channel { fields["channel"] = .string(channel.rawValue) }
             let text = String(decoding: JSONWriter.encode(.object(["error": .object(fields)])), as: UTF8.self)
             return CLIFailure(message: text, status: status)
         }
         var text = "error: \(error.message.isEmpty ? error.code : error.message) (\(error.code))"
         if let did = error.existingDID { text += "\nregistered as: \(did)" }
         if let retry = error.retryAfterSeconds { text += "\nretry after: \(retry) s" }
+        if let member = error.member { text += "\nmember: \(member)" }
+        if let channel = error.channel { text += "\nchannel: \(channel)" }
         return CLIFailure(message: text, status: status)
     }
 

@@ -55,14 +55,16 @@ extension AgentChatClient {
 
     /// Creates a channel owned by this agent (`channel.create`) and publishes the first epoch's keys.
     ///
-    /// - Throws: `unknown_agent` for a member that is not registered, `invalid_field`, `not_connected`, ...
+    /// - Throws: `unknown_agent` for a member that is not registered, `invalid_field`, `not_connected`, ...;
+    ///   ``AgentChatError/memberKeyUnverified`` when a member's encryption key does not verify against its
+    ///   registration signature: the channel exists then (``AgentChatError/channel``), but no key was sealed.
     public func createChannel(name: String, open: Bool = false, members: [DID] = []) async throws(AgentChatError)
         -> ChannelDescription
     {
         var fields: [String: JSONValue] = ["type": "channel.create", "name": .string(name), "open": .bool(open)]
         if !members.isEmpty { fields["members"] = .array(members.map { .string($0.description) }) }
         let description = try Self.channelDescription(in: try await call(fields))
-        await prepareKeys(description.id)
+        try await prepareKeys(description.id)
         return description
     }
 
@@ -73,11 +75,12 @@ extension AgentChatClient {
     }
 
     /// Joins an open channel, or one this agent was invited to; publishes the new epoch's keys.
+    /// Throws ``AgentChatError/memberKeyUnverified`` (after joining) when a member's key does not verify.
     @discardableResult
     public func join(channel: ChannelID) async throws(AgentChatError) -> ChannelDescription {
         let description = try Self.channelDescription(
             in: try await call(["type": "channel.join", "channel": .string(channel.rawValue)]))
-        await prepareKeys(channel)
+        try await prepareKeys(channel)
         return description
     }
 
@@ -99,18 +102,20 @@ extension AgentChatClient {
 
     /// Starts a new key epoch for the same members (`channel.rotate`) and, unless `keying` is false, publishes its
     /// keys: after a key may have leaked, or when this agent cannot open its envelope of the current epoch (the
-    /// SDK then rotates by itself).
+    /// SDK then rotates by itself). Throws ``AgentChatError/memberKeyUnverified`` (after rotating) when a member's
+    /// key does not verify.
     public func rotate(channel: ChannelID, keying: Bool = true) async throws(AgentChatError) {
         _ = try await call(["type": "channel.rotate", "channel": .string(channel.rawValue)])
         channelState.sendEpoch[channel] = nil
-        if keying { await prepareKeys(channel) }
+        if keying { try await prepareKeys(channel) }
     }
 
     /// Removes a member (owner only); publishes the new epoch's keys, without the removed member.
+    /// Throws ``AgentChatError/memberKeyUnverified`` (after removing) when a remaining member's key does not verify.
     public func remove(channel: ChannelID, did: DID) async throws(AgentChatError) {
         _ = try await call(["type": "channel.remove", "channel": .string(channel.rawValue),
                             "did": .string(did.description)])
-        await prepareKeys(channel)
+        try await prepareKeys(channel)
     }
 
     /// The channels this agent is a member of (every page of `channel.list`).
@@ -241,9 +246,14 @@ extension AgentChatClient {
 
     // MARK: - Keys
 
-    /// Best effort: makes sure the channel's current epoch has keys and this client holds them.
-    func prepareKeys(_ channel: ChannelID) async {
-        _ = try? await sendingKey(channel, refresh: true)
+    /// Makes sure the channel's current epoch has keys and this client holds them. Best effort, except that a
+    /// member whose key does not verify is an error: the caller must learn that nothing was sealed.
+    func prepareKeys(_ channel: ChannelID) async throws(AgentChatError) {
+        do {
+            _ = try await sendingKey(channel, refresh: true)
+        } catch where error.code == AgentChatError.Codes.memberKeyUnverified {
+            throw error
+        } catch {}
     }
 
     /// The current epoch and its key: cached, fetched (`channel.keys.get`) or made and published (`channel.keys`).
@@ -285,7 +295,17 @@ extension AgentChatClient {
     }
 
     /// Makes a random key for the description's epoch, seals it for every member, signs and publishes it.
+    ///
+    /// Every member's encryption key must first verify against its registration self-signature (the broker could
+    /// otherwise substitute a key of its own); one that does not stops the whole set, since the envelopes must
+    /// cover exactly the members: nothing is sealed, nothing is sent.
     private func publishKeys(_ description: ChannelDescription) async throws(AgentChatError) -> [UInt8] {
+        for member in description.members {
+            let check = member.verifyRegistration()
+            guard check == .valid else {
+                throw .memberKeyUnverified(member.did, channel: description.id, epoch: description.epoch, check)
+            }
+        }
         let key = SecureRandom.bytes(AES256GCM.keyLength)
         var envelopes: [String: String] = [:]
         for member in description.members {
@@ -559,7 +579,7 @@ extension AgentChatClient {
                 endSubscription(channel, with: .server("not_member", "\(event == "member_left" ? "left" : "removed from") the channel"))
             } else if membershipChange {
                 // A new epoch: key it now (the first member to try publishes; the others fetch).
-                Task { await self.prepareKeys(channel) }
+                Task { try? await self.prepareKeys(channel) }
             }
         default:
             return

@@ -37,6 +37,10 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
     public var retryAfterSeconds: Int?
     /// For a closed connection: the WebSocket close code, when the broker sent one.
     public var closeCode: CloseCode?
+    /// For `member_key_unverified`: the member whose encryption key could not be verified.
+    public var member: DID?
+    /// For `member_key_unverified`: the channel whose key was not sealed.
+    public var channel: ChannelID?
 
     public init(code: String, category: Category, message: String, httpStatus: Int? = nil,
                 existingDID: DID? = nil, retryAfterSeconds: Int? = nil, closeCode: CloseCode? = nil) {
@@ -70,6 +74,23 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
     static func invalidArgument(_ message: String) -> AgentChatError {
         AgentChatError(code: Codes.invalidArgument, category: .invalidArgument, message: message)
     }
+    /// The broker described `member` with an encryption key its registration signature does not vouch for.
+    static func memberKeyUnverified(_ member: DID, channel: ChannelID, epoch: Int64, _ check: RegistrationCheck)
+        -> AgentChatError
+    {
+        let why = switch check {
+        case .missing: "its profile has no registration signature (registered before profiles kept one?)"
+        case .invalid, .valid: "its registration signature does not verify over its name and encryption key "
+            + "(the key is not the one it registered)"
+        }
+        var error = AgentChatError(
+            code: Codes.memberKeyUnverified, category: .protocolViolation,
+            message: "refused to seal the key of \(channel) epoch \(epoch) for member \(member): \(why); "
+                + "no key was sealed or published")
+        error.member = member
+        error.channel = channel
+        return error
+    }
 
     /// The codes this client produces itself, and the broker codes it acts on.
     public enum Codes {
@@ -88,6 +109,9 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
         public static let unsupportedScheme = "unsupported_scheme"
         /// A channel key set failed verification (signature, sender membership, or the envelope did not open).
         public static let keyVerificationFailed = "key_verification_failed"
+        /// A member's encryption key is not vouched for by its registration signature (missing or not verifying),
+        /// so no channel key was sealed for anyone; ``AgentChatError/member`` names the member.
+        public static let memberKeyUnverified = "member_key_unverified"
         // Broker codes (docs/PROTOCOL.md).
         public static let alreadyRegistered = "already_registered"
         public static let rateLimited = "rate_limited"
@@ -118,4 +142,6 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
     public static let identityExists = AgentChatError.identity(Codes.identityExists, "")
     public static let identityInsecure = AgentChatError.identity(Codes.identityInsecure, "")
     public static let identityInvalid = AgentChatError.identity(Codes.identityInvalid, "")
+    public static let memberKeyUnverified = AgentChatError(code: Codes.memberKeyUnverified,
+                                                           category: .protocolViolation, message: "")
 }

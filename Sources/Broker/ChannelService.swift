@@ -341,7 +341,8 @@ final class ChannelService {
                         guard pendingProfiles == 0 else { return }
                         let members = meta.members.sorted { $0.description < $1.description }.compactMap { did in
                             profiles[did].map {
-                                ChannelDescription.Member(did: did, name: $0.name, encryptionKey: $0.encryptionKey)
+                                ChannelDescription.Member(did: did, name: $0.name, encryptionKey: $0.encryptionKey,
+                                                          registration: $0.registration)
                             }
                         }
                         let int: (String) -> Int64 = { meta.fields[$0].flatMap { Int64($0) } ?? 0 }

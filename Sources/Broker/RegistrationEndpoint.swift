@@ -3,7 +3,8 @@ import AgentChatPersistence
 import AgentChatProtocol
 
 /// `POST /api/v1/agents/register`: checks shape, clock and signature without touching Redis, then the
-/// per-address rate limit, then stores the profile if the key is new. Loop-bound.
+/// per-address rate limit, then stores the profile, with the request's timestamp and signature so that clients can
+/// verify it, if the key is new. Loop-bound.
 struct RegistrationEndpoint {
     static let path = "/api/v1/agents/register"
 
@@ -32,7 +33,8 @@ struct RegistrationEndpoint {
             return respond(.error(400, .badSignature, "the signature does not verify with signingKey"))
         }
         let profile = AgentProfile(name: registration.name, signingKey: registration.signingKey,
-                                   encryptionKey: registration.encryptionKey, registeredAt: now)
+                                   encryptionKey: registration.encryptionKey, registeredAt: now,
+                                   registration: registration.selfSignature)
         let client = request.headers["x-peer-address"] ?? "unknown"
         rateLimiter.take("register", client: client, perMinute: perMinute, burst: perMinute) { decision in
             switch decision {

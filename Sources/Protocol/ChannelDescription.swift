@@ -4,10 +4,31 @@ public struct ChannelDescription: Equatable, Sendable {
         public var did: DID
         public var name: String
         public var encryptionKey: [UInt8]
-        public init(did: DID, name: String, encryptionKey: [UInt8]) {
+        /// The member's registration self-signature over its name and encryption key; nil when the broker has
+        /// none (a profile stored before profiles kept it) or sent a malformed one.
+        public var registration: RegistrationSignature?
+
+        public init(did: DID, name: String, encryptionKey: [UInt8], registration: RegistrationSignature? = nil) {
             self.did = did
             self.name = name
             self.encryptionKey = encryptionKey
+            self.registration = registration
+        }
+
+        /// The bytes `registration` must sign, with the signing key read out of the DID; nil without one.
+        public var registrationSignedBytes: [UInt8]? {
+            registration.map {
+                RegistrationRequest.signedBytes(name: name, signingKey: did.signingKey, encryptionKey: encryptionKey,
+                                                timestamp: $0.timestamp)
+            }
+        }
+
+        /// `{"did","name","encryptionKey","registrationTimestamp","registrationSignature"}`.
+        public var json: JSONValue {
+            var fields: [String: JSONValue] = ["did": .string(did.description), "name": .string(name),
+                                               "encryptionKey": .string(Base64URL.encode(encryptionKey))]
+            registration?.add(to: &fields)
+            return .object(fields)
         }
     }
 
@@ -41,10 +62,7 @@ public struct ChannelDescription: Equatable, Sendable {
             "id": .string(id.rawValue), "name": .string(name), "owner": .string(owner.description), "open": .bool(open),
             "epoch": .number(Double(epoch)), "keyedEpoch": .number(Double(keyedEpoch)),
             "offset": .number(Double(offset)), "historyEpoch": .string(historyEpoch),
-            "members": .array(members.map {
-                ["did": .string($0.did.description), "name": .string($0.name),
-                 "encryptionKey": .string(Base64URL.encode($0.encryptionKey))]
-            }),
+            "members": .array(members.map(\.json)),
         ]
     }
 
@@ -61,7 +79,8 @@ public struct ChannelDescription: Equatable, Sendable {
                 let memberName = member["name"]?.stringValue,
                 let key = member["encryptionKey"]?.stringValue.flatMap(Base64URL.decode), key.count == 32
             else { return nil }
-            parsed.append(Member(did: did, name: memberName, encryptionKey: key))
+            parsed.append(Member(did: did, name: memberName, encryptionKey: key,
+                                 registration: RegistrationSignature(fieldsOf: member)))
         }
         self.init(id: id, name: name, owner: owner, open: open, epoch: epoch, keyedEpoch: keyedEpoch, offset: offset,
                   historyEpoch: historyEpoch, members: parsed)

@@ -50,10 +50,26 @@ public struct RegistrationRequest: Equatable, Sendable {
                          timestamp: timestamp)
     }
 
+    /// The request's timestamp and signature, as the broker keeps them with the profile.
+    public var selfSignature: RegistrationSignature {
+        RegistrationSignature(timestamp: timestamp, signature: signature)
+    }
+
+    /// The one definition of the registration's signed bytes (`docs/PROTOCOL.md`): the UTF-8 bytes of
+    /// `agentchat-register-v1`, the name, the two keys in base64url and the timestamp in decimal, joined with `\n`.
     public static func signedBytes(name: String, signingKey: String, encryptionKey: String, timestamp: Int64)
         -> [UInt8]
     {
         Array("agentchat-register-v1\n\(name)\n\(signingKey)\n\(encryptionKey)\n\(timestamp)".utf8)
+    }
+
+    /// The same bytes from raw keys. Base64url without padding has one encoding per byte string (decoders refuse
+    /// any other), so these are the bytes of the request as it was sent.
+    public static func signedBytes(name: String, signingKey: [UInt8], encryptionKey: [UInt8], timestamp: Int64)
+        -> [UInt8]
+    {
+        signedBytes(name: name, signingKey: Base64URL.encode(signingKey),
+                    encryptionKey: Base64URL.encode(encryptionKey), timestamp: timestamp)
     }
 
     public static func isValidName(_ name: String) -> Bool {
@@ -71,6 +87,43 @@ public struct RegistrationRequest: Equatable, Sendable {
             throw ProtocolError(.invalidField, "\"\(field)\" must be \(length) bytes, not \(bytes.count)")
         }
         return bytes
+    }
+}
+
+/// An agent's registration self-signature, kept with its profile: the `timestamp` and `signature` of the
+/// registration request. Anyone can check with the DID alone that the profile's name and encryption key are the
+/// ones the agent signed (`RegistrationRequest.signedBytes`); a broker cannot substitute them unnoticed.
+public struct RegistrationSignature: Equatable, Sendable {
+    /// JSON field names in profiles and in channel member entries.
+    public static let timestampField = "registrationTimestamp"
+    public static let signatureField = "registrationSignature"
+    /// Bytes in an Ed25519 signature.
+    public static let signatureLength = 64
+
+    /// The request's `timestamp`: the agent's clock at registration, Unix milliseconds (not `registeredAt`).
+    public var timestamp: Int64
+    /// The 64-byte Ed25519 signature over the signed bytes.
+    public var signature: [UInt8]
+
+    public init(timestamp: Int64, signature: [UInt8]) {
+        self.timestamp = timestamp
+        self.signature = signature
+    }
+
+    /// Reads `registrationTimestamp` and `registrationSignature` from a profile or member object; nil when either
+    /// is absent or malformed (such a profile cannot be verified).
+    public init?(fieldsOf json: JSONValue) {
+        guard let timestamp = json[Self.timestampField]?.integerValue,
+            let signature = json[Self.signatureField]?.stringValue.flatMap(Base64URL.decode),
+            signature.count == Self.signatureLength
+        else { return nil }
+        self.init(timestamp: timestamp, signature: signature)
+    }
+
+    /// Adds the two fields to a profile or member object.
+    public func add(to fields: inout [String: JSONValue]) {
+        fields[Self.timestampField] = .number(Double(timestamp))
+        fields[Self.signatureField] = .string(Base64URL.encode(signature))
     }
 }
 

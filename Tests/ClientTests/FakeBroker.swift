@@ -189,7 +189,9 @@ final class FakeBroker: @unchecked Sendable {
             return try respond(peer, 409, body: String(decoding: JSONWriter.encode(body), as: UTF8.self))
         }
         let profile: JSONValue = ["did": .string(did), "name": .string(name), "signingKey": .string(sk),
-                                  "encryptionKey": .string(ek), "registeredAt": .number(Double(now))]
+                                  "encryptionKey": .string(ek), "registeredAt": .number(Double(now)),
+                                  "registrationTimestamp": .number(Double(timestamp)),
+                                  "registrationSignature": .string(signatureText)]
         lock.withLock { agents[did] = profile }
         let answer: JSONValue = ["agent": profile, "did": .string(did)]
         try respond(peer, 201, body: String(decoding: JSONWriter.encode(answer), as: UTF8.self))
