@@ -30,7 +30,9 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Command prefix for the agentchat broker, e.g. \"valgrind --tool=callgrind\" for a profile.")
     var brokerWrapper: String?
 
-    var loadtestDirectory: String {
+    var loadtestDirectory: String { Self.loadtestDirectory }
+
+    static var loadtestDirectory: String {
         // …/loadtest/.build/<triple>/<config>/agentchat-loadtest → …/loadtest
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         var dir = exe.deletingLastPathComponent()
