@@ -13,7 +13,7 @@ struct LoadTest: ParsableCommand {
             Every server is started by the harness on loopback and stopped by PID afterwards; every run is bounded \
             in count and time. Results are printed as tables and written as JSON under --results.
             """,
-        subcommands: [RunCommand.self, SmokeCommand.self, ReportCommand.self, WorkerCommand.self])
+        subcommands: [RunCommand.self, SmokeCommand.self, ChaosCommand.self, ReportCommand.self, WorkerCommand.self])
 }
 
 struct CommonOptions: ParsableArguments {
