@@ -148,6 +148,7 @@ struct ChaosCommand: ParsableCommand {
     @Option(help: "Seconds to wait, after the last acknowledgement and the last fault, for deliveries to finish.")
     var settle = 30.0
     @Option(help: "Upper bound on the whole run, seconds.") var maxSeconds = 600.0
+    @Option(help: "The brokers' --log-level (their logs are in the run's directory).") var brokerLogLevel = "warning"
     @Flag(help: "Keep the temporary directory (Redis data, broker logs) even when the run passes.") var keep = false
 
     static func loadAverage() -> String {
@@ -178,7 +179,8 @@ struct ChaosCommand: ParsableCommand {
         let faultKinds = kinds.split(separator: ",").compactMap { ChaosFault(rawValue: String($0)) }
         print("chaos: seed \(seed) (rerun with --seed \(seed)); \(messages) messages over \(seconds) s, \(channels) channel(s), \(senders) sender(s) and \(subscribers * 2) subscriber(s) per channel, \(faults) fault(s) of each kind (\(faultKinds.map(\.rawValue).joined(separator: ","))); broker \(broker); load average \(load0)")
         let cluster = try ChaosCluster(brokerBinary: broker, brokerCount: 2,
-                                       brokerArguments: brokerBenchArguments + ["--history-max", "10000000"])
+                                       brokerArguments: brokerBenchArguments + ["--history-max", "10000000"],
+                                       logLevel: brokerLogLevel)
         var passed = false
         do {
             try cluster.start()
@@ -266,6 +268,7 @@ struct ChaosCommand: ParsableCommand {
             .joined(separator: ", "))
         let runner = ChaosFaultRunner(cluster: cluster, plan: plan)
         let t0 = nowNs()
+        scheduler.startNs = t0
         for s in sends { s.begin() }
         var lastProgress = t0
         let budget = maxSeconds - Double(t0 - started) / 1e9 - settle - 15

@@ -22,6 +22,9 @@ final class ChaosScheduler {
     let loop: EventLoop
     var rng: SplitMix64
     private var timers: [(at: UInt64, action: () -> Void)] = []
+    /// When sending started: notes say how long after it they were made (to match them with the faults).
+    var startNs = nowNs()
+    var elapsed: String { String(format: "%.2f s", Double(Int64(nowNs()) - Int64(startNs)) / 1e9) }
 
     init(loop: EventLoop, seed: UInt64) {
         self.loop = loop
@@ -391,7 +394,7 @@ final class ChaosSubscriber: ChaosAgent {
             historyEpoch = given
             if value["recovered"]?.boolValue != true {
                 notRecovered += 1
-                note("stream \(streams): subscribed since \(lastOffset) answered recovered=false (latest \(value["offset"]?.integerValue ?? -1))")
+                note("stream \(streams) at \(scheduler.elapsed): subscribed since \(lastOffset) answered recovered=false (latest \(value["offset"]?.integerValue ?? -1))")
             }
             streamLast = lastOffset
         case "error" where value["ref"]?.stringValue == "sub":
@@ -415,7 +418,7 @@ final class ChaosSubscriber: ChaosAgent {
             if let last = streamLast {
                 if offset != last + 1 {
                     gaps += 1
-                    note("gap in stream \(streams): \(last) → \(offset)")
+                    note("gap in stream \(streams) at \(scheduler.elapsed): \(last) → \(offset)")
                 }
             } else {
                 gaps += 1
@@ -423,7 +426,7 @@ final class ChaosSubscriber: ChaosAgent {
             }
             if received[offset] != nil {
                 duplicates += 1
-                note("duplicate offset \(offset) in stream \(streams)")
+                note("duplicate offset \(offset) in stream \(streams) at \(scheduler.elapsed)")
             } else {
                 received[offset] = id
             }

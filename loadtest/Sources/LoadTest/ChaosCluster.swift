@@ -3,8 +3,8 @@ import Foundation
 import Glibc
 
 /// The servers of the chaos suite: one redis-server (AOF, `appendfsync always`) and several brokers on it, each
-/// on a fixed loopback port chosen at start, so that a process killed with SIGKILL can be started again on the
-/// same port and the same data directory. Every process is stopped by its PID.
+/// on a fixed loopback port chosen at start (below the ephemeral range), so that a process killed with SIGKILL
+/// can be started again on the same port and the same data directory. Every process is stopped by its PID.
 final class ChaosCluster {
     /// One server process that the suite kills and restarts.
     final class Member {
@@ -86,24 +86,49 @@ final class ChaosCluster {
     let brokers: [Member]
 
     /// Creates the directories and chooses the ports; `start()` launches.
-    init(brokerBinary: String, brokerCount: Int, brokerArguments: [String]) throws {
+    init(brokerBinary: String, brokerCount: Int, brokerArguments: [String], logLevel: String = "warning") throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "agentchat-chaos-\(getpid())-\(nowNs() % 1_000_000)").path
         try FileManager.default.createDirectory(atPath: directory + "/redis", withIntermediateDirectories: true)
-        let redisPort = Int(lt_free_port())
+        let redisPort = try Self.fixedPort()
         redis = try Member(name: "redis", executable: "/usr/bin/redis-server", arguments: [
             "--port", String(redisPort), "--bind", "127.0.0.1", "--dir", directory + "/redis", "--save", "",
             "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
         ], port: redisPort, logPath: directory + "/redis.log")
         var brokers: [Member] = []
         for b in 1...max(1, brokerCount) {
-            let port = Int(lt_free_port())
+            let port = try Self.fixedPort()
             brokers.append(try Member(name: "broker\(b)", executable: brokerBinary, arguments: [
                 "--port", String(port), "--redis-url", "redis://127.0.0.1:\(redisPort)",
-                "--data-dir", directory + "/broker\(b)", "--log-level", "warning", "--issuer", "http://agentchat-chaos",
+                "--data-dir", directory + "/broker\(b)", "--log-level", logLevel, "--issuer", "http://agentchat-chaos",
             ] + brokerArguments, port: port, logPath: directory + "/broker\(b).log"))
         }
         self.brokers = brokers
+    }
+
+    /// A free port on 127.0.0.1 below the kernel's ephemeral range: while its process is down between a kill and
+    /// the restart, no outgoing connection (of this suite or of anything else on the machine) can be given it.
+    static func fixedPort() throws -> Int {
+        let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
+            .split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { Int($0) } ?? []
+        let top = min(range.first ?? 32768, 65536) - 1
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            let port = Int.random(in: 20_000...max(20_001, top), using: &rng)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = in_port_t(UInt16(port).bigEndian)
+            a.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+            let ok = withUnsafePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+                }
+            }
+            close(fd)
+            if ok && !TargetServer.isListening(port) { return port }
+        }
+        throw HarnessError("no free port below the ephemeral range")
     }
 
     func start() throws {
