@@ -326,7 +326,13 @@ struct ChaosCommand: ParsableCommand {
             totals.gaps += s.gaps
             if !lost.isEmpty || s.duplicates > 0 || s.gaps > 0 || !unacked.isEmpty || !wrong.isEmpty { ok = false }
             var e: [String] = []
-            if !lost.isEmpty { e.append("lost offsets \(Self.ranges(lost))") }
+            if !lost.isEmpty {
+                let first = lost.prefix(5).map { o -> String in
+                    guard let a = s.ledger.firstAck[o] else { return "\(o)" }
+                    return "\(o) first acknowledged at \(a.at)\(a.duplicate ? " as a duplicate" : "")"
+                }
+                e.append("lost offsets \(Self.ranges(lost)) [\(first.joined(separator: ", "))\(lost.count > 5 ? ", …" : "")]")
+            }
             if !unacked.isEmpty { e.append("delivered but never acknowledged: \(Self.ranges(unacked))") }
             if !wrong.isEmpty { e.append("delivered with another clientMessageId than acknowledged: \(Self.ranges(wrong))") }
             e += s.notes

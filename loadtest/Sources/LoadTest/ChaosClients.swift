@@ -71,13 +71,17 @@ final class ChaosLedger {
     private(set) var messageAt: [Int64: String] = [:]
     private(set) var conflicts: [String] = []
     private(set) var duplicateAcks = 0
+    /// offset → (seconds after the start of sending, whether that first ack said `duplicate`): evidence for a lost
+    /// offset (a first ack that is a duplicate means the message was stored before a fault and its ack lost).
+    private(set) var firstAck: [Int64: (at: String, duplicate: Bool)] = [:]
 
     init(index: Int, channel: String) {
         self.index = index
         self.channel = channel
     }
 
-    func acknowledge(offset: Int64, clientMessageID: String, duplicate: Bool) {
+    func acknowledge(offset: Int64, clientMessageID: String, duplicate: Bool, at: String) {
+        if firstAck[offset] == nil { firstAck[offset] = (at, duplicate) }
         if duplicate { duplicateAcks += 1 }
         if let o = offsetOf[clientMessageID], o != offset {
             conflicts.append("\(clientMessageID) acknowledged with offset \(o), then \(offset)")
@@ -334,7 +338,7 @@ final class ChaosSender: ChaosAgent {
         inFlight[seq] = nil
         if value["type"]?.stringValue == "message.ack", let offset = value["offset"]?.integerValue {
             ledger.acknowledge(offset: offset, clientMessageID: template.clientMessageID(header(seq)),
-                               duplicate: value["duplicate"]?.boolValue ?? false)
+                               duplicate: value["duplicate"]?.boolValue ?? false, at: scheduler.elapsed)
             if offsets[seq] == nil { offsets[seq] = offset }
         } else if offsets[seq] == nil {
             // Refused (`unavailable` while Redis is down, …): the same message again, a little later.
