@@ -271,7 +271,8 @@ struct ChaosCommand: ParsableCommand {
         scheduler.startNs = t0
         for s in sends { s.begin() }
         var lastProgress = t0
-        let budget = maxSeconds - Double(t0 - started) / 1e9 - settle - 15
+        // Within --max-seconds: sending, then settling, then at least 5 s for the history check.
+        let budget = maxSeconds - Double(t0 - started) / 1e9 - settle - 5
         let sentAll = try scheduler.run(seconds: budget, tick: {
             let now = nowNs()
             try runner.tick(elapsed: Double(now - t0) / 1e9)
@@ -302,7 +303,8 @@ struct ChaosCommand: ParsableCommand {
             r.connect()
             readers.append(r)
         }
-        let historyRead = try scheduler.run(seconds: 30, until: { readers.allSatisfy(\.finished) })
+        let historyRead = try scheduler.run(seconds: max(5, maxSeconds - Double(nowNs() - started) / 1e9),
+                                            until: { readers.allSatisfy(\.finished) })
         for a in (subs as [ChaosAgent]) + (sends as [ChaosAgent]) + (readers as [ChaosAgent]) { a.stop() }
         let totalSeconds = Double(nowNs() - started) / 1e9
 
