@@ -131,3 +131,8 @@ void lt_install_cleanup_handler(void) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
 }
+
+long lt_find(const void *hay, size_t n, const void *needle, size_t m) {
+    const char *hit = memmem(hay, n, needle, m);
+    return hit ? (long)(hit - (const char *)hay) : -1;
+}

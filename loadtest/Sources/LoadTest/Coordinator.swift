@@ -55,7 +55,7 @@ final class WorkerProcess {
 /// The publishing side of a target, in the coordinator process.
 final class Publisher {
     let loop: EventLoop
-    let server: TargetServer
+    let kind: TargetKind
     let context = SessionContext(connections: 1)
     var connection: WebSocketConnection!
     let payloadSize: Int
@@ -65,12 +65,17 @@ final class Publisher {
     private(set) var agent: AgentChatSession?
     private var agentSend: AgentChatSendTemplate?
 
-    init(loop: EventLoop, server: TargetServer, payloadSize: Int, identity: AgentIdentity?) throws {
+    convenience init(loop: EventLoop, server: TargetServer, payloadSize: Int, identity: AgentIdentity?) throws {
+        try self.init(loop: loop, endpoint: server.endpoint, payloadSize: payloadSize, identity: identity)
+    }
+
+    /// Connects to `endpoint` (for agentchat: logs `identity` in) and waits until the connection is ready.
+    init(loop: EventLoop, endpoint e: Endpoint, payloadSize: Int, identity: AgentIdentity?) throws {
         self.loop = loop
-        self.server = server
+        self.kind = e.target
         self.payloadSize = payloadSize
         let handler: SessionHandler
-        switch server.kind {
+        switch e.target {
         case .nats: nats = NATSSession(context: context, mode: .subscribe, publisher: true); handler = nats!
         case .mosquitto: mqtt = MQTTSession(context: context, mode: .subscribe, publisher: true); handler = mqtt!
         case .lwsMirror: mirror = MirrorSession(context: context, publisher: true); handler = mirror!
@@ -78,7 +83,6 @@ final class Publisher {
             agent = AgentChatSession(context: context, mode: .idle, identity: identity!.signing, channel: nil)
             handler = agent!
         }
-        let e = server.endpoint
         guard let c = WebSocketConnection(index: 0, source: "127.0.0.1", host: e.host, port: e.port, path: e.path,
                                           subprotocol: e.subprotocol, handler: handler, loop: loop)
         else { throw HarnessError("publisher could not connect") }
@@ -104,8 +108,9 @@ final class Publisher {
     }
 
     /// agentchat: publishes a fresh channel key for the current epoch to every member, then prepares the send
-    /// template for that epoch.
-    func publishKeys(channel: String, runTag: String) throws {
+    /// template for that epoch. Returns the epoch and its key (for other senders' templates).
+    @discardableResult
+    func publishKeys(channel: String, runTag: String) throws -> (epoch: Int64, key: [UInt8]) {
         let d = try request(["type": "channel.describe", "id": "d1", "channel": .string(channel)], ref: "d1")
         guard let desc = d["channel"], let epoch = desc["epoch"]?.integerValue, let members = desc["members"]?.arrayValue,
               let channelID = ChannelID(channel)
@@ -126,10 +131,11 @@ final class Publisher {
                          "envelopes": .object(env), "signature": .string(Base64URL.encode(sig))], ref: "k1")
         agentSend = try AgentChatSendTemplate(channel: channelID, epoch: epoch, key: key, signer: agent!.identity,
                                               payloadSize: payloadSize, runTag: runTag)
+        return (epoch, key)
     }
 
     func publish(_ header: MessageHeader) {
-        switch server.kind {
+        switch kind {
         case .nats: nats!.publish(connection, payload: peerPayload(header, size: payloadSize))
         case .mosquitto: mqtt!.publish(connection, payload: peerPayload(header, size: payloadSize))
         case .lwsMirror: mirror!.publish(connection, payload: peerPayload(header, size: payloadSize))
@@ -169,8 +175,12 @@ struct AgentChatSendTemplate {
         noncePrefix = SecureRandom.bytes(4)
     }
 
-    func frame(_ h: MessageHeader) -> [UInt8] {
-        let cmid = "\(runTag)-\(h.seq)"
+    /// The `clientMessageId` of the message with this header: the same for every retry of it.
+    func clientMessageID(_ h: MessageHeader) -> String { "\(runTag)-\(h.seq)" }
+
+    /// The `message.send` frame; `requestID` is its `"id"`, echoed as the ack's `ref`.
+    func frame(_ h: MessageHeader, requestID: String = "s") -> [UInt8] {
+        let cmid = clientMessageID(h)
         var nonceBytes = noncePrefix
         for i in 0..<8 { nonceBytes.append(UInt8(truncatingIfNeeded: h.seq >> (8 * UInt64(i)))) }
         let nonce = Base64URL.encode(nonceBytes)
@@ -178,7 +188,7 @@ struct AgentChatSendTemplate {
         let sig = Base64URL.encode(signer.sign(MessageSend.signedBytes(channel: channel, epoch: epoch,
                                                                        clientMessageID: cmid, nonce: nonce,
                                                                        ciphertext: ciphertext)))
-        return Array(#"{"type":"message.send","id":"s","channel":"\#(channel)","epoch":\#(epoch),"clientMessageId":"\#(cmid)","nonce":"\#(nonce)","ciphertext":"\#(ciphertext)","signature":"\#(sig)"}"#.utf8)
+        return Array(#"{"type":"message.send","id":"\#(requestID)","channel":"\#(channel)","epoch":\#(epoch),"clientMessageId":"\#(cmid)","nonce":"\#(nonce)","ciphertext":"\#(ciphertext)","signature":"\#(sig)"}"#.utf8)
     }
 }
 

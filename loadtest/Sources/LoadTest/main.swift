@@ -13,7 +13,7 @@ struct LoadTest: ParsableCommand {
             Every server is started by the harness on loopback and stopped by PID afterwards; every run is bounded \
             in count and time. Results are printed as tables and written as JSON under --results.
             """,
-        subcommands: [RunCommand.self, SmokeCommand.self, ReportCommand.self, WorkerCommand.self])
+        subcommands: [RunCommand.self, SmokeCommand.self, ChaosCommand.self, ReportCommand.self, WorkerCommand.self])
 }
 
 struct CommonOptions: ParsableArguments {
@@ -30,7 +30,9 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Command prefix for the agentchat broker, e.g. \"valgrind --tool=callgrind\" for a profile.")
     var brokerWrapper: String?
 
-    var loadtestDirectory: String {
+    var loadtestDirectory: String { Self.loadtestDirectory }
+
+    static var loadtestDirectory: String {
         // …/loadtest/.build/<triple>/<config>/agentchat-loadtest → …/loadtest
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         var dir = exe.deletingLastPathComponent()

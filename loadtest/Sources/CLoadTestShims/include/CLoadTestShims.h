@@ -31,4 +31,6 @@ void lt_register_child(int pid);
 void lt_unregister_child(int pid);
 /// Installs that handler (async-signal-safe: kill(2) and _exit(2) only).
 void lt_install_cleanup_handler(void);
+/// Index of the first `needle` (`m` bytes) in `hay` (`n` bytes), or -1 (memmem, a GNU extension).
+long lt_find(const void *hay, size_t n, const void *needle, size_t m);
 #endif
