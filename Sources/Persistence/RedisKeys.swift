@@ -5,7 +5,8 @@ import AgentChatProtocol
 public enum RedisKeys {
     public static let prefix = "agentchat:"
 
-    /// Hash: an agent's profile (`name`, `signingKey`, `encryptionKey`, `registeredAt`).
+    /// Hash: an agent's profile (`name`, `signingKey`, `encryptionKey`, `registeredAt`, `registrationTimestamp`,
+    /// `registrationSignature`: the self-signature that binds the encryption key to the DID).
     public static func agent(_ did: DID) -> RedisArgument { RedisArgument("\(prefix)agent:{\(did)}") }
 
     /// Hash: a token bucket (`tokens`, `ts`) for one limit and one client.

@@ -471,6 +471,7 @@ final class ChaosHistoryReader: ChaosAgent {
     override func didReceiveMessages(_ page: [(offset: Int64, id: String)], ref: Bool) {
         guard ref else { return }
         items.append(contentsOf: page)
-        if page.count < 500 { finished = true } else { request() }
+        // A page may be cut short by size (it then carries `next`): read on until a page comes back empty.
+        if page.isEmpty { finished = true } else { request() }
     }
 }
