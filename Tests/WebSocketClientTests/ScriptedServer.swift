@@ -59,7 +59,7 @@ final class ScriptedServer: @unchecked Sendable {
     deinit { close(listenFD) }
 
     /// Waits for the script to finish and rethrows its error, if any.
-    func join(timeout: Double = 10) throws {
+    func join(timeout: Double = 30) throws {
         guard done.wait(timeout: .now() + timeout) == .success else { throw WebSocketError.timeout }
         if let failure { throw failure }
     }
@@ -82,7 +82,7 @@ final class ServerPeer: @unchecked Sendable {
     }
 
     /// Reads the request head; returns the request line and headers (lowercased names).
-    func readRequestHead(timeout: Double = 5) throws -> (requestLine: String, headers: [String: String]) {
+    func readRequestHead(timeout: Double = 20) throws -> (requestLine: String, headers: [String: String]) {
         let deadline = Deadline(seconds: timeout)
         while findHeaderEnd(buffer) == nil {
             guard let chunk = try socket.read(deadline: deadline) else { throw WebSocketError.connectionClosed }
@@ -100,7 +100,7 @@ final class ServerPeer: @unchecked Sendable {
     }
 
     /// Reads exactly `count` body bytes.
-    func readBytes(_ count: Int, timeout: Double = 5) throws -> [UInt8] {
+    func readBytes(_ count: Int, timeout: Double = 20) throws -> [UInt8] {
         let deadline = Deadline(seconds: timeout)
         while buffer.count < count {
             guard let chunk = try socket.read(deadline: deadline) else { throw WebSocketError.connectionClosed }
@@ -127,7 +127,7 @@ final class ServerPeer: @unchecked Sendable {
     func write(_ bytes: [UInt8]) throws { try socket.write(bytes, timeout: 5) }
 
     /// Reads one (client) frame.
-    func readFrame(timeout: Double = 5) throws -> WebSocketFrame {
+    func readFrame(timeout: Double = 20) throws -> WebSocketFrame {
         let deadline = Deadline(seconds: timeout)
         while true {
             if case .frame(let f, let used) = try WebSocketFrame.decode(buffer) {
