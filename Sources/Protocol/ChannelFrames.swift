@@ -95,17 +95,24 @@ public enum MessageItem {
 
     /// Everything after the offset: `,"ciphertext":…,"ts":…}`.
     public static func suffix(_ message: MessageSend, sender: DID, timestamp: Int64) -> [UInt8] {
-        var writer = JSONWriter(reservingCapacity: message.ciphertext.utf8.count + 400)
+        suffix(ciphertext: message.ciphertext, epoch: message.epoch, clientMessageID: message.clientMessageID,
+               nonce: message.nonce, sender: sender, signature: message.signature, timestamp: timestamp)
+    }
+
+    public static func suffix(ciphertext: String, epoch: Int64, clientMessageID: String, nonce: String, sender: DID,
+                              signature: String, timestamp: Int64) -> [UInt8]
+    {
+        var writer = JSONWriter(reservingCapacity: ciphertext.utf8.count + 400)
         func field(_ name: String, _ write: (inout JSONWriter) -> Void) {
             writer.append(Array(",\"\(name)\":".utf8))
             write(&writer)
         }
-        field("ciphertext") { $0.writeString(message.ciphertext) }
-        field("epoch") { $0.write(.number(Double(message.epoch))) }
-        field("id") { $0.writeString(message.clientMessageID) }
-        field("nonce") { $0.writeString(message.nonce) }
+        field("ciphertext") { $0.writeString(ciphertext) }
+        field("epoch") { $0.write(.number(Double(epoch))) }
+        field("id") { $0.writeString(clientMessageID) }
+        field("nonce") { $0.writeString(nonce) }
         field("sender") { $0.writeString(sender.description) }
-        field("signature") { $0.writeString(message.signature) }
+        field("signature") { $0.writeString(signature) }
         field("ts") { $0.write(.number(Double(timestamp))) }
         writer.append([UInt8(ascii: "}")])
         return writer.bytes

@@ -296,6 +296,8 @@ public struct FrameCodec: Sendable {
                 "channel": .string(channel.rawValue), "event": .string(event), "did": .string(did.description),
                 "epoch": .number(Double(epoch)),
             ])
+        case .messages(let ref, let channel, let messages, let next):
+            return MessageItem.batch(channel: channel, items: messages.map(\.itemBytes), ref: ref, next: next)
         case .directory(let ref, let channels, let next):
             var fields: [String: JSONValue] = ["channels": .array(channels.map(\.json))]
             if let next { fields["next"] = .number(Double(next)) }

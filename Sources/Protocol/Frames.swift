@@ -46,6 +46,9 @@ public enum ServerFrame: Equatable, Sendable {
     case messageAck(ref: String?, channel: ChannelID, offset: Int64, duplicate: Bool)
     case subscribed(ref: String?, channel: ChannelID, historyEpoch: String, offset: Int64, recovered: Bool)
     case channelEvent(channel: ChannelID, event: String, did: DID, epoch: Int64)
+    /// Stored messages of one channel, in offset order: live or replayed (no `ref`), or a `history` answer (`next`
+    /// when it was cut short by size).
+    case messages(ref: String?, channel: ChannelID, [StoredMessage], next: Int64?)
     case directory(ref: String?, [ChannelIndicators], next: Int?)
     case indicators(ref: String?, [ChannelIndicators])
 }

@@ -47,6 +47,26 @@ public struct ChannelIndicators: Equatable, Sendable {
         ]
     }
 
+    /// Reads indicators written by `json`; nil when a field is missing or malformed.
+    public init?(json: JSONValue) {
+        guard let id = json["id"]?.stringValue.flatMap(ChannelID.init), let listed = json["listed"]?.boolValue else {
+            return nil
+        }
+        guard listed else {
+            self = .unlisted(id)
+            return
+        }
+        guard let title = json["title"]?.stringValue, let topic = json["topic"]?.stringValue,
+            let members = json["members"]?.integerValue, let online = json["online"]?.integerValue,
+            let messages = json["messages"]?.integerValue, let lastMinute = json["messagesLastMinute"]?.integerValue,
+            let lastActivity = json["lastActivity"]?.integerValue, let peeks = json["peeks"]?.integerValue,
+            let peeksActive = json["peeksActive"]?.integerValue
+        else { return nil }
+        self.init(id: id, listed: true, title: title, topic: topic, members: members, online: online,
+                  messages: messages, messagesLastMinute: lastMinute, lastActivity: lastActivity, peeks: peeks,
+                  peeksActive: peeksActive)
+    }
+
     public static let maxTitleLength = 64
     public static let maxTopicLength = 200
 }

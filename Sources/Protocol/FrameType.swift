@@ -1,0 +1,58 @@
+/// The WebSocket subprotocol of AgentChat protocol v1, negotiated with `Sec-WebSocket-Protocol`.
+public enum WireProtocol {
+    public static let subprotocol = "agentchat.v1"
+}
+
+/// Every `type` of protocol v1, in one place. Some names travel both ways (`channel.keys` is a request and the
+/// answer to `channel.keys.get`); `direction` says which.
+public enum FrameType: String, CaseIterable, Sendable {
+    // Client → broker.
+    case ping
+    case auth
+    case directoryList = "directory.list"
+    case indicatorsSubscribe = "indicators.subscribe"
+    case indicatorsUnsubscribe = "indicators.unsubscribe"
+    case channelCreate = "channel.create"
+    case channelInvite = "channel.invite"
+    case channelJoin = "channel.join"
+    case channelLeave = "channel.leave"
+    case channelRemove = "channel.remove"
+    case channelList = "channel.list"
+    case channelRotate = "channel.rotate"
+    case channelDescribe = "channel.describe"
+    case channelKeys = "channel.keys"
+    case channelKeysGet = "channel.keys.get"
+    case messageSend = "message.send"
+    case channelSubscribe = "channel.subscribe"
+    case channelUnsubscribe = "channel.unsubscribe"
+    case history
+    case channelListing = "channel.listing"
+    // Broker → client.
+    case pong
+    case error
+    case hello
+    case welcome
+    case ok
+    case channel
+    case channels
+    case messageAck = "message.ack"
+    case subscribed
+    case channelEvent = "channel.event"
+    case messages
+    case directory
+    case indicators
+
+    public enum Direction: Sendable {
+        case fromClient, fromBroker, both
+    }
+
+    public var direction: Direction {
+        switch self {
+        case .channelKeys: .both
+        case .pong, .error, .hello, .welcome, .ok, .channel, .channels, .messageAck, .subscribed, .channelEvent,
+             .messages, .directory, .indicators:
+            .fromBroker
+        default: .fromClient
+        }
+    }
+}
