@@ -31,6 +31,9 @@ final class WebSocketServer {
         var receiveBufferBytes: Int = 1024
         var pingIntervalSeconds: Int = 30
         var pingTimeoutSeconds: Int = 10
+        /// Seconds a connection the broker decided to close (4008, 4001, 1001...) may take to go; then the socket is
+        /// dropped, whether or not the close frame could be written.
+        var closeGraceSeconds: Int = 5
     }
 
     static let subprotocol = "agentchat.v1"
@@ -132,18 +135,29 @@ final class WebSocketServer {
             destroyContextNow()
             throw BrokerError.listenFailed(host: configuration.host, port: configuration.port)
         }
-        let period = UInt64(max(250, min(configuration.pingIntervalSeconds, configuration.pingTimeoutSeconds) * 250))
+        let shortest = min(configuration.pingIntervalSeconds, configuration.pingTimeoutSeconds,
+                           configuration.closeGraceSeconds)
+        let period = UInt64(max(250, shortest * 250))
         keepAliveTimer = LoopTimer(loop: loop) { [weak self] in self?.sweepKeepAlive() }
         keepAliveTimer?.start(after: period, repeat: period)
     }
 
-    /// Pings connections silent for `--ping-interval` and drops those that stay silent `--ping-timeout` longer.
+    /// Pings connections silent for `--ping-interval` and drops those that stay silent `--ping-timeout` longer;
+    /// drops connections still open `closeGraceSeconds` after the broker decided to close them.
     private func sweepKeepAlive() {
         let now = Clock.monotonicSeconds()
         let interval = Double(configuration.pingIntervalSeconds)
         let timeout = Double(configuration.pingTimeoutSeconds)
+        let grace = Double(configuration.closeGraceSeconds)
         for session in sessions.values {
-            if let sent = session.pingSentAt {
+            if let decided = session.closeDecidedAt {
+                if now - decided > grace, !session.isDropped {
+                    let code = session.pendingClose?.code.rawValue ?? 0
+                    logger.debug("dropping connection: close not completed in time",
+                                 metadata: ["session": "\(session.id)", "code": "\(code)"])
+                    session.drop()
+                }
+            } else if let sent = session.pingSentAt {
                 if now - sent > timeout { session.drop() }
             } else if now - session.lastHeard >= interval {
                 session.ping(now: now)
