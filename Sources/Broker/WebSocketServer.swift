@@ -56,6 +56,8 @@ final class WebSocketServer {
     private(set) var isShuttingDown = false
     private var shutdownTimer: LoopTimer?
     private var keepAliveTimer: LoopTimer?
+    /// Every new connection waits here until the head of its first request is known good (see `HTTPHeadGate`).
+    private let gate: HTTPHeadGate
 
     init(loop: EventLoop, configuration: Configuration, logger: Logger) {
         loop.preconditionInEventLoop()
@@ -91,6 +93,8 @@ final class WebSocketServer {
         retryPolicy.initialize(to: lws_retry_bo_t(
             retry_ms_table: nil, retry_ms_table_count: 0, conceal_count: 0, secs_since_valid_ping: 0,
             secs_since_valid_hangup: 0, jitter_percent: 0))
+        gate = HTTPHeadGate(loop: loop, headTimeout: 10, logger: logger)
+        gate.admit = { [unowned self] fd, consumed in adopt(fd, consumed) }
     }
 
     deinit {
@@ -112,7 +116,9 @@ final class WebSocketServer {
         if !configuration.host.contains(":") { info.options |= UInt64(LWS_SERVER_OPTION_DISABLE_IPV6) }
         info.user = Unmanaged.passUnretained(self).toOpaque()
         info.retry_and_idle_policy = UnsafePointer(retryPolicy)
-        info.max_http_header_data = 4096
+        // HTTPRequestHeadValidator admits heads of at most 4096 bytes and 48 fields; libwebsockets keeps names of
+        // unknown headers and 8 bytes of bookkeeping per field beside the values, so its table needs room past 4096.
+        info.max_http_header_data = 8192
         info.timeout_secs = 10
         info.pcontext = contextSlot
         var foreignLoops: [UnsafeMutableRawPointer?] = [UnsafeMutableRawPointer(loop.uvLoop)]
@@ -149,6 +155,7 @@ final class WebSocketServer {
         let interval = Double(configuration.pingIntervalSeconds)
         let timeout = Double(configuration.pingTimeoutSeconds)
         let grace = Double(configuration.closeGraceSeconds)
+        gate.sweep(now: now)
         for session in sessions.values {
             if let decided = session.closeDecidedAt {
                 if now - decided > grace, !session.isDropped {
@@ -171,6 +178,7 @@ final class WebSocketServer {
         guard !isShuttingDown else { return }
         isShuttingDown = true
         keepAliveTimer = nil
+        gate.closeAll()
         for session in sessions.values { session.close(.goingAway, "broker shutting down") }
         let deadline = Clock.monotonicSeconds() + grace
         var destroying: OpaquePointer?
@@ -197,6 +205,7 @@ final class WebSocketServer {
     }
 
     private func destroyContextNow() {
+        gate.closeAll()
         if let context { lws_context_destroy(context) }
         context = nil
     }
@@ -208,6 +217,12 @@ final class WebSocketServer {
         _ input: UnsafeMutableRawPointer?, _ length: Int
     ) -> Int32 {
         switch reason {
+        case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+            // `input` is the accepted descriptor. The gate keeps a duplicate; refusing makes libwebsockets close
+            // its own copy and forget the connection, which comes back through `adopt` once its head passed.
+            let fd = Int32(truncatingIfNeeded: Int(bitPattern: input))
+            if !gate.take(fd) { logger.warning("could not hold a new connection", metadata: ["errno": "\(errno)"]) }
+            return 1
         case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
             // `input` names the upgrade; it is deliberately not read (CVE in 4.1.6's path): headers are read instead.
             return confirmUpgrade(wsi)
@@ -280,6 +295,24 @@ final class WebSocketServer {
         return String(cString: buffer)
     }
 
+    /// Hands a connection whose request head passed `HTTPRequestHeadValidator` to libwebsockets, with the bytes
+    /// the gate consumed from it (none when the head came in one piece and was only peeked).
+    private func adopt(_ fd: Int32, _ consumed: [UInt8]) {
+        guard let context else {
+            _ = Glibc.close(fd)
+            return
+        }
+        // On failure libwebsockets closes the descriptor itself.
+        if consumed.isEmpty {
+            _ = lws_adopt_socket(context, fd)
+        } else {
+            _ = consumed.withUnsafeBytes { bytes in
+                lws_adopt_socket_readbuf(context, fd, bytes.baseAddress?.assumingMemoryBound(to: CChar.self),
+                                         bytes.count)
+            }
+        }
+    }
+
     // MARK: WebSocket
 
     private func established(_ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?) -> Int32 {
@@ -325,8 +358,8 @@ final class WebSocketServer {
     private func confirmUpgrade(_ wsi: OpaquePointer) -> Int32 {
         let upgrade = Self.header(wsi, WSI_TOKEN_UPGRADE)?.lowercased()
         guard upgrade == "websocket" else {
-            // libwebsockets has already answered 403 to upgrades other than websocket and h2c; h2c reaches here
-            // unanswered and must never reach the HTTP/2 code.
+            // HTTPHeadGate answers every Upgrade other than websocket before libwebsockets sees it; this stays as a
+            // second guard, since h2c would reach here unanswered and must never reach the HTTP/2 code.
             if upgrade == "h2c" {
                 respondImmediately(wsi, .error(400, .upgradeNotSupported,
                                                "this broker serves HTTP/1.1 only; h2c upgrades are refused"))
@@ -429,6 +462,8 @@ final class WebSocketServer {
             precondition(!answered, "HTTP handler answered twice")
             answered = true
             guard let self, let wsi = exchange.wsi, exchanges[exchange.id] === exchange else { return }
+            var response = response
+            response.closeConnection = true
             exchange.response = response
             lws_callback_on_writable(wsi)
         }
@@ -439,9 +474,11 @@ final class WebSocketServer {
         guard let response = exchange.response else { return 0 }
         exchanges[id] = nil
         exchange.wsi = nil
-        guard write(wsi, response) else { return -1 }
-        if response.closeConnection { return -1 }
-        return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
+        // Every answer closes its connection (`Connection: close`, set in `dispatch`): a second request on the same
+        // connection would be parsed by libwebsockets alone, without `HTTPRequestHeadValidator`. libwebsockets
+        // flushes what it buffered of the response before it closes.
+        _ = write(wsi, response)
+        return -1
     }
 
     /// Writes a whole response. Used from the writeable callback, and directly only to refuse a request that will
