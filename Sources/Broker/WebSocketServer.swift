@@ -242,6 +242,11 @@ final class WebSocketServer {
         case LWS_CALLBACK_RECEIVE:
             return receive(wsi, user, input, length)
         case LWS_CALLBACK_RECEIVE_PONG:
+            if Self.frameWasMasked(wsi) == false {
+                var reason = Array("client frames must be masked".utf8)
+                lws_close_reason(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, &reason, reason.count)
+                return -1
+            }
             if let id = Self.slotID(user), let session = sessions[id] {
                 session.lastHeard = Clock.monotonicSeconds()
                 session.pingSentAt = nil
@@ -332,6 +337,12 @@ final class WebSocketServer {
         _ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?, _ input: UnsafeMutableRawPointer?, _ length: Int
     ) -> Int32 {
         guard let id = Self.slotID(user), let session = sessions[id] else { return -1 }
+        if Self.frameWasMasked(wsi) == false {
+            logger.debug("closing connection: unmasked client frame", metadata: ["session": "\(id)"])
+            var reason = Array("client frames must be masked".utf8)
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, &reason, reason.count)
+            return -1
+        }
         session.lastHeard = Clock.monotonicSeconds()
         session.pingSentAt = nil
         let outcome = session.assembler.append(
@@ -352,6 +363,25 @@ final class WebSocketServer {
             return 0
         }
     }
+
+    /// Whether the frame being received was masked (see `agentchat_lws_ws_frame_flags`), or nil when that cannot be
+    /// read with confidence: the library is not 4.1, or the byte's final and binary bits disagree with the public
+    /// accessors for this frame.
+    private static func frameWasMasked(_ wsi: OpaquePointer) -> Bool? {
+        guard readsMaskBit else { return nil }
+        let flags = agentchat_lws_ws_frame_flags(wsi)
+        guard (flags & 2 != 0) == (lws_frame_is_binary(wsi) != 0) else { return nil }
+        if lws_remaining_packet_payload(wsi) == 0, (flags & 1 != 0) != (lws_is_final_fragment(wsi) != 0) {
+            return nil
+        }
+        return flags & 8 != 0
+    }
+
+    /// The mask bit is read only from the libwebsockets whose private layout `agentchat_lws_ws_frame_flags` knows.
+    private static let readsMaskBit: Bool = {
+        guard let version = lws_get_library_version() else { return false }
+        return String(cString: version).hasPrefix("4.1.")
+    }()
 
     // MARK: HTTP
 

@@ -172,15 +172,25 @@ struct BadRequestCase: Sendable, CustomTestStringConvertible {
     }
 
     /// RFC 6455 §5.1: a server must close the connection on an unmasked client frame (1002).
-    @Test func anUnmaskedFrameClosesWith1002() throws {
+    @Test(arguments: ["text", "binary", "pong", "text after a masked one"])
+    func anUnmaskedFrameClosesWith1002(_ kind: String) throws {
         let fixture = try BrokerFixture()
         let socket = try Self.connected(fixture)
-        try socket.sendText(#"{"type":"ping","id":"unmasked"}"#, masked: false)
-        let (code, ended) = socket.awaitClose(timeout: 10)
-        withKnownIssue("libwebsockets 4.1.6 unmasks nothing and accepts the frame; it exposes no mask bit (v5.0 closes)") {
-            #expect(code == 1002)
-            #expect(ended)
+        switch kind {
+        case "binary": try socket.send(.binary, [1, 2, 3], masked: false)
+        case "pong": try socket.send(.pong, Array("ka".utf8), masked: false)
+        case "text after a masked one":
+            try socket.sendText(#"{"type":"ping","id":"masked"}"#)
+            guard case .frame(let pong) = socket.next(timeout: 5), pong.opcode == .text else {
+                Issue.record("no pong")
+                return
+            }
+            try socket.sendText(#"{"type":"ping","id":"unmasked"}"#, masked: false)
+        default: try socket.sendText(#"{"type":"ping","id":"unmasked"}"#, masked: false)
         }
+        let (code, ended) = socket.awaitClose(timeout: 10)
+        #expect(code == 1002)
+        #expect(ended)
     }
 
     /// Control frames carry at most 125 bytes (§5.5).
