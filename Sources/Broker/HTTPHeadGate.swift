@@ -68,6 +68,14 @@ final class HTTPHeadGate {
         // Same open file description, so libwebsockets' non-blocking mode and socket options carry over.
         let fd = fcntl(acceptedFD, F_DUPFD_CLOEXEC, 0)
         guard fd >= 0 else { return false }
+        // Often the whole head is there already: a good one goes on at once, without a poll handle or another turn
+        // of the loop (that turn was most of what the gate added to the cost of a connection).
+        let limit = validator.limits.maxHeadBytes
+        let n = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, limit, Int32(MSG_PEEK)) }
+        if n > 0, case .accepted = validator.evaluate(Array(scratch[0..<n])) {
+            admit?(fd, [])
+            return true
+        }
         let poll = UnsafeMutablePointer<uv_poll_t>.allocate(capacity: 1)
         guard uv_poll_init(loop.uvLoop, poll, fd) == 0 else {
             poll.deallocate()

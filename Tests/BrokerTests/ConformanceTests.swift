@@ -28,7 +28,8 @@ struct BadRequestCase: Sendable, CustomTestStringConvertible {
     var testDescription: String { name }
 
     static let all: [BadRequestCase] = [
-        BadRequestCase("two spaces in the request line", "GET  /health HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+        BadRequestCase("two spaces in the request line", "GET  /health HTTP/1.1\r\nHost: x\r\n\r\n", 400,
+                       "bad_request"),
         BadRequestCase("a TLS ClientHello", bytes: [0x16, 0x03, 0x01, 0x00, 0xA5, 0x01, 0x00, 0x00, 0xA1, 0x03, 0x03],
                        400, "bad_request"),
         BadRequestCase("unknown method TRACE", "TRACE /health HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not_implemented"),
