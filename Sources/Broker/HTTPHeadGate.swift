@@ -106,6 +106,12 @@ final class HTTPHeadGate {
 
     /// Closes every held connection (the server is stopping).
     func closeAll() {
+        // Released after the loop was closed (at process exit): the handles went with the loop; close the sockets.
+        if loop.isClosed {
+            for connection in held.values { _ = Glibc.close(connection.fd) }
+            held.removeAll()
+            return
+        }
         for connection in Array(held.values) { release(connection, close: true) }
     }
 
