@@ -23,7 +23,8 @@ struct HTTPResponse: Sendable, Equatable {
     var cacheControl = "no-store"
     /// An answer to HEAD: headers (with the full Content-Length) and no body.
     var omitBody = false
-    /// Close the connection after this response (set for errors where the request body was not read).
+    /// Close the connection after this response (`Connection: close`). The server sets it on every response: a
+    /// second request on a connection would reach libwebsockets' parser without `HTTPRequestHeadValidator`.
     var closeConnection = false
 
     static func == (a: HTTPResponse, b: HTTPResponse) -> Bool {
