@@ -255,6 +255,12 @@ final class WebSocketServer {
         case LWS_CALLBACK_SERVER_WRITEABLE:
             guard let id = Self.slotID(user), let session = sessions[id] else { return -1 }
             return session.writeable()
+        case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+            if let id = Self.slotID(user), let session = sessions[id] { session.peerSentClose = true }
+            return 0
+        case LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL:
+            if let id = Self.slotID(user), let session = sessions[id] { closeAfterUnreportedViolation(wsi, session) }
+            return 0
         case LWS_CALLBACK_CLOSED:
             if let id = Self.slotID(user), let session = sessions.removeValue(forKey: id) {
                 session.detach()
@@ -362,6 +368,26 @@ final class WebSocketServer {
             delegate?.session(session, received: bytes, isBinary: isBinary)
             return 0
         }
+    }
+
+    /// libwebsockets 4.1.6 drops a connection whose frame its parser refuses without saying why and without a close
+    /// frame (a control frame announcing more than 125 bytes, a 64-bit length with its top bit set). This runs as it
+    /// starts closing any WebSocket (DROP_PROTOCOL comes before it shuts the socket down): when neither the broker
+    /// (`pendingClose`, `drop()`) nor the peer (a close frame, the end of its stream) nor libwebsockets itself (a
+    /// close reason it will send) closed it, and no frame is half written, the broker writes a 1002 close frame.
+    private func closeAfterUnreportedViolation(_ wsi: OpaquePointer, _ session: WebSocketSession) {
+        guard session.pendingClose == nil, !session.isDropped, !session.peerSentClose, !isShuttingDown,
+            lws_get_close_length(wsi) == 0, lws_partial_buffered(wsi) == 0
+        else { return }
+        let fd = lws_get_socket_fd(wsi)
+        guard fd >= 0 else { return }
+        var probe: UInt8 = 0
+        let peeked = recv(fd, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        guard peeked > 0 || (peeked < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) else { return }
+        let reason = Array("protocol error".utf8)
+        let close: [UInt8] = [0x88, UInt8(2 + reason.count), 0x03, 0xEA] + reason
+        logger.debug("closing connection: frame refused by libwebsockets", metadata: ["session": "\(session.id)"])
+        _ = close.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
     }
 
     /// Whether the frame being received was masked (see `agentchat_lws_ws_frame_flags`), or nil when that cannot be

@@ -19,6 +19,8 @@ final class WebSocketSession {
     private(set) var closeDecidedAt: Double?
     /// `drop()` has shut the socket down; libwebsockets closes the connection when it sees that.
     private(set) var isDropped = false
+    /// The peer sent a close frame (libwebsockets answers it).
+    var peerSentClose = false
     var frameBudget: TokenBucket
     /// Login state; set by the broker when the connection opens.
     var auth: SessionAuthStateMachine?
