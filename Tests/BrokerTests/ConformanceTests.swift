@@ -141,10 +141,11 @@ struct BadRequestCase: Sendable, CustomTestStringConvertible {
     }
 
     /// A head that never completes is answered 408 once the 10 s allowance has passed.
-    @Test func anIncompleteHeadGets408() throws {
+    @Test func anIncompleteHeadGets408() async throws {
         let fixture = try BrokerFixture()
-        let raw = try HTTPProbe.rawExchange(port: fixture.port, bytes: Array("GET /health HTTP/1.1\r\nHost:".utf8),
-                                            timeout: 30)
+        // Waits more than 10 s: the async wrapper keeps the cooperative threads free meanwhile.
+        let raw = try await HTTPProbe.rawExchange(port: fixture.port,
+                                                  bytes: Array("GET /health HTTP/1.1\r\nHost:".utf8), timeout: 30)
         let response = try HTTPProbe.parse(raw)
         #expect(response.status == 408)
         #expect(try errorCode(response) == "request_timeout")

@@ -78,8 +78,8 @@ public final class RawWebSocket: @unchecked Sendable {
         }
     }
 
-    /// Reads until the broker's close frame (returning its code) or the end of the connection (nil), skipping
-    /// every other frame, for at most `timeout` seconds. `sawEnd` tells whether the TCP connection ended too.
+    /// Reads until the broker's close frame (returning its code, and answering it) and the end of the connection,
+    /// skipping every other frame, for at most `timeout` seconds. `sawEnd` tells whether the TCP connection ended.
     public func awaitClose(timeout: Double) -> (code: UInt16?, sawEnd: Bool) {
         let deadline = Deadline(seconds: timeout)
         var code: UInt16?
@@ -88,6 +88,8 @@ public final class RawWebSocket: @unchecked Sendable {
             case .frame(let frame) where frame.opcode == .close:
                 if frame.payload.count >= 2 { code = UInt16(frame.payload[0]) << 8 | UInt16(frame.payload[1]) }
                 else { code = 0 }
+                // Answer as a client does, so the broker need not wait for the answer before closing.
+                try? send(.close, Array(frame.payload.prefix(2)))
             case .frame:
                 continue
             case .closed:
