@@ -15,7 +15,26 @@ import WebSocketClient
         return nil
     }
 
-    @Test func aStalledSlowConsumerIsDroppedAfterTheCloseGrace() throws {
+    /// What the stalled-consumer scenario observed.
+    struct Observed: Sendable {
+        var openAtStart: Int?
+        var openAtEnd: Int?
+        var connectionEnded: Bool
+        var healthy: Bool
+    }
+
+    @Test func aStalledSlowConsumerIsDroppedAfterTheCloseGrace() async throws {
+        // The scenario blocks for seconds; it runs on a thread of its own so the few cooperative threads stay free
+        // for the async tests running beside it.
+        let observed = try await DedicatedThread.run { try Self.stalledSlowConsumer() }
+        #expect(observed.openAtStart == 1)
+        #expect(observed.openAtEnd == 0, "the stalled connection is still open 25 s after it stopped reading")
+        // Its TCP connection is gone too: reading again ends (EOF or reset) rather than waiting forever.
+        #expect(observed.connectionEnded)
+        #expect(observed.healthy)
+    }
+
+    static func stalledSlowConsumer() throws -> Observed {
         // Keep-alive stays at its defaults (ping after 30 s of silence, drop 10 s later), so a drop seen within the
         // 25 s below can only come from the close decision, not from the ping timeout. The frame budget is lifted
         // so every request is answered.
@@ -24,19 +43,13 @@ import WebSocketClient
         let agent = TestAgent()
         _ = try agent.register(port: fixture.port)
         let slow = try RawWebSocket(port: fixture.port, receiveBufferBytes: 4096)
-        guard case .frame(let hello) = slow.next(timeout: 5) else {
-            Issue.record("no hello")
-            return
-        }
+        guard case .frame(let hello) = slow.next(timeout: 5) else { throw FixtureError.unexpected("no hello") }
         try slow.sendText(String(decoding: JSONWriter.encode(agent.authFrame(hello: JSONParser.parse(hello.payload))),
                                  as: UTF8.self))
         guard case .frame(let welcome) = slow.next(timeout: 5),
             try JSONParser.parse(welcome.payload)["type"] == "welcome"
-        else {
-            Issue.record("no welcome")
-            return
-        }
-        #expect(Self.openConnections(fixture) == 1)
+        else { throw FixtureError.unexpected("no welcome") }
+        let openAtStart = openConnections(fixture)
         // The client stops reading and asks for about 11 MB of pongs: far more than its 4 KiB receive window, the
         // broker's socket send buffer (at most 4 MiB here) and the 16 KiB queue. The socket stops taking writes,
         // the queue overflows, the broker decides to close with 4008 and cannot write the close frame.
@@ -47,16 +60,15 @@ import WebSocketClient
         for _ in 0..<100 {
             do { try slow.socket.write(batch, timeout: 20) } catch { break }
         }
-        var open = Self.openConnections(fixture)
+        var open = openConnections(fixture)
         let deadline = Date().addingTimeInterval(25)
         while open != 0, Date() < deadline {
             Thread.sleep(forTimeInterval: 0.25)
-            open = Self.openConnections(fixture)
+            open = openConnections(fixture)
         }
-        #expect(open == 0, "the stalled connection is still open 25 s after it stopped reading")
-        // Its TCP connection is gone too: reading again ends (EOF or reset) rather than waiting forever.
-        #expect(slow.drainUntilClosed(timeout: 20))
+        let ended = slow.drainUntilClosed(timeout: 20)
         // The broker is unharmed (health may say 503 for a moment while its Redis connection comes up).
-        #expect(try fixture.waitForHealth(200).status == 200)
+        let healthy = (try? fixture.waitForHealth(200).status) == 200
+        return Observed(openAtStart: openAtStart, openAtEnd: open, connectionEnded: ended, healthy: healthy)
     }
 }

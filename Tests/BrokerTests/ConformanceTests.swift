@@ -60,10 +60,10 @@ struct BadRequestCase: Sendable, CustomTestStringConvertible {
 @Suite(.serialized) struct HTTPConformanceTests {
     /// Every case is answered with its status and the JSON error body, then the connection is closed.
     @Test(arguments: BadRequestCase.all)
-    func malformedRequestsGetAJSONAnswer(_ request: BadRequestCase) throws {
+    func malformedRequestsGetAJSONAnswer(_ request: BadRequestCase) async throws {
         let fixture = try BrokerFixture()
         // Generous: longer than the 10 s idle timeout, so a request left unanswered until then fails here.
-        let raw = try HTTPProbe.rawExchange(port: fixture.port, bytes: request.bytes, timeout: 20)
+        let raw = try await HTTPProbe.rawExchange(port: fixture.port, bytes: request.bytes, timeout: 20)
         let response = try HTTPProbe.parse(raw)
         #expect(response.status == request.status)
         #expect(response.headers["content-type"] == "application/json")
