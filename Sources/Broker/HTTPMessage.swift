@@ -23,7 +23,8 @@ struct HTTPResponse: Sendable, Equatable {
     var cacheControl = "no-store"
     /// An answer to HEAD: headers (with the full Content-Length) and no body.
     var omitBody = false
-    /// Close the connection after this response (set for errors where the request body was not read).
+    /// Close the connection after this response (`Connection: close`). The server sets it on every response: a
+    /// second request on a connection would reach libwebsockets' parser without `HTTPRequestHeadValidator`.
     var closeConnection = false
 
     static func == (a: HTTPResponse, b: HTTPResponse) -> Bool {
@@ -64,14 +65,18 @@ struct HTTPResponse: Sendable, Equatable {
         case 403: "Forbidden"
         case 404: "Not Found"
         case 405: "Method Not Allowed"
+        case 408: "Request Timeout"
         case 409: "Conflict"
         case 411: "Length Required"
         case 413: "Content Too Large"
+        case 414: "URI Too Long"
         case 426: "Upgrade Required"
         case 429: "Too Many Requests"
+        case 431: "Request Header Fields Too Large"
         case 500: "Internal Server Error"
         case 501: "Not Implemented"
         case 503: "Service Unavailable"
+        case 505: "HTTP Version Not Supported"
         default: "Status"
         }
     }

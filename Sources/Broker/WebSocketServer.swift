@@ -31,6 +31,9 @@ final class WebSocketServer {
         var receiveBufferBytes: Int = 1024
         var pingIntervalSeconds: Int = 30
         var pingTimeoutSeconds: Int = 10
+        /// Seconds a connection the broker decided to close (4008, 4001, 1001...) may take to go; then the socket is
+        /// dropped, whether or not the close frame could be written.
+        var closeGraceSeconds: Int = 5
     }
 
     static let subprotocol = "agentchat.v1"
@@ -53,6 +56,8 @@ final class WebSocketServer {
     private(set) var isShuttingDown = false
     private var shutdownTimer: LoopTimer?
     private var keepAliveTimer: LoopTimer?
+    /// Every new connection waits here until the head of its first request is known good (see `HTTPHeadGate`).
+    private let gate: HTTPHeadGate
 
     init(loop: EventLoop, configuration: Configuration, logger: Logger) {
         loop.preconditionInEventLoop()
@@ -88,6 +93,8 @@ final class WebSocketServer {
         retryPolicy.initialize(to: lws_retry_bo_t(
             retry_ms_table: nil, retry_ms_table_count: 0, conceal_count: 0, secs_since_valid_ping: 0,
             secs_since_valid_hangup: 0, jitter_percent: 0))
+        gate = HTTPHeadGate(loop: loop, headTimeout: 10, logger: logger)
+        gate.admit = { [unowned self] fd, consumed in adopt(fd, consumed) }
     }
 
     deinit {
@@ -109,7 +116,9 @@ final class WebSocketServer {
         if !configuration.host.contains(":") { info.options |= UInt64(LWS_SERVER_OPTION_DISABLE_IPV6) }
         info.user = Unmanaged.passUnretained(self).toOpaque()
         info.retry_and_idle_policy = UnsafePointer(retryPolicy)
-        info.max_http_header_data = 4096
+        // HTTPRequestHeadValidator admits heads of at most 4096 bytes and 48 fields; libwebsockets keeps names of
+        // unknown headers and 8 bytes of bookkeeping per field beside the values, so its table needs room past 4096.
+        info.max_http_header_data = 8192
         info.timeout_secs = 10
         info.pcontext = contextSlot
         var foreignLoops: [UnsafeMutableRawPointer?] = [UnsafeMutableRawPointer(loop.uvLoop)]
@@ -132,18 +141,30 @@ final class WebSocketServer {
             destroyContextNow()
             throw BrokerError.listenFailed(host: configuration.host, port: configuration.port)
         }
-        let period = UInt64(max(250, min(configuration.pingIntervalSeconds, configuration.pingTimeoutSeconds) * 250))
+        let shortest = min(configuration.pingIntervalSeconds, configuration.pingTimeoutSeconds,
+                           configuration.closeGraceSeconds)
+        let period = UInt64(max(250, shortest * 250))
         keepAliveTimer = LoopTimer(loop: loop) { [weak self] in self?.sweepKeepAlive() }
         keepAliveTimer?.start(after: period, repeat: period)
     }
 
-    /// Pings connections silent for `--ping-interval` and drops those that stay silent `--ping-timeout` longer.
+    /// Pings connections silent for `--ping-interval` and drops those that stay silent `--ping-timeout` longer;
+    /// drops connections still open `closeGraceSeconds` after the broker decided to close them.
     private func sweepKeepAlive() {
         let now = Clock.monotonicSeconds()
         let interval = Double(configuration.pingIntervalSeconds)
         let timeout = Double(configuration.pingTimeoutSeconds)
+        let grace = Double(configuration.closeGraceSeconds)
+        gate.sweep(now: now)
         for session in sessions.values {
-            if let sent = session.pingSentAt {
+            if let decided = session.closeDecidedAt {
+                if now - decided > grace, !session.isDropped {
+                    let code = session.pendingClose?.code.rawValue ?? 0
+                    logger.debug("dropping connection: close not completed in time",
+                                 metadata: ["session": "\(session.id)", "code": "\(code)"])
+                    session.drop()
+                }
+            } else if let sent = session.pingSentAt {
                 if now - sent > timeout { session.drop() }
             } else if now - session.lastHeard >= interval {
                 session.ping(now: now)
@@ -157,6 +178,7 @@ final class WebSocketServer {
         guard !isShuttingDown else { return }
         isShuttingDown = true
         keepAliveTimer = nil
+        gate.closeAll()
         for session in sessions.values { session.close(.goingAway, "broker shutting down") }
         let deadline = Clock.monotonicSeconds() + grace
         var destroying: OpaquePointer?
@@ -183,6 +205,7 @@ final class WebSocketServer {
     }
 
     private func destroyContextNow() {
+        gate.closeAll()
         if let context { lws_context_destroy(context) }
         context = nil
     }
@@ -194,6 +217,12 @@ final class WebSocketServer {
         _ input: UnsafeMutableRawPointer?, _ length: Int
     ) -> Int32 {
         switch reason {
+        case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+            // `input` is the accepted descriptor. The gate keeps a duplicate; refusing makes libwebsockets close
+            // its own copy and forget the connection, which comes back through `adopt` once its head passed.
+            let fd = Int32(truncatingIfNeeded: Int(bitPattern: input))
+            if !gate.take(fd) { logger.warning("could not hold a new connection", metadata: ["errno": "\(errno)"]) }
+            return 1
         case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
             // `input` names the upgrade; it is deliberately not read (CVE in 4.1.6's path): headers are read instead.
             return confirmUpgrade(wsi)
@@ -213,6 +242,11 @@ final class WebSocketServer {
         case LWS_CALLBACK_RECEIVE:
             return receive(wsi, user, input, length)
         case LWS_CALLBACK_RECEIVE_PONG:
+            if Self.frameWasMasked(wsi) == false {
+                var reason = Array("client frames must be masked".utf8)
+                lws_close_reason(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, &reason, reason.count)
+                return -1
+            }
             if let id = Self.slotID(user), let session = sessions[id] {
                 session.lastHeard = Clock.monotonicSeconds()
                 session.pingSentAt = nil
@@ -221,6 +255,12 @@ final class WebSocketServer {
         case LWS_CALLBACK_SERVER_WRITEABLE:
             guard let id = Self.slotID(user), let session = sessions[id] else { return -1 }
             return session.writeable()
+        case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+            if let id = Self.slotID(user), let session = sessions[id] { session.peerSentClose = true }
+            return 0
+        case LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL:
+            if let id = Self.slotID(user), let session = sessions[id] { closeAfterUnreportedViolation(wsi, session) }
+            return 0
         case LWS_CALLBACK_CLOSED:
             if let id = Self.slotID(user), let session = sessions.removeValue(forKey: id) {
                 session.detach()
@@ -266,6 +306,24 @@ final class WebSocketServer {
         return String(cString: buffer)
     }
 
+    /// Hands a connection whose request head passed `HTTPRequestHeadValidator` to libwebsockets, with the bytes
+    /// the gate consumed from it (none when the head came in one piece and was only peeked).
+    private func adopt(_ fd: Int32, _ consumed: [UInt8]) {
+        guard let context else {
+            _ = Glibc.close(fd)
+            return
+        }
+        // On failure libwebsockets closes the descriptor itself.
+        if consumed.isEmpty {
+            _ = lws_adopt_socket(context, fd)
+        } else {
+            _ = consumed.withUnsafeBytes { bytes in
+                lws_adopt_socket_readbuf(context, fd, bytes.baseAddress?.assumingMemoryBound(to: CChar.self),
+                                         bytes.count)
+            }
+        }
+    }
+
     // MARK: WebSocket
 
     private func established(_ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?) -> Int32 {
@@ -285,6 +343,12 @@ final class WebSocketServer {
         _ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?, _ input: UnsafeMutableRawPointer?, _ length: Int
     ) -> Int32 {
         guard let id = Self.slotID(user), let session = sessions[id] else { return -1 }
+        if Self.frameWasMasked(wsi) == false {
+            logger.debug("closing connection: unmasked client frame", metadata: ["session": "\(id)"])
+            var reason = Array("client frames must be masked".utf8)
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, &reason, reason.count)
+            return -1
+        }
         session.lastHeard = Clock.monotonicSeconds()
         session.pingSentAt = nil
         let outcome = session.assembler.append(
@@ -306,13 +370,52 @@ final class WebSocketServer {
         }
     }
 
+    /// libwebsockets 4.1.6 drops a connection whose frame its parser refuses without saying why and without a close
+    /// frame (a control frame announcing more than 125 bytes, a 64-bit length with its top bit set). This runs as it
+    /// starts closing any WebSocket (DROP_PROTOCOL comes before it shuts the socket down): when neither the broker
+    /// (`pendingClose`, `drop()`) nor the peer (a close frame, the end of its stream) nor libwebsockets itself (a
+    /// close reason it will send) closed it, and no frame is half written, the broker writes a 1002 close frame.
+    private func closeAfterUnreportedViolation(_ wsi: OpaquePointer, _ session: WebSocketSession) {
+        guard session.pendingClose == nil, !session.isDropped, !session.peerSentClose, !isShuttingDown,
+            lws_get_close_length(wsi) == 0, lws_partial_buffered(wsi) == 0
+        else { return }
+        let fd = lws_get_socket_fd(wsi)
+        guard fd >= 0 else { return }
+        var probe: UInt8 = 0
+        let peeked = recv(fd, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        guard peeked > 0 || (peeked < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) else { return }
+        let reason = Array("protocol error".utf8)
+        let close: [UInt8] = [0x88, UInt8(2 + reason.count), 0x03, 0xEA] + reason
+        logger.debug("closing connection: frame refused by libwebsockets", metadata: ["session": "\(session.id)"])
+        _ = close.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+    }
+
+    /// Whether the frame being received was masked (see `agentchat_lws_ws_frame_flags`), or nil when that cannot be
+    /// read with confidence: the library is not 4.1, or the byte's final and binary bits disagree with the public
+    /// accessors for this frame.
+    private static func frameWasMasked(_ wsi: OpaquePointer) -> Bool? {
+        guard readsMaskBit else { return nil }
+        let flags = agentchat_lws_ws_frame_flags(wsi)
+        guard (flags & 2 != 0) == (lws_frame_is_binary(wsi) != 0) else { return nil }
+        if lws_remaining_packet_payload(wsi) == 0, (flags & 1 != 0) != (lws_is_final_fragment(wsi) != 0) {
+            return nil
+        }
+        return flags & 8 != 0
+    }
+
+    /// The mask bit is read only from the libwebsockets whose private layout `agentchat_lws_ws_frame_flags` knows.
+    private static let readsMaskBit: Bool = {
+        guard let version = lws_get_library_version() else { return false }
+        return String(cString: version).hasPrefix("4.1.")
+    }()
+
     // MARK: HTTP
 
     private func confirmUpgrade(_ wsi: OpaquePointer) -> Int32 {
         let upgrade = Self.header(wsi, WSI_TOKEN_UPGRADE)?.lowercased()
         guard upgrade == "websocket" else {
-            // libwebsockets has already answered 403 to upgrades other than websocket and h2c; h2c reaches here
-            // unanswered and must never reach the HTTP/2 code.
+            // HTTPHeadGate answers every Upgrade other than websocket before libwebsockets sees it; this stays as a
+            // second guard, since h2c would reach here unanswered and must never reach the HTTP/2 code.
             if upgrade == "h2c" {
                 respondImmediately(wsi, .error(400, .upgradeNotSupported,
                                                "this broker serves HTTP/1.1 only; h2c upgrades are refused"))
@@ -415,6 +518,8 @@ final class WebSocketServer {
             precondition(!answered, "HTTP handler answered twice")
             answered = true
             guard let self, let wsi = exchange.wsi, exchanges[exchange.id] === exchange else { return }
+            var response = response
+            response.closeConnection = true
             exchange.response = response
             lws_callback_on_writable(wsi)
         }
@@ -425,9 +530,11 @@ final class WebSocketServer {
         guard let response = exchange.response else { return 0 }
         exchanges[id] = nil
         exchange.wsi = nil
-        guard write(wsi, response) else { return -1 }
-        if response.closeConnection { return -1 }
-        return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
+        // Every answer closes its connection (`Connection: close`, set in `dispatch`): a second request on the same
+        // connection would be parsed by libwebsockets alone, without `HTTPRequestHeadValidator`. libwebsockets
+        // flushes what it buffered of the response before it closes.
+        _ = write(wsi, response)
+        return -1
     }
 
     /// Writes a whole response. Used from the writeable callback, and directly only to refuse a request that will

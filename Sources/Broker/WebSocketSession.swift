@@ -14,6 +14,13 @@ final class WebSocketSession {
     var assembler: InboundAssembler
     private(set) var queue: OutboundQueue
     private(set) var pendingClose: (code: CloseCode, reason: String)?
+    /// When the broker decided to close (monotonic seconds). A peer that stopped reading never takes the close
+    /// frame, so the keep-alive sweep drops the connection once the close grace has passed since then.
+    private(set) var closeDecidedAt: Double?
+    /// `drop()` has shut the socket down; libwebsockets closes the connection when it sees that.
+    private(set) var isDropped = false
+    /// The peer sent a close frame (libwebsockets answers it).
+    var peerSentClose = false
     var frameBudget: TokenBucket
     /// Login state; set by the broker when the connection opens.
     var auth: SessionAuthStateMachine?
@@ -75,19 +82,25 @@ final class WebSocketSession {
         lws_callback_on_writable(wsi)
     }
 
-    /// Drops the connection without a close handshake (the peer stopped answering). Shutting the socket down
-    /// makes libwebsockets see the end of the stream and close it; its own timers, armed from outside its
-    /// callbacks, do not fire on a foreign loop.
+    /// Drops the connection without a close handshake (the peer stopped answering, or never took the close).
+    /// Shutting the socket down makes libwebsockets see the end of the stream and close it; its own timers, armed
+    /// from outside its callbacks, do not fire on a foreign loop. A zero linger time makes that close a reset, so
+    /// whatever is still queued in the kernel for a peer that stopped reading is freed at once.
     func drop() {
-        guard let wsi else { return }
+        guard let wsi, !isDropped else { return }
+        isDropped = true
         let fd = lws_get_socket_fd(wsi)
-        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
+        guard fd >= 0 else { return }
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        shutdown(fd, Int32(SHUT_RDWR))
     }
 
     /// Closes the connection with `code` once the frames already queued are written.
     func close(_ code: CloseCode, _ reason: String) {
         guard let wsi, pendingClose == nil else { return }
         pendingClose = (code, reason)
+        closeDecidedAt = Clock.monotonicSeconds()
         lws_callback_on_writable(wsi)
     }
 

@@ -82,4 +82,19 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let upgradeNotSupported = ErrorCode(rawValue: "upgrade_not_supported")
     /// A WebSocket upgrade that does not offer the `agentchat.v1` subprotocol.
     public static let subprotocolRequired = ErrorCode(rawValue: "subprotocol_required")
+    /// A request head that is not well-formed HTTP/1.1: a malformed request line, a missing HTTP version, a
+    /// request target that is not a path, a header line without a colon, an obs-fold line, a control character.
+    public static let badRequest = ErrorCode(rawValue: "bad_request")
+    /// A method this broker does not implement (anything but GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS).
+    public static let notImplemented = ErrorCode(rawValue: "not_implemented")
+    /// The request target is longer than the broker accepts.
+    public static let uriTooLong = ErrorCode(rawValue: "uri_too_long")
+    /// The request head (request line and header fields) is larger than the broker accepts, or has too many fields.
+    public static let headersTooLarge = ErrorCode(rawValue: "headers_too_large")
+    /// An HTTP version other than 1.1 or 1.0 (for example the HTTP/2 connection preface).
+    public static let httpVersionNotSupported = ErrorCode(rawValue: "http_version_not_supported")
+    /// A WebSocket upgrade with a `Sec-WebSocket-Version` other than 13; the answer carries `Sec-WebSocket-Version: 13`.
+    public static let upgradeRequired = ErrorCode(rawValue: "upgrade_required")
+    /// The request head did not arrive complete within the broker's time limit.
+    public static let requestTimeout = ErrorCode(rawValue: "request_timeout")
 }

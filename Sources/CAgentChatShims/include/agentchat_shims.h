@@ -35,3 +35,17 @@ static inline redisReply *agentchat_redis_reply_element(const redisReply *r, siz
     if (r == NULL || i >= r->elements) return NULL;
     return r->element[i];
 }
+
+/// Whether the WebSocket frame being received was masked, which libwebsockets 4.1 keeps private: RFC 6455 §5.1 has a
+/// server close the connection on an unmasked client frame, and 4.1.6 accepts one (5.0 closes it with 1002).
+///
+/// In 4.1's private `struct _lws_websocket_related` (lib/roles/ws/private-lib-roles-ws.h) the array
+/// `uint8_t ping_payload_buf[128 - 3 + LWS_PRE]`, whose byte LWS_PRE the public `lws_get_close_payload()` returns, is
+/// followed by the bit-fields `final:1, frame_is_binary:1, all_zero_nonce:1, this_frame_masked:1, ...`, which the
+/// compiler allocates from the first bit after the array (LSB first, little-endian). This returns that byte: bit 0
+/// `final`, bit 1 `frame_is_binary`, bit 3 `this_frame_masked`. It reads inside the struct whatever the layout; the
+/// caller trusts bit 3 only for libwebsockets 4.1 and only when bits 0 and 1 agree with `lws_is_final_fragment()`
+/// and `lws_frame_is_binary()`.
+static inline unsigned char agentchat_lws_ws_frame_flags(struct lws *wsi) {
+    return lws_get_close_payload(wsi)[128 - 3];
+}
