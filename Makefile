@@ -12,7 +12,7 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run test clean bench loadtest-smoke
+.PHONY: deps build run test clean bench loadtest-smoke fuzz sanitize
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
 deps:
@@ -52,5 +52,13 @@ loadtest-smoke:
 	$(SWIFT) build --package-path loadtest --product agentchat-loadtest
 	loadtest/.build/debug/agentchat-loadtest smoke --broker-binary $$($(SWIFT) build --show-bin-path)/agentchat-broker
 
+# libFuzzer targets (fuzz/, a separate package built with -sanitize=fuzzer,address), FUZZ_SECONDS each, one after
+# another under nice; new inputs go to fuzz/.scratch, crashes to fuzz/artifacts. Exits non-zero on any crash.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= fuzz-json fuzz-frame fuzz-jws fuzz-encoding fuzz-http-request-head
+fuzz: deps
+	nice -n 19 $(SWIFT) build --package-path fuzz -c release -Xswiftc -sanitize=fuzzer,address
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh $(FUZZ_TARGETS)
+
 clean:
-	rm -rf .build loadtest/.build
+	rm -rf .build loadtest/.build fuzz/.build
