@@ -32,4 +32,35 @@ import Testing
             #expect(did.description.utf8.count == 62)
         }
     }
+
+    /// An unknown type is echoed "shortened": it was shortened to 32 characters, and one character can carry any
+    /// number of combining marks, so a 60 KB type came back whole in the error.
+    @Test func unknownTypeEchoIsShortInBytes() throws {
+        let type = String(repeating: "a" + String(repeating: "\u{301}", count: 500), count: 40)
+        let error = try #require(refusal(#"{"type":"\#(type)"}"#))
+        #expect(error.code == .unknownType)
+        #expect(error.message.utf8.count < 100, "\(error.message.utf8.count) bytes")
+    }
+
+    @Test func unknownFieldEchoIsShortInBytes() throws {
+        let field = String(repeating: "\u{1F600}", count: 2_000)
+        let error = try #require(refusal(#"{"type":"ping","\#(field)":1}"#))
+        #expect(error.code == .unknownField)
+        #expect(error.message.utf8.count < 100, "\(error.message.utf8.count) bytes")
+    }
+
+    /// A duplicate key was echoed whole in the bad_json message.
+    @Test func duplicateKeyEchoIsShort() throws {
+        let key = String(repeating: "k", count: 30_000)
+        let error = try #require(refusal(#"{"type":"ping","\#(key)":1,"\#(key)":2}"#))
+        #expect(error.code == .badJSON)
+        #expect(error.message.utf8.count < 120, "\(error.message.utf8.count) bytes")
+        #expect(error.message.contains("duplicate key"))
+    }
+
+    @Test func shortenedEchoKeepsWholeScalars() throws {
+        let type = String(repeating: "\u{1F600}", count: 10)  // 40 bytes: 8 whole scalars fit in 32
+        let error = try #require(refusal(#"{"type":"\#(type)"}"#))
+        #expect(error.message == "unknown frame type \"" + String(repeating: "\u{1F600}", count: 8) + "…\"")
+    }
 }
