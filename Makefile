@@ -55,9 +55,11 @@ loadtest-smoke:
 # libFuzzer targets (fuzz/, a separate package built with -sanitize=fuzzer,address), FUZZ_SECONDS each, one after
 # another under nice; new inputs go to fuzz/.scratch, crashes to fuzz/artifacts. Exits non-zero on any crash.
 FUZZ_SECONDS ?= 60
+# SwiftPM starts its compilers and test binaries at nice 0 whatever its own priority; this keeps them at 19.
+NICE_TREE := fuzz/sanitizers/nice-tree.sh
 FUZZ_TARGETS ?= fuzz-json fuzz-frame fuzz-jws fuzz-encoding fuzz-http-request-head
 fuzz: deps
-	nice -n 19 $(SWIFT) build --package-path fuzz -c release -Xswiftc -sanitize=fuzzer,address
+	$(NICE_TREE) $(SWIFT) build --package-path fuzz -c release -Xswiftc -sanitize=fuzzer,address
 	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh $(FUZZ_TARGETS)
 
 # The test suite under AddressSanitizer + LeakSanitizer (all of it) and under ThreadSanitizer (SANITIZE_TSAN_FILTER,
@@ -65,7 +67,6 @@ fuzz: deps
 # process writes its reports to .build-{asan,tsan}/sanitizer-logs; any report or failed test fails the target.
 # Suppressions (narrow, each explained) are in fuzz/sanitizers/. See docs/FUZZING.md, "Sanitizers".
 SANITIZE_TSAN_FILTER ?=
-NICE_TREE := fuzz/sanitizers/nice-tree.sh
 sanitize: EXTRA_PACKAGES = $(TEST_PACKAGES)
 sanitize: deps
 	$(NICE_TREE) $(SWIFT) build --build-tests -Xswiftc -sanitize=address --scratch-path .build-asan
