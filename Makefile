@@ -64,23 +64,14 @@ fuzz: deps
 
 # The test suite under AddressSanitizer + LeakSanitizer (all of it) and under ThreadSanitizer (SANITIZE_TSAN_FILTER,
 # default all of it), each built in its own scratch path so the brokers the tests start are instrumented too. Every
-# process writes its reports to .build-{asan,tsan}/sanitizer-logs; any report or failed test fails the target.
-# Suppressions (narrow, each explained) are in fuzz/sanitizers/. See docs/FUZZING.md, "Sanitizers".
+# process writes its reports to .build-{asan,tsan}/sanitizer-logs; any report or failed test fails the target
+# (after both phases ran). Suppressions (narrow, each explained) are in fuzz/sanitizers/. See docs/FUZZING.md.
 SANITIZE_TSAN_FILTER ?=
 sanitize: EXTRA_PACKAGES = $(TEST_PACKAGES)
 sanitize: deps
 	$(NICE_TREE) $(SWIFT) build --build-tests -Xswiftc -sanitize=address --scratch-path .build-asan
-	rm -rf .build-asan/sanitizer-logs && mkdir -p .build-asan/sanitizer-logs
-	ASAN_OPTIONS=log_path=$(CURDIR)/.build-asan/sanitizer-logs/asan:detect_leaks=1 \
-	LSAN_OPTIONS=suppressions=$(CURDIR)/fuzz/sanitizers/lsan.supp \
-		$(NICE_TREE) $(SWIFT) test --skip-build --scratch-path .build-asan
-	fuzz/sanitizers/check-logs.sh .build-asan/sanitizer-logs
 	$(NICE_TREE) $(SWIFT) build --build-tests -Xswiftc -sanitize=thread --scratch-path .build-tsan
-	rm -rf .build-tsan/sanitizer-logs && mkdir -p .build-tsan/sanitizer-logs
-	TSAN_OPTIONS=log_path=$(CURDIR)/.build-tsan/sanitizer-logs/tsan:suppressions=$(CURDIR)/fuzz/sanitizers/tsan.supp \
-		$(NICE_TREE) $(SWIFT) test --skip-build --scratch-path .build-tsan \
-		$(if $(SANITIZE_TSAN_FILTER),--filter '$(SANITIZE_TSAN_FILTER)')
-	fuzz/sanitizers/check-logs.sh .build-tsan/sanitizer-logs
+	SWIFT=$(SWIFT) SANITIZE_TSAN_FILTER='$(SANITIZE_TSAN_FILTER)' fuzz/sanitizers/run-tests.sh
 
 clean:
 	rm -rf .build loadtest/.build fuzz/.build
