@@ -58,9 +58,10 @@ FUZZ_SECONDS ?= 60
 # SwiftPM starts its compilers and test binaries at nice 0 whatever its own priority; this keeps them at 19.
 NICE_TREE := fuzz/sanitizers/nice-tree.sh
 FUZZ_TARGETS ?= fuzz-json fuzz-frame fuzz-jws fuzz-encoding fuzz-http-request-head
+FUZZ_FLAGS ?=
 fuzz: deps
 	$(NICE_TREE) $(SWIFT) build --package-path fuzz -c release -Xswiftc -sanitize=fuzzer,address
-	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh $(FUZZ_TARGETS)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_FLAGS='$(FUZZ_FLAGS)' fuzz/run.sh $(FUZZ_TARGETS)
 
 # The test suite under AddressSanitizer + LeakSanitizer (all of it) and under ThreadSanitizer (SANITIZE_TSAN_FILTER,
 # default all of it), each built in its own scratch path so the brokers the tests start are instrumented too. Every
