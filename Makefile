@@ -12,7 +12,7 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run test clean bench loadtest-smoke chaos chaos-smoke
+.PHONY: deps build run test clean bench loadtest-smoke chaos chaos-smoke fuzz sanitize
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
 deps:
@@ -77,5 +77,27 @@ chaos-smoke:
 	$(SWIFT) build --package-path loadtest --product agentchat-loadtest
 	$(CHAOS) --messages 3000 --seconds 20 --faults 1 --settle 15 --max-seconds 60 $(CHAOS_ARGS)
 
+# libFuzzer targets (fuzz/, a separate package built with -sanitize=fuzzer,address), FUZZ_SECONDS each, one after
+# another under nice; new inputs go to fuzz/.scratch, crashes to fuzz/artifacts. Exits non-zero on any crash.
+FUZZ_SECONDS ?= 60
+# SwiftPM starts its compilers and test binaries at nice 0 whatever its own priority; this keeps them at 19.
+NICE_TREE := fuzz/sanitizers/nice-tree.sh
+FUZZ_TARGETS ?= fuzz-json fuzz-frame fuzz-jws fuzz-encoding fuzz-http-request-head
+FUZZ_FLAGS ?=
+fuzz: deps
+	$(NICE_TREE) $(SWIFT) build --package-path fuzz -c release -Xswiftc -sanitize=fuzzer,address
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_FLAGS='$(FUZZ_FLAGS)' fuzz/run.sh $(FUZZ_TARGETS)
+
+# The test suite under AddressSanitizer + LeakSanitizer (all of it) and under ThreadSanitizer (SANITIZE_TSAN_FILTER,
+# default all of it), each built in its own scratch path so the brokers the tests start are instrumented too. Every
+# process writes its reports to .build-{asan,tsan}/sanitizer-logs; any report or failed test fails the target
+# (after both phases ran). Suppressions (narrow, each explained) are in fuzz/sanitizers/. See docs/FUZZING.md.
+SANITIZE_TSAN_FILTER ?=
+sanitize: EXTRA_PACKAGES = $(TEST_PACKAGES)
+sanitize: deps
+	$(NICE_TREE) $(SWIFT) build --build-tests -Xswiftc -sanitize=address --scratch-path .build-asan
+	$(NICE_TREE) $(SWIFT) build --build-tests -Xswiftc -sanitize=thread --scratch-path .build-tsan
+	SWIFT=$(SWIFT) SANITIZE_TSAN_FILTER='$(SANITIZE_TSAN_FILTER)' fuzz/sanitizers/run-tests.sh
+
 clean:
-	rm -rf .build loadtest/.build
+	rm -rf .build loadtest/.build fuzz/.build

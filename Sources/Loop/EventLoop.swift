@@ -10,7 +10,8 @@ import Synchronization
 public final class EventLoop: @unchecked Sendable {
     /// The libuv loop. Owned by this object, freed by `close()`; only the loop thread may use it.
     public let uvLoop: UnsafeMutablePointer<uv_loop_t>
-    /// Wakes the loop for queued work. `data` holds this object unretained: the loop outlives the handle.
+    /// Wakes the loop for queued work. `data` holds this object unretained: the loop outlives the handle. Freed in
+    /// `deinit` once `close()` has closed it.
     private let wakeup: UnsafeMutablePointer<uv_async_t>
     private let pending = Mutex<[@Sendable () -> Void]>([])
     private let threadID = Atomic<UInt>(0)
@@ -41,6 +42,12 @@ public final class EventLoop: @unchecked Sendable {
         thread.start()
         started.wait()
         return loop
+    }
+
+    deinit {
+        // `close()` closed the wakeup handle and freed the loop; if the loop was never closed, libuv may still
+        // refer to the handle and it is left alone.
+        if isClosed { wakeup.deallocate() }
     }
 
     /// Whether the caller runs on the loop thread.

@@ -37,8 +37,12 @@ public final class LoopTimer {
     fileprivate func fire() { callback() }
 
     deinit {
-        // Released after the loop was closed (at process exit): the handle was closed with the loop; leave it.
-        if loop.isClosed { return }
+        // Released after the loop was closed (at process exit): `EventLoop.close()` closed the handle and freed
+        // the loop, so libuv no longer refers to it; only its memory is left to free.
+        if loop.isClosed {
+            handle.deallocate()
+            return
+        }
         uv_timer_stop(handle)
         handle.pointee.data = nil
         handle.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { uv_close($0, freeHandleOnClose) }

@@ -7,6 +7,8 @@ public struct DID: Hashable, Sendable, CustomStringConvertible {
     public static let prefix = "did:agentchat:"
     /// The multicodec varint for an Ed25519 public key (0xED, as an unsigned varint: 0xED 0x01).
     static let ed25519Multicodec: [UInt8] = [0xED, 0x01]
+    /// Longest text that can be a DID: the prefix, `z`, and the at most 47 base58 characters of 34 bytes.
+    static let maxLength = prefix.utf8.count + 1 + 47
 
     /// The 32-byte Ed25519 public key.
     public let signingKey: [UInt8]
@@ -26,7 +28,9 @@ public struct DID: Hashable, Sendable, CustomStringConvertible {
         // Compared as UTF-8 bytes: String equality is Unicode-canonical (U+212A KELVIN SIGN equals "K").
         let utf8 = Array(text.utf8)
         let prefix = Array(DID.prefix.utf8)
-        guard utf8.count > prefix.count, utf8.starts(with: prefix), utf8[prefix.count] == UInt8(ascii: "z"),
+        // Bounded before decoding: base58 decoding is quadratic, and DIDs arrive as unbounded JSON object keys
+        // (`channel.keys` envelopes), where a 60 KB key would hold the loop for about a second.
+        guard utf8.count <= DID.maxLength, utf8.count > prefix.count, utf8.starts(with: prefix), utf8[prefix.count] == UInt8(ascii: "z"),
             let bytes = Base58.decode(String(decoding: utf8[(prefix.count + 1)...], as: UTF8.self)),
             bytes.count == 34, bytes[0] == 0xED, bytes[1] == 0x01
         else { return nil }

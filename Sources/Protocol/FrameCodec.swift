@@ -321,9 +321,19 @@ public struct FrameCodec: Sendable {
         return JSONWriter.encode(.object(object))
     }
 
-    /// A type name shortened for an error message, so a hostile frame cannot make the reply large.
+    /// A type name shortened for an error message, so a hostile frame cannot make the reply large: at most 32
+    /// bytes of UTF-8, cut between Unicode scalars. (Counting characters is not enough: one character can hold any
+    /// number of combining marks.)
     static func printable(_ s: String) -> String {
-        s.utf8.count <= 32 ? s : String(s.prefix(32)) + "…"
+        guard s.utf8.count > 32 else { return s }
+        var kept = String.UnicodeScalarView()
+        var bytes = 0
+        for scalar in s.unicodeScalars {
+            bytes += UTF8.width(scalar)
+            if bytes > 32 { break }
+            kept.append(scalar)
+        }
+        return String(kept) + "…"
     }
 }
 

@@ -75,7 +75,10 @@ public struct JSONParser {
             index += 1
             skipWhitespace()
             let value = try parseValue(depth: depth + 1)
-            guard fields.updateValue(value, forKey: key) == nil else { throw fail("duplicate key \"\(key)\"") }
+            guard fields.updateValue(value, forKey: key) == nil else {
+                // The key is the sender's text: shortened, so the error echoed to a client stays small.
+                throw fail("duplicate key \"\(FrameCodec.printable(key))\"")
+            }
             skipWhitespace()
             guard index < bytes.count else { throw fail("unexpected end of input") }
             if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
