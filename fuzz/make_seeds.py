@@ -132,13 +132,28 @@ write("fuzz-encoding", "did", b"\x04" + agent.encode())
 write("fuzz-encoding", "did-key", b"\x04" + other_pk)
 write("fuzz-encoding", "channel", b"\x05" + channel.encode())
 
-# fuzz-http-request-head: the registration body (docs/PROTOCOL.md, "Registration") until the head validator lands.
+# fuzz-http-request-head: the first byte picks the input. Even: a request head (HTTPRequestHeadValidator, what
+# HTTPHeadGate checks before libwebsockets parses anything); odd: the registration body (docs/PROTOCOL.md).
+heads = {
+    "head-health": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+    "head-upgrade": (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Protocol: agentchat.v1\r\n\r\n"),
+    "head-register": (b"POST /api/v1/agents/register HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 321\r\n\r\n{"),
+    "head-h2c": b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+    "head-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "head-folded": b"GET /health HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+    "head-absolute": b"GET http://a/health HTTP/1.1\r\nHost: a\r\n\r\n",
+}
+for name, head in heads.items():
+    write("fuzz-http-request-head", name, b"\x00" + head)
 reg_enc = b64(bytes(range(32, 64)))
 ts = 1_704_067_200_000
 signed = "agentchat-register-v1\n%s\n%s\n%s\n%d" % ("Market maker", b64(agent_pk), reg_enc, ts)
-write("fuzz-http-request-head", "register.json", compact({
+write("fuzz-http-request-head", "register.json", b"\x01" + compact({
     "name": "Market maker", "signingKey": b64(agent_pk), "encryptionKey": reg_enc, "timestamp": ts,
     "signature": b64(agent_sk.sign(signed.encode()))}))
-write("fuzz-http-request-head", "register-unicode-name.json", compact({
+write("fuzz-http-request-head", "register-unicode-name.json", b"\x01" + compact({
     "name": "\u65e5\u672c\u8a9e agent", "signingKey": b64(other_pk), "encryptionKey": reg_enc, "timestamp": ts,
     "signature": sig64}))

@@ -7,8 +7,8 @@ let codec = FrameCodec()
 /// - an echoed `id` is at most `maxFrameIDBytes` long;
 /// - a refused frame gets an `error` reply that is valid JSON, carries the code, message and `ref` it was given,
 ///   and stays small (at most `maxErrorReplyBytes`) whatever the frame held;
-/// - an accepted frame holds only identifiers that re-parse to themselves, and written back as a client would
-///   write it (`ClientFrameWriter`) it decodes to the same frame: decode(encode(decode(s))) == decode(s).
+/// - an accepted frame holds only identifiers that re-parse to themselves, and written back by the client side of
+///   the codec (`FrameCodec.encode(ClientFrame)`) it decodes to the same frame: decode(encode(decode(s))) == decode(s).
 @_cdecl("LLVMFuzzerTestOneInput")
 func fuzzFrame(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let bytes = size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size))
@@ -28,7 +28,7 @@ func fuzzFrame(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         precondition(object["ref"] == decoded.id.map(JSONValue.string), "ref is not the request's id")
     case .success(let frame):
         checkIdentifiers(frame)
-        let written = JSONWriter.encode(ClientFrameWriter.json(frame))
+        let written = codec.encode(frame)
         let again = codec.decode(written)
         precondition(again.frame == .success(frame),
                      "decode(encode(frame)) != frame: \(String(decoding: written, as: UTF8.self)) gave \(again.frame)")
@@ -52,7 +52,7 @@ private func checkIdentifiers(_ frame: ClientFrame) {
         switch request {
         case .create(_, _, let members): members.forEach(check); precondition(Set(members).count == members.count)
         case .invite(let c, let d), .remove(let c, let d): check(c); check(d)
-        case .join(let c), .leave(let c), .describe(let c), .unsubscribe(let c), .getKeys(let c, _),
+        case .join(let c), .leave(let c), .describe(let c), .rotate(let c), .unsubscribe(let c), .getKeys(let c, _),
             .subscribe(let c, _, _), .history(let c, _, _, _), .listing(let c, _, _, _):
             check(c)
         case .publishKeys(let keys):
@@ -64,7 +64,9 @@ private func checkIdentifiers(_ frame: ClientFrame) {
             precondition(message.epoch > 0)
             precondition(Base64URL.decode(message.nonce)?.count == 12)
             precondition(Base64URL.decode(message.signature)?.count == 64)
-        case .list: break
+        case .list(let after, let limit):
+            after.map(check)
+            precondition((1...100).contains(limit))
         }
     }
 }
