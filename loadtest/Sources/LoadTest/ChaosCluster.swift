@@ -116,10 +116,7 @@ final class ChaosCluster {
         for _ in 0..<200 {
             let port = Int.random(in: 20_000...max(20_001, top), using: &rng)
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var a = sockaddr_in()
-            a.sin_family = sa_family_t(AF_INET)
-            a.sin_port = in_port_t(UInt16(port).bigEndian)
-            a.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+            var a = loopbackAddress(port: port)
             let ok = withUnsafePointer(to: &a) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                     bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
