@@ -382,12 +382,12 @@ final class WebSocketServer {
         let fd = lws_get_socket_fd(wsi)
         guard fd >= 0 else { return }
         var probe: UInt8 = 0
-        let peeked = recv(fd, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        let peeked = recv(fd, &probe, 1, agentchat_msg_peek_nowait())
         guard peeked > 0 || (peeked < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) else { return }
         let reason = Array("protocol error".utf8)
         let close: [UInt8] = [0x88, UInt8(2 + reason.count), 0x03, 0xEA] + reason
         logger.debug("closing connection: frame refused by libwebsockets", metadata: ["session": "\(session.id)"])
-        _ = close.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+        _ = close.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, agentchat_msg_nosignal_nowait()) }
     }
 
     /// Whether the frame being received was masked (see `agentchat_lws_ws_frame_flags`), or nil when that cannot be

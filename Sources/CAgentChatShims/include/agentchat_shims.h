@@ -2,6 +2,7 @@
 // Small C helpers for what Swift cannot import or express. Each says why it exists.
 // Threading: everything here runs on the broker's one libuv loop thread.
 
+#include <sys/socket.h>
 #include <stddef.h>
 #include <uv.h>
 #include <libwebsockets.h>
@@ -35,6 +36,11 @@ static inline redisReply *agentchat_redis_reply_element(const redisReply *r, siz
     if (r == NULL || i >= r->elements) return NULL;
     return r->element[i];
 }
+
+/// `MSG_PEEK | MSG_DONTWAIT` and `MSG_NOSIGNAL | MSG_DONTWAIT`, checked against the installed headers: in a release
+/// build Swift does not find `MSG_PEEK` and `MSG_NOSIGNAL` from the file that uses them (seen with Swift 6.3.1).
+static inline int agentchat_msg_peek_nowait(void) { return MSG_PEEK | MSG_DONTWAIT; }
+static inline int agentchat_msg_nosignal_nowait(void) { return MSG_NOSIGNAL | MSG_DONTWAIT; }
 
 /// Whether the WebSocket frame being received was masked, which libwebsockets 4.1 keeps private: RFC 6455 §5.1 has a
 /// server close the connection on an unmasked client frame, and 4.1.6 accepts one (5.0 closes it with 1002).
