@@ -31,8 +31,10 @@ build: deps
 run: build
 	$$($(SWIFT) build -c release --show-bin-path)/agentchat-broker $(ARGS)
 
+# Also builds what `make run` builds (release), where the compiler has differed from debug.
 test: EXTRA_PACKAGES = $(TEST_PACKAGES)
 test: deps
+	$(SWIFT) build -c release --product agentchat-broker
 	$(PYTHON) -c "import selenium" 2>/dev/null || $(PYTHON) -m pip install -q selenium \
 		|| $(PYTHON) -m pip install -q --break-system-packages selenium
 	$(SWIFT) build --build-tests
