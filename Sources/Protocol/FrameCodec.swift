@@ -64,11 +64,9 @@ public struct FrameCodec: Sendable {
         }
     }
 
-    static let channelTypes: Set<String> = [
-        "channel.create", "channel.invite", "channel.join", "channel.leave", "channel.remove", "channel.list", "channel.rotate",
-        "channel.describe", "channel.keys", "channel.keys.get", "message.send", "channel.subscribe",
-        "channel.unsubscribe", "history", "channel.listing",
-    ]
+    /// Every client frame type that is a channel request: the client's types that are neither login nor viewer ones.
+    static let channelTypes: Set<String> = Set(FrameType.allCases.filter { $0.direction != .fromBroker }.map(\.rawValue))
+        .subtracting(["ping", "auth"]).subtracting(ClientFrame.viewerTypes)
 
     private func decodeViewerRequest(_ type: String, _ fields: inout FrameFields) throws(ProtocolError)
         -> ViewerRequest
