@@ -21,65 +21,78 @@ let package = Package(
     ],
     targets: [
         // C libraries, each behind its own system-library target found with pkg-config.
-        .systemLibrary(name: "CLibUV", path: "Sources/CLibUV", pkgConfig: "libuv",
-                       providers: [.apt(["libuv1-dev"])]),
-        .systemLibrary(name: "CLibWebSockets", path: "Sources/CLibWebSockets", pkgConfig: "libwebsockets",
-                       providers: [.apt(["libwebsockets-dev"])]),
-        .systemLibrary(name: "CHiredis", path: "Sources/CHiredis", pkgConfig: "hiredis",
-                       providers: [.apt(["libhiredis-dev"])]),
-        .systemLibrary(name: "CSodium", path: "Sources/CSodium", pkgConfig: "libsodium",
-                       providers: [.apt(["libsodium-dev"])]),
-        // What Swift cannot import directly: expression macros and the hiredis <-> libuv glue.
-        .target(name: "CAgentChatShims", dependencies: ["CLibUV", "CLibWebSockets", "CHiredis"],
-                path: "Sources/CAgentChatShims"),
+        .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(name: "CLibWebSockets", pkgConfig: "libwebsockets", providers: [.apt(["libwebsockets-dev"])]),
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
+        // What Swift cannot import from a C library (expression macros, enumerators, glue), one module per library,
+        // checked against the installed headers by the C compiler.
+        .target(name: "CLibWebSocketsShims", dependencies: ["CLibWebSockets"]),
+        .target(name: "CHiredisShims", dependencies: ["CHiredis", "CLibUV"]),
 
         // The one event loop (libuv) and the loop-bound types built on it.
-        .target(name: "AgentChatLoop", dependencies: ["CLibUV", "CAgentChatShims",
-                                                      .product(name: "Logging", package: "swift-log")],
-                path: "Sources/Loop"),
+        .target(name: "AgentChatLoop", dependencies: ["CLibUV", .product(name: "Logging", package: "swift-log")]),
         // Every rule of the wire, pure Swift: no C, no I/O.
         .target(name: "AgentChatProtocol", path: "Sources/Protocol"),
         // Every cryptographic primitive, through libsodium: signatures, session tokens, key storage.
-        .target(name: "AgentChatCrypto", dependencies: ["AgentChatProtocol", "CSodium"], path: "Sources/Crypto"),
-        // Everything Redis, over hiredis.
+        .target(name: "AgentChatCrypto", dependencies: ["AgentChatProtocol", "CSodium"]),
+        // The broker's application logic: login, channels, live delivery, indicators, HTTP endpoints. No
+        // libwebsockets, hiredis or libuv: connections, stores and the clock are protocols it is handed.
+        .target(name: "AgentChatCore",
+                dependencies: ["AgentChatProtocol", "AgentChatCrypto",
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "Metrics", package: "swift-metrics")]),
+        // The libwebsockets server: HTTP/1.1 and WebSocket connections, queues, keep-alive. The only importer of
+        // libwebsockets.
+        .target(name: "AgentChatTransport",
+                dependencies: ["AgentChatCore", "AgentChatProtocol", "AgentChatLoop", "CLibWebSockets",
+                               "CLibWebSocketsShims", "CLibUV",
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "DequeModule", package: "swift-collections")]),
+        // A general Redis client over hiredis: connections, pipelining, pub/sub, scripts, embedded redis-server.
+        .target(name: "AgentChatRedis",
+                dependencies: ["AgentChatLoop", "CHiredis", "CHiredisShims",
+                               .product(name: "Logging", package: "swift-log")]),
+        // The product's Redis stores: the key layout and Lua scripts behind the core's store protocols.
         .target(name: "AgentChatPersistence",
-                dependencies: ["AgentChatProtocol", "AgentChatLoop", "CHiredis", "CAgentChatShims",
+                dependencies: ["AgentChatCore", "AgentChatProtocol", "AgentChatRedis",
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Persistence"),
-        // libwebsockets server, sessions, HTTP endpoints, configuration.
+        // The composition root: command line, configuration, logging and metrics, the wiring; the viewer page.
         .target(name: "AgentChatBroker",
-                dependencies: ["AgentChatProtocol", "AgentChatPersistence", "AgentChatLoop", "AgentChatCrypto",
-                               "CLibWebSockets", "CAgentChatShims", "CSodium",
+                dependencies: ["AgentChatCore", "AgentChatTransport", "AgentChatPersistence", "AgentChatRedis",
+                               "AgentChatLoop", "AgentChatCrypto", "AgentChatProtocol",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "Metrics", package: "swift-metrics"),
                                .product(name: "Prometheus", package: "swift-prometheus"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                               .product(name: "DequeModule", package: "swift-collections"),
                                .product(name: "ArgumentParser", package: "swift-argument-parser")],
                 path: "Sources/Broker",
                 resources: [.copy("Web")]),
-        .executableTarget(name: "agentchat-broker", dependencies: ["AgentChatBroker"],
-                          path: "Sources/BrokerMain"),
+        .executableTarget(name: "agentchat-broker", dependencies: ["AgentChatBroker"]),
         // A small blocking RFC 6455 client: tests drive the broker with it, byte by byte when needed.
-        .target(name: "WebSocketClient", path: "Sources/WebSocketClient"),
+        .target(name: "WebSocketClient"),
 
         // The agent SDK: identity files, registration, login, reconnection, the frame request/reply core.
-        .target(name: "AgentChatClient", dependencies: ["AgentChatCrypto", "AgentChatProtocol", "WebSocketClient"],
-                path: "Sources/AgentChatClient"),
+        .target(name: "AgentChatClient", dependencies: ["AgentChatCrypto", "AgentChatProtocol", "WebSocketClient"]),
         // The `agentchat` command line, built on the SDK.
         .executableTarget(name: "agentchat",
                           dependencies: ["AgentChatClient", "AgentChatProtocol",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/AgentChatCLI"),
 
-        .target(name: "TestSupport", dependencies: ["WebSocketClient", "AgentChatPersistence"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["WebSocketClient", "AgentChatRedis"], path: "Tests/TestSupport"),
+        // In-memory twins of the core's stores, a manual clock and a recording connection.
+        .target(name: "CoreTestSupport", dependencies: ["AgentChatCore", "AgentChatProtocol"],
+                path: "Tests/CoreTestSupport"),
         .testTarget(name: "ProtocolTests", dependencies: ["AgentChatProtocol"]),
         .testTarget(name: "CryptoTests", dependencies: ["AgentChatCrypto", "AgentChatProtocol"]),
-        .testTarget(name: "PersistenceTests",
-                    dependencies: ["AgentChatPersistence", "AgentChatLoop", "TestSupport"]),
+        .testTarget(name: "CoreTests",
+                    dependencies: ["AgentChatCore", "CoreTestSupport", "AgentChatProtocol", "AgentChatCrypto"]),
+        .testTarget(name: "RedisTests", dependencies: ["AgentChatRedis", "AgentChatLoop", "TestSupport"]),
         .testTarget(name: "BrokerTests",
-                    dependencies: ["AgentChatBroker", "TestSupport", "WebSocketClient", "AgentChatProtocol",
-                                   "AgentChatCrypto"]),
+                    dependencies: ["AgentChatBroker", "AgentChatCore", "AgentChatTransport", "TestSupport",
+                                   "WebSocketClient", "AgentChatProtocol", "AgentChatCrypto"]),
         .testTarget(name: "ClientTests",
                     dependencies: ["AgentChatClient", "AgentChatCrypto", "AgentChatProtocol", "WebSocketClient",
                                    "TestSupport"]),

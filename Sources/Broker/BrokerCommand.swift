@@ -1,6 +1,7 @@
 import AgentChatCrypto
 import AgentChatLoop
-import AgentChatPersistence
+import AgentChatRedis
+import AgentChatTransport
 import ArgumentParser
 import Foundation
 import Logging

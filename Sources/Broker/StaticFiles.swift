@@ -1,3 +1,4 @@
+import AgentChatCore
 import Foundation
 
 /// The viewer page's files, shipped with the package (`Sources/Broker/Web`) and read into memory at start-up.
@@ -54,5 +55,10 @@ struct StaticFiles {
             ("X-Frame-Options", "DENY"), ("Cross-Origin-Opener-Policy", "same-origin"),
         ]
         return response
+    }
+
+    /// Every file's response, by path.
+    var responses: [String: HTTPResponse] {
+        Dictionary(uniqueKeysWithValues: files.keys.compactMap { path in response(for: path).map { (path, $0) } })
     }
 }

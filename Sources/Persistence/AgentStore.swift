@@ -1,13 +1,9 @@
+import AgentChatCore
 import AgentChatProtocol
+import AgentChatRedis
 
 /// Registered agents in Redis. Loop-bound, like the `RedisClient` it uses.
-public final class AgentStore {
-    public enum RegisterOutcome: Equatable, Sendable {
-        case created
-        /// The key was registered before; nothing changed.
-        case exists
-    }
-
+package final class AgentStore: AgentDirectory {
     private let redis: RedisClient
 
     /// Creates the profile only if no agent has this DID, atomically. ARGV[5] and ARGV[6] (the registration's
@@ -22,12 +18,12 @@ public final class AgentStore {
         return 1
         """)
 
-    public init(redis: RedisClient) {
+    package init(redis: RedisClient) {
         self.redis = redis
         redis.scripts.register(Self.registerScript)
     }
 
-    public func register(_ profile: AgentProfile, completion: @escaping (Result<RegisterOutcome, RedisError>) -> Void) {
+    package func register(_ profile: AgentProfile, completion: @escaping StoreCompletion<RegisterOutcome>) {
         redis.scripts.call(
             Self.registerScript.name, keys: [RedisKeys.agent(profile.did)],
             arguments: [RedisArgument(profile.name), RedisArgument(profile.signingKey),
@@ -41,13 +37,13 @@ public final class AgentStore {
                 case 0: .success(.exists)
                 default: .failure(.unexpectedReply("agent_register returned \(value)"))
                 }
-            })
+            }.unavailableOnFailure)
         }
     }
 
     /// The profile of `did`, or nil when it is not registered. A registration signature that is absent (a profile
     /// stored before they were kept) or malformed is left out: clients then refuse to trust the profile's keys.
-    public func profile(_ did: DID, completion: @escaping (Result<AgentProfile?, RedisError>) -> Void) {
+    package func profile(_ did: DID, completion: @escaping StoreCompletion<AgentProfile?>) {
         redis.send(["HMGET", RedisKeys.agent(did), "name", "signingKey", "encryptionKey", "registeredAt",
                     "registrationTimestamp", "registrationSignature"]) { result in
             completion(result.flatMap { value in
@@ -68,7 +64,7 @@ public final class AgentStore {
                 return .success(AgentProfile(name: String(decoding: nameBytes, as: UTF8.self),
                                              signingKey: signingKey, encryptionKey: encryptionKey,
                                              registeredAt: registeredAt, registration: registration))
-            })
+            }.unavailableOnFailure)
         }
     }
 }

@@ -1,39 +1,17 @@
+import AgentChatCore
 import AgentChatProtocol
+import AgentChatRedis
 
 /// Channels, membership, key envelopes and message history in Redis. Loop-bound.
 ///
 /// Each step that must be atomic is one Lua script over keys of one channel (one hash tag), so the layout works on
-/// a Redis Cluster. Scripts answer `{status, value…}`; statuses other than `ok` become `ChannelStore.Refusal`.
-public final class ChannelStore {
-    /// Why a channel operation was refused.
-    public enum Refusal: String, Error, Sendable {
-        case notFound = "not_found"
-        case forbidden
-        case hidden
-        case notMember = "not_member"
-        case staleEpoch = "stale_epoch"
-        case keysExist = "keys_exist"
-        /// The channel has `ChannelKeys.maxMembers` members.
-        case full
-    }
-
-    public enum Failure: Error, Sendable {
-        case refused(Refusal, epoch: Int64?)
-        case store(RedisError)
-    }
-
-    /// Retention and dedup settings.
-    public struct Limits: Sendable {
-        public var historyMaxCount = 10_000
-        public var historyMaxAgeMilliseconds: Int64 = 30 * 24 * 3600 * 1000
-        public var dedupWindowMilliseconds: Int64 = 5 * 60 * 1000
-        public init() {}
-    }
-
+/// a Redis Cluster. Scripts answer `{status, value…}`; statuses other than `ok` become a `ChannelRefusal`, and a
+/// Redis failure `StoreFailure.unavailable`.
+package final class ChannelStore: ChannelStoring {
     private let redis: RedisClient
-    public let limits: Limits
+    package let limits: ChannelLimits
 
-    public init(redis: RedisClient, limits: Limits = Limits()) {
+    package init(redis: RedisClient, limits: ChannelLimits = ChannelLimits()) {
         self.redis = redis
         self.limits = limits
         for script in [Self.create, Self.invite, Self.join, Self.leave, Self.remove, Self.rotate, Self.publishKeys,
@@ -166,8 +144,8 @@ public final class ChannelStore {
 
     // MARK: Operations
 
-    public func create(_ id: ChannelID, name: String, owner: DID, open: Bool, members: [DID], historyEpoch: String,
-                       now: Int64, completion: @escaping (Result<Void, Failure>) -> Void)
+    package func create(_ id: ChannelID, name: String, owner: DID, open: Bool, members: [DID], historyEpoch: String,
+                        now: Int64, completion: @escaping StoreCompletion<Void>)
     {
         var arguments: [RedisArgument] = [RedisArgument(name), RedisArgument(owner.description), open ? "1" : "0",
                                           RedisArgument(now), RedisArgument(historyEpoch)]
@@ -180,8 +158,7 @@ public final class ChannelStore {
         indexMembership(id, add: [owner] + members)
     }
 
-    public func invite(_ id: ChannelID, by inviter: DID, _ did: DID,
-                       completion: @escaping (Result<Int64, Failure>) -> Void)
+    package func invite(_ id: ChannelID, by inviter: DID, _ did: DID, completion: @escaping StoreCompletion<Int64>)
     {
         run(Self.invite, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id)],
             arguments: [RedisArgument(inviter.description), RedisArgument(did.description)]) { result in
@@ -190,16 +167,18 @@ public final class ChannelStore {
     }
 
     /// Joins; the epoch, and whether membership changed (false when already a member).
-    public func join(_ id: ChannelID, _ did: DID, completion: @escaping (Result<(Int64, Bool), Failure>) -> Void) {
+    package func join(_ id: ChannelID, _ did: DID,
+                      completion: @escaping StoreCompletion<(epoch: Int64, changed: Bool)>)
+    {
         run(Self.join, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id)],
             arguments: [RedisArgument(did.description), RedisArgument(ChannelKeys.maxMembers)]) { [weak self] result in
-            let outcome = result.flatMap { reply in reply.epochResult.map { ($0, reply.flag) } }
+            let outcome = result.flatMap { reply in reply.epochResult.map { (epoch: $0, changed: reply.flag) } }
             if case .success((_, true)) = outcome { self?.indexMembership(id, add: [did]) }
             completion(outcome)
         }
     }
 
-    public func leave(_ id: ChannelID, _ did: DID, completion: @escaping (Result<Int64, Failure>) -> Void) {
+    package func leave(_ id: ChannelID, _ did: DID, completion: @escaping StoreCompletion<Int64>) {
         run(Self.leave, keys: [RedisKeys.channel(id), RedisKeys.members(id)],
             arguments: [RedisArgument(did.description)]) { [weak self] result in
             let outcome = result.flatMap { $0.epochResult }
@@ -209,7 +188,7 @@ public final class ChannelStore {
     }
 
     /// Starts a new epoch (members only); the new epoch.
-    public func rotate(_ id: ChannelID, by did: DID, completion: @escaping (Result<Int64, Failure>) -> Void) {
+    package func rotate(_ id: ChannelID, by did: DID, completion: @escaping StoreCompletion<Int64>) {
         run(Self.rotate, keys: [RedisKeys.channel(id), RedisKeys.members(id)],
             arguments: [RedisArgument(did.description)]) { result in
             completion(result.flatMap { $0.epochResult })
@@ -217,18 +196,18 @@ public final class ChannelStore {
     }
 
     /// Removes `did` (owner only); the epoch, and whether a member was removed (false for a mere invitation).
-    public func remove(_ id: ChannelID, by owner: DID, _ did: DID,
-                       completion: @escaping (Result<(Int64, Bool), Failure>) -> Void)
+    package func remove(_ id: ChannelID, by owner: DID, _ did: DID,
+                        completion: @escaping StoreCompletion<(epoch: Int64, changed: Bool)>)
     {
         run(Self.remove, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id)],
             arguments: [RedisArgument(owner.description), RedisArgument(did.description)]) { [weak self] result in
-            let outcome = result.flatMap { reply in reply.epochResult.map { ($0, reply.flag) } }
+            let outcome = result.flatMap { reply in reply.epochResult.map { (epoch: $0, changed: reply.flag) } }
             if case .success((_, true)) = outcome { self?.indexMembership(id, remove: did) }
             completion(outcome)
         }
     }
 
-    public func publishKeys(_ keys: ChannelKeys, sender: DID, completion: @escaping (Result<Int64, Failure>) -> Void) {
+    package func publishKeys(_ keys: ChannelKeys, sender: DID, completion: @escaping StoreCompletion<Int64>) {
         var arguments: [RedisArgument] = [RedisArgument(sender.description), RedisArgument(keys.epoch),
                                           RedisArgument(keys.signature)]
         for (did, envelope) in keys.envelopes {
@@ -242,29 +221,21 @@ public final class ChannelStore {
     }
 
     /// The envelopes of one epoch: sender, signature, recipient → envelope. Nil when none were published.
-    public func keys(_ id: ChannelID, epoch: Int64,
-                     completion: @escaping (Result<(sender: String, signature: String, envelopes: [String: String])?,
-                                                   RedisError>) -> Void)
-    {
+    package func keys(_ id: ChannelID, epoch: Int64, completion: @escaping StoreCompletion<StoredKeys?>) {
         redis.send(["HGETALL", RedisKeys.keys(id, epoch: epoch)]) { result in
-            completion(result.map { value in
+            completion(result.unavailableOnFailure.map { value in
                 var fields = value.stringPairs
                 guard let sender = fields.removeValue(forKey: "_sender"),
                     let signature = fields.removeValue(forKey: "_signature")
                 else { return nil }
-                return (sender, signature, fields)
+                return StoredKeys(sender: sender, signature: signature, envelopes: fields)
             })
         }
     }
 
-    public enum AppendOutcome: Equatable, Sendable {
-        case stored(offset: Int64, listed: Bool)
-        case duplicate(offset: Int64)
-    }
-
     /// Stores a message and publishes it, in one step. `suffix` is `MessageItem.suffix(...)`.
-    public func append(_ message: MessageSend, sender: DID, suffix: [UInt8], now: Int64,
-                       completion: @escaping (Result<AppendOutcome, Failure>) -> Void)
+    package func append(_ message: MessageSend, sender: DID, suffix: [UInt8], now: Int64,
+                        completion: @escaping StoreCompletion<AppendOutcome>)
     {
         let id = message.channel
         run(Self.append,
@@ -278,92 +249,78 @@ public final class ChannelStore {
             completion(result.flatMap { reply in
                 switch reply.status {
                 case "ok":
-                    reply.int(1).map { .success(.stored(offset: $0, listed: reply.flag)) }
-                        ?? .failure(.store(.unexpectedReply("")))
+                    reply.int(1).map { .success(.stored(offset: $0, listed: reply.flag)) } ?? .failure(.unavailable)
                 case "duplicate":
-                    reply.int(1).map { .success(.duplicate(offset: $0)) } ?? .failure(.store(.unexpectedReply("")))
+                    reply.int(1).map { .success(.duplicate(offset: $0)) } ?? .failure(.unavailable)
                 default: .failure(reply.refusal)
                 }
             })
         }
     }
 
-    public struct State: Sendable, Equatable {
-        public var historyEpoch: String
-        /// Latest offset.
-        public var offset: Int64
-        /// First offset still in history (0 when history is empty).
-        public var firstOffset: Int64
-        public var epoch: Int64
-        public var keyedEpoch: Int64
-    }
-
     /// The channel's offsets and epochs, if `did` is a member.
-    public func state(_ id: ChannelID, for did: DID, completion: @escaping (Result<State, Failure>) -> Void) {
+    package func state(_ id: ChannelID, for did: DID, completion: @escaping StoreCompletion<ChannelState>) {
         run(Self.state, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.log(id)],
             arguments: [RedisArgument(did.description)]) { result in
             completion(result.flatMap { reply in
                 guard reply.status == "ok" else { return .failure(reply.refusal) }
                 guard let historyEpoch = reply.string(1), let offset = reply.int(2), let first = reply.int(3),
                     let epoch = reply.int(4), let keyed = reply.int(5)
-                else { return .failure(.store(.unexpectedReply("channel_state"))) }
-                return .success(State(historyEpoch: historyEpoch, offset: offset, firstOffset: first, epoch: epoch,
+                else { return .failure(.unavailable) }
+                return .success(ChannelState(historyEpoch: historyEpoch, offset: offset, firstOffset: first, epoch: epoch,
                                       keyedEpoch: keyed))
             })
         }
     }
 
-    /// Stored items with offsets in `after+1 ... through` (oldest first), at most `count`.
-    public func range(_ id: ChannelID, after: Int64, through: Int64? = nil, count: Int,
-                      completion: @escaping (Result<[[UInt8]], RedisError>) -> Void)
-    {
-        redis.send(["XRANGE", RedisKeys.log(id), RedisArgument("0-\(after + 1)"),
-                    through.map { RedisArgument("0-\($0)") } ?? "+", "COUNT", RedisArgument(count)]) { result in
-            completion(result.map(Self.items))
+    /// Stored items with offsets after `after` (oldest first), at most `count`.
+    package func range(_ id: ChannelID, after: Int64, count: Int, completion: @escaping StoreCompletion<[ChannelItem]>) {
+        redis.send(["XRANGE", RedisKeys.log(id), RedisArgument("0-\(after + 1)"), "+", "COUNT", RedisArgument(count)]) {
+            result in
+            completion(result.unavailableOnFailure.map(Self.items))
         }
     }
 
     /// Stored items before `before` (or the newest), newest first, at most `count`.
-    public func reverseRange(_ id: ChannelID, before: Int64?, count: Int,
-                             completion: @escaping (Result<[[UInt8]], RedisError>) -> Void)
+    package func reverseRange(_ id: ChannelID, before: Int64?, count: Int,
+                              completion: @escaping StoreCompletion<[ChannelItem]>)
     {
         let end: RedisArgument = before.map { RedisArgument("0-\(max(0, $0 - 1))") } ?? "+"
         redis.send(["XREVRANGE", RedisKeys.log(id), end, "-", "COUNT", RedisArgument(count)]) { result in
-            completion(result.map(Self.items))
+            completion(result.unavailableOnFailure.map(Self.items))
         }
     }
 
-    /// Channel metadata and members, for a description. Nil when the channel does not exist.
-    public func metadata(_ id: ChannelID,
-                         completion: @escaping (Result<(fields: [String: String], members: [DID])?, RedisError>) -> Void)
-    {
+    /// Channel metadata and members, for a description. Nil when the channel does not exist. The field names are
+    /// the ones the scripts above write.
+    package func record(_ id: ChannelID, completion: @escaping StoreCompletion<ChannelRecord?>) {
         var meta: RedisValue?
         redis.send(["HGETALL", RedisKeys.channel(id)]) { result in
             if case .success(let value) = result { meta = value }
         }
         redis.send(["SMEMBERS", RedisKeys.members(id)]) { result in
-            completion(result.map { membersValue in
-                guard let fields = meta?.stringPairs, !fields.isEmpty else { return nil }
+            completion(result.unavailableOnFailure.map { membersValue in
+                guard let fields = meta?.stringPairs, !fields.isEmpty,
+                    let owner = fields["owner"].flatMap(DID.init(parsing:))
+                else { return nil }
                 let members = (membersValue.array ?? []).compactMap { $0.bytes }
                     .compactMap { DID(parsing: String(decoding: $0, as: UTF8.self)) }
-                return (fields, members)
+                let int: (String) -> Int64 = { fields[$0].flatMap { Int64($0) } ?? 0 }
+                return ChannelRecord(name: fields["name"] ?? "", owner: owner, open: fields["open"] == "1",
+                                     epoch: int("epoch"), keyedEpoch: int("keyedEpoch"), offset: int("seq"),
+                                     historyEpoch: fields["historyEpoch"] ?? "", members: members)
             })
         }
     }
 
     /// The channels in an agent's index.
-    public func channels(of did: DID, completion: @escaping (Result<[ChannelID], RedisError>) -> Void) {
+    package func channels(of did: DID, completion: @escaping StoreCompletion<[ChannelID]>) {
         redis.send(["SMEMBERS", RedisKeys.agentChannels(did)]) { result in
-            completion(result.map { value in
+            completion(result.unavailableOnFailure.map { value in
                 (value.array ?? []).compactMap { $0.bytes }.compactMap { ChannelID(String(decoding: $0, as: UTF8.self)) }
                     .sorted { $0.rawValue < $1.rawValue }
             })
         }
-    }
-
-    /// Publishes a `channel.event` frame on the channel's feed.
-    public func publishEvent(_ id: ChannelID, frame: [UInt8]) {
-        redis.send(["PUBLISH", RedisKeys.feed(id), RedisArgument(frame)]) { _ in }
     }
 
     // MARK: Helpers
@@ -374,20 +331,20 @@ public final class ChannelStore {
     }
 
     private func run(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument],
-                     completion: @escaping (Result<ScriptReply, Failure>) -> Void)
+                     completion: @escaping StoreCompletion<ScriptReply>)
     {
         redis.scripts.call(script.name, keys: keys, arguments: arguments) { result in
-            completion(result.mapError { .store($0) }.map(ScriptReply.init))
+            completion(result.unavailableOnFailure.map(ScriptReply.init))
         }
     }
 
-    private static func items(_ value: RedisValue) -> [[UInt8]] {
+    private static func items(_ value: RedisValue) -> [ChannelItem] {
         (value.array ?? []).compactMap { entry in
             // [id, [field, value, field, value]]; the item is the value of "m".
             guard let parts = entry.array, parts.count == 2, let fields = parts[1].array else { return nil }
             var index = 0
             while index + 1 < fields.count {
-                if fields[index].bytes == Array("m".utf8) { return fields[index + 1].bytes }
+                if fields[index].bytes == Array("m".utf8) { return fields[index + 1].bytes.flatMap(ChannelItem.init(bytes:)) }
                 index += 2
             }
             return nil
@@ -412,12 +369,17 @@ struct ScriptReply {
     }
     var flag: Bool { int(2) == 1 }
 
-    var refusal: ChannelStore.Failure {
-        .refused(ChannelStore.Refusal(rawValue: status) ?? .notFound, epoch: int(1))
+    var refusal: StoreFailure {
+        .refused(ChannelRefusal(rawValue: status) ?? .notFound, epoch: int(1))
     }
 
-    var epochResult: Result<Int64, ChannelStore.Failure> {
+    var epochResult: StoreResult<Int64> {
         guard status == "ok" else { return .failure(refusal) }
-        return int(1).map { .success($0) } ?? .failure(.store(.unexpectedReply("no epoch")))
+        return int(1).map { .success($0) } ?? .failure(.unavailable)
     }
+}
+
+extension Result where Failure == RedisError {
+    /// A Redis failure as the core sees it: the store is unavailable (and the request changed nothing).
+    var unavailableOnFailure: StoreResult<Success> { mapError { _ in StoreFailure.unavailable } }
 }

@@ -1,10 +1,12 @@
+import AgentChatCore
 import AgentChatProtocol
+import AgentChatRedis
 
 /// Listed channels, their public indicators, and agent presence in Redis. Loop-bound.
-public final class IndicatorStore {
+package final class IndicatorStore: IndicatorStoring {
     private let redis: RedisClient
 
-    public init(redis: RedisClient) {
+    package init(redis: RedisClient) {
         self.redis = redis
         redis.scripts.register(Self.listing)
         redis.scripts.register(Self.indicators)
@@ -34,48 +36,47 @@ public final class IndicatorStore {
         """)
 
     /// Lists or unlists a channel (owner only) and updates the directory.
-    public func setListing(_ id: ChannelID, owner: DID, listed: Bool, title: String, topic: String,
-                           completion: @escaping (Result<Void, ChannelStore.Failure>) -> Void)
+    package func setListing(_ id: ChannelID, owner: DID, listed: Bool, title: String, topic: String,
+                            completion: @escaping StoreCompletion<Void>)
     {
         redis.scripts.call(Self.listing.name, keys: [RedisKeys.channel(id), RedisKeys.members(id)],
                            arguments: [RedisArgument(owner.description), listed ? "1" : "0", RedisArgument(title),
                                        RedisArgument(topic)]) { [redis] result in
             switch result.map(ScriptReply.init) {
-            case .failure(let error): completion(.failure(.store(error)))
+            case .failure: completion(.failure(.unavailable))
             case .success(let reply) where reply.status != "ok": completion(.failure(reply.refusal))
             case .success(let reply):
                 let command: [RedisArgument] = listed
                     ? ["ZADD", RedisKeys.directory, RedisArgument(reply.int(1) ?? 0), RedisArgument(id.rawValue)]
                     : ["ZREM", RedisKeys.directory, RedisArgument(id.rawValue)]
-                redis.send(command) { result in completion(result.map { _ in () }.mapError { .store($0) }) }
+                redis.send(command) { result in completion(result.map { _ in () }.unavailableOnFailure) }
             }
         }
     }
 
     /// Moves a listed channel up the directory after activity.
-    public func touch(_ id: ChannelID, at time: Int64) {
+    package func touch(_ id: ChannelID, at time: Int64) {
         redis.send(["ZADD", RedisKeys.directory, "XX", RedisArgument(time), RedisArgument(id.rawValue)]) { _ in }
     }
 
     /// Listed channels, most recently active first.
-    public func directory(cursor: Int, limit: Int, completion: @escaping (Result<[ChannelID], RedisError>) -> Void) {
+    package func directory(cursor: Int, limit: Int, completion: @escaping StoreCompletion<[ChannelID]>) {
         redis.send(["ZREVRANGE", RedisKeys.directory, RedisArgument(cursor), RedisArgument(cursor + limit - 1)]) {
             result in
-            completion(result.map { value in
+            completion(result.unavailableOnFailure.map { value in
                 (value.array ?? []).compactMap { $0.bytes }.compactMap { ChannelID(String(decoding: $0, as: UTF8.self)) }
             })
         }
     }
 
     /// The indicators of a channel; nil when it is not listed (or does not exist).
-    public func indicators(_ id: ChannelID, now: Int64,
-                           completion: @escaping (Result<ChannelIndicators?, RedisError>) -> Void)
+    package func indicators(_ id: ChannelID, now: Int64, completion: @escaping StoreCompletion<ChannelIndicators?>)
     {
         redis.scripts.call(Self.indicators.name, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.rate(id)],
                            arguments: [RedisArgument(now)]) { [redis] result in
             let reply: ScriptReply
             switch result {
-            case .failure(let error): return completion(.failure(error))
+            case .failure: return completion(.failure(.unavailable))
             case .success(let value): reply = ScriptReply(value)
             }
             guard reply.status == "ok", reply.values.count >= 9 else { return completion(.success(nil)) }
@@ -98,21 +99,21 @@ public final class IndicatorStore {
                     case .failure(let error): failure = error
                     }
                     remaining -= 1
-                    if remaining == 0 { completion(failure.map { .failure($0) } ?? .success(indicators)) }
+                    if remaining == 0 { completion(failure == nil ? .success(indicators) : .failure(.unavailable)) }
                 }
             }
         }
     }
 
     /// Marks agents present for `milliseconds` (refreshed while they stay connected).
-    public func markPresent(_ dids: [DID], milliseconds: Int64) {
+    package func markPresent(_ dids: [DID], milliseconds: Int64) {
         for did in dids {
             redis.send(["SET", RedisKeys.presence(did), "1", "PX", RedisArgument(milliseconds)]) { _ in }
         }
     }
 
     /// Lets an agent's presence run out after `milliseconds` (its last connection here closed).
-    public func expirePresence(_ did: DID, after milliseconds: Int64) {
+    package func expirePresence(_ did: DID, after milliseconds: Int64) {
         redis.send(["PEXPIRE", RedisKeys.presence(did), RedisArgument(milliseconds)]) { _ in }
     }
 }

@@ -1,11 +1,8 @@
-/// Token buckets kept in Redis, so a limit holds across every broker process. Loop-bound.
-public final class RateLimiter {
-    public enum Decision: Equatable, Sendable {
-        case allowed
-        /// Over the limit; a token is back after this many milliseconds.
-        case limited(retryAfterMilliseconds: Int64)
-    }
+import AgentChatCore
+import AgentChatRedis
 
+/// Token buckets kept in Redis, so a limit holds across every broker process. Loop-bound.
+package final class RateLimiter: RateLimiting {
     private let redis: RedisClient
 
     /// Refills at `ARGV[1]` tokens per minute up to `ARGV[2]`, on Redis' clock, and takes one if it can.
@@ -30,14 +27,14 @@ public final class RateLimiter {
         return {allowed, retry}
         """)
 
-    public init(redis: RedisClient) {
+    package init(redis: RedisClient) {
         self.redis = redis
         redis.scripts.register(Self.script)
     }
 
     /// Takes one token from bucket `name` of `client`, refilled at `perMinute` up to `burst`.
-    public func take(_ name: String, client: String, perMinute: Int, burst: Int,
-                     completion: @escaping (Result<Decision, RedisError>) -> Void)
+    package func take(_ name: String, client: String, perMinute: Int, burst: Int,
+                      completion: @escaping StoreCompletion<RateDecision>)
     {
         redis.scripts.call(Self.script.name, keys: [RedisKeys.rateLimit(name, client: client)],
                            arguments: [RedisArgument(perMinute), RedisArgument(burst)]) { result in
@@ -46,7 +43,7 @@ public final class RateLimiter {
                     return .failure(.unexpectedReply("rate_limit returned \(value)"))
                 }
                 return .success(allowed == 1 ? .allowed : .limited(retryAfterMilliseconds: Int64(retry)))
-            })
+            }.unavailableOnFailure)
         }
     }
 }

@@ -1,4 +1,5 @@
 import AgentChatProtocol
+import AgentChatRedis
 
 /// Every Redis key the broker uses, in one place. Keys that one atomic step touches together share a hash tag
 /// (`{…}`), so the layout works unchanged on a Redis Cluster.

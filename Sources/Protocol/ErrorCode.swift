@@ -48,8 +48,9 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let alreadyAuthenticated = ErrorCode(rawValue: "already_authenticated")
 
     // Channels.
-    /// No such channel, or a private channel the agent is not a member of, or no such keys.
-    public static let channelNotFound = ErrorCode(rawValue: "not_found")
+    /// No such channel, or a private channel the agent is not a member of, or no such keys; over HTTP, no
+    /// endpoint at this path.
+    public static let notFound = ErrorCode(rawValue: "not_found")
     /// The agent may not do this (remove without being the owner).
     public static let forbidden = ErrorCode(rawValue: "forbidden")
     /// The agent is not a member of this channel.
@@ -68,8 +69,6 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let unsupportedMediaType = ErrorCode(rawValue: "unsupported_media_type")
     /// A CORS preflight from an origin that is not allowed.
     public static let originNotAllowed = ErrorCode(rawValue: "origin_not_allowed")
-    /// No endpoint at this path.
-    public static let notFound = ErrorCode(rawValue: "not_found")
     /// The endpoint exists but not for this method.
     public static let methodNotAllowed = ErrorCode(rawValue: "method_not_allowed")
     /// The request body is larger than the configured cap.

@@ -47,9 +47,9 @@ public struct FrameCodec: Sendable {
                 frame = .ping(id: id)
             case "auth":
                 frame = .auth(id: id, try decodeAuth(&fields))
-            case let type where ClientFrame.viewerTypes.contains(type):
+            case let type where FrameType(rawValue: type).map(FrameType.viewerRequests.contains) == true:
                 frame = .viewer(id: id, try decodeViewerRequest(type, &fields))
-            case let type where Self.channelTypes.contains(type):
+            case let type where FrameType(rawValue: type).map(FrameType.channelRequests.contains) == true:
                 frame = .channel(id: id, try decodeChannelRequest(type, &fields))
             default:
                 throw ProtocolError(.unknownType, "unknown frame type \"\(Self.printable(type))\"")
@@ -63,10 +63,6 @@ public struct FrameCodec: Sendable {
                            type: type)
         }
     }
-
-    /// Every client frame type that is a channel request: the client's types that are neither login nor viewer ones.
-    static let channelTypes: Set<String> = Set(FrameType.allCases.filter { $0.direction != .fromBroker }.map(\.rawValue))
-        .subtracting(["ping", "auth"]).subtracting(ClientFrame.viewerTypes)
 
     private func decodeViewerRequest(_ type: String, _ fields: inout FrameFields) throws(ProtocolError)
         -> ViewerRequest

@@ -46,6 +46,14 @@ public enum FrameType: String, CaseIterable, Sendable {
         case fromClient, fromBroker, both
     }
 
+    /// Requests of viewers (public indicators; no login needed).
+    public static let viewerRequests: Set<FrameType> = [.directoryList, .indicatorsSubscribe, .indicatorsUnsubscribe]
+    /// What an unauthenticated connection may send: login, ping and the viewer requests.
+    public static let beforeAuthentication: Set<FrameType> = viewerRequests.union([.ping, .auth])
+    /// Channel, key and message requests: the client's types that are neither login nor viewer ones.
+    public static let channelRequests: Set<FrameType> = Set(allCases.filter { $0.direction != .fromBroker })
+        .subtracting(beforeAuthentication)
+
     public var direction: Direction {
         switch self {
         case .channelKeys: .both

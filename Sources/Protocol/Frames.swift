@@ -8,13 +8,6 @@ public enum ClientFrame: Equatable, Sendable {
     case channel(id: String?, ChannelRequest)
     /// A viewer's request for public indicators.
     case viewer(id: String?, ViewerRequest)
-
-    /// Frame types an unauthenticated connection may send.
-    public static let typesBeforeAuthentication: Set<String> = [
-        "ping", "auth", "directory.list", "indicators.subscribe", "indicators.unsubscribe",
-    ]
-    /// Frame types of viewers.
-    public static let viewerTypes: Set<String> = ["directory.list", "indicators.subscribe", "indicators.unsubscribe"]
 }
 
 /// How an agent proves who it is.

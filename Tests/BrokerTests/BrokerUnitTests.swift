@@ -2,6 +2,8 @@ import AgentChatProtocol
 import Testing
 
 @testable import AgentChatBroker
+@testable import AgentChatCore
+@testable import AgentChatTransport
 
 @Suite struct InboundAssemblerTests {
     private func piece(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) -> InboundAssembler.Outcome)

@@ -1,4 +1,4 @@
-import AgentChatPersistence
+import AgentChatRedis
 import Foundation
 import Synchronization
 
