@@ -20,146 +20,75 @@ public struct BrokerCommand: ParsableCommand {
             in --data-dir and stops it on exit.
             """)
 
-    @Option(help: "Address to listen on (env AGENTCHAT_HOST, default 127.0.0.1).")
-    var host: String?
-    @Option(help: "TCP port for HTTP and WebSocket; 0 picks a free port (env AGENTCHAT_PORT, default 8080).")
-    var port: Int?
-    @Option(help: ArgumentHelp(
-        "Redis to use, redis://host:port or unix:///path (env AGENTCHAT_REDIS_URL).",
-        discussion: "Omit it to run an embedded redis-server in the data directory."))
-    var redisURL: String?
-    @Option(help: "Directory for the embedded Redis's data and the broker's keys (env AGENTCHAT_DATA_DIR, default ./data).")
-    var dataDir: String?
-    @Option(help: "Embedded Redis AOF fsync policy: everysec or always (env AGENTCHAT_APPENDFSYNC, default everysec).")
-    var appendfsync: String?
-    @Option(help: "trace, debug, info, notice, warning, error or critical (env AGENTCHAT_LOG_LEVEL, default info).")
-    var logLevel: String?
-    @Option(help: "text or json: one JSON object per line on stderr (env AGENTCHAT_LOG_FORMAT, default text).")
-    var logFormat: String?
-    @Option(help: "Largest WebSocket message; larger closes with 1009 (env AGENTCHAT_MAX_MESSAGE_BYTES, default 65536).")
-    var maxMessageBytes: Int?
-    @Option(help: "Bytes queued for one slow client before it is closed with 4008 (env AGENTCHAT_MAX_QUEUE_BYTES, default 1048576).")
-    var maxQueueBytes: Int?
-    @Option(help: "Largest HTTP request body; larger gets 413 (env AGENTCHAT_MAX_BODY_BYTES, default 65536).")
-    var maxBodyBytes: Int?
-    @Option(help: "Frames per second one connection may send on average (env AGENTCHAT_FRAMES_PER_SECOND, default 1000).")
-    var framesPerSecond: Double?
-    @Option(help: "Seconds of silence before the broker pings a client (env AGENTCHAT_PING_INTERVAL, default 30).")
-    var pingInterval: Int?
-    @Option(help: "Seconds after a ping without any answer before the connection is dropped (env AGENTCHAT_PING_TIMEOUT, default 10).")
-    var pingTimeout: Int?
-    @Option(help: "Receive buffer per WebSocket connection, bytes (env AGENTCHAT_RX_BUFFER_BYTES, default 1024).")
-    var rxBufferBytes: Int?
-    @Option(help: "The broker's identity in login challenges and tokens; brokers behind one address share it (env AGENTCHAT_ISSUER, default http://HOST:PORT).")
-    var issuer: String?
-    @Option(help: "Comma-separated origins allowed to call the REST API from a browser (env AGENTCHAT_CORS_ORIGINS, default none).")
-    var corsOrigins: String?
-    @Option(help: "Registrations per minute per client address (env AGENTCHAT_REGISTER_RATE, default 10).")
-    var registerRate: Int?
-    @Option(help: "Session token lifetime in seconds (env AGENTCHAT_TOKEN_TTL, default 900).")
-    var tokenTTL: Int?
-    @Option(help: "Messages kept per channel (env AGENTCHAT_HISTORY_MAX, default 10000).")
-    var historyMax: Int?
-    @Option(help: "Seconds a message is kept (env AGENTCHAT_HISTORY_MAX_AGE, default 2592000 = 30 days).")
-    var historyMaxAge: Int?
-    @Option(help: "Seconds after an agent's last connection closes before it counts as offline (env AGENTCHAT_ONLINE_GRACE, default 15).")
-    var onlineGrace: Double?
-    @Option(help: "Indicator updates per second per viewer, at most (env AGENTCHAT_INDICATOR_RATE, default 4).")
-    var indicatorRate: Double?
-    @Option(help: "Viewer connections per client address (env AGENTCHAT_VIEWER_CONNECTIONS_PER_ADDRESS, default 20).")
-    var viewerConnectionsPerAddress: Int?
-    @Option(help: "Frames per second a viewer may send (env AGENTCHAT_VIEWER_FRAMES_PER_SECOND, default 10).")
-    var viewerFramesPerSecond: Double?
-    @Flag(help: "Start a new token signing key; tokens signed by the old one stay valid (env AGENTCHAT_ROTATE_SIGNING_KEY=1).")
-    var rotateSigningKey = false
+    // Each option's help, variable, default and range are described once, in `BrokerSettings`.
+    @Option(help: BrokerSettings.host.help) var host: String?
+    @Option(help: BrokerSettings.port.help) var port: Int?
+    @Option(help: BrokerSettings.redisURL.help) var redisURL: String?
+    @Option(help: BrokerSettings.dataDirectory.help) var dataDir: String?
+    @Option(help: BrokerSettings.appendFsync.help) var appendfsync: String?
+    @Option(help: BrokerSettings.logLevel.help) var logLevel: String?
+    @Option(help: BrokerSettings.logFormat.help) var logFormat: String?
+    @Option(help: BrokerSettings.maxMessageBytes.help) var maxMessageBytes: Int?
+    @Option(help: BrokerSettings.maxQueueBytes.help) var maxQueueBytes: Int?
+    @Option(help: BrokerSettings.maxBodyBytes.help) var maxBodyBytes: Int?
+    @Option(help: BrokerSettings.framesPerSecond.help) var framesPerSecond: Double?
+    @Option(help: BrokerSettings.pingInterval.help) var pingInterval: Int?
+    @Option(help: BrokerSettings.pingTimeout.help) var pingTimeout: Int?
+    @Option(help: BrokerSettings.receiveBufferBytes.help) var rxBufferBytes: Int?
+    @Option(help: BrokerSettings.issuer.help) var issuer: String?
+    @Option(help: BrokerSettings.corsOrigins.help) var corsOrigins: String?
+    @Option(help: BrokerSettings.registerRate.help) var registerRate: Int?
+    @Option(help: BrokerSettings.tokenTTL.help) var tokenTTL: Int?
+    @Option(help: BrokerSettings.historyMax.help) var historyMax: Int?
+    @Option(help: BrokerSettings.historyMaxAge.help) var historyMaxAge: Int?
+    @Option(help: BrokerSettings.onlineGrace.help) var onlineGrace: Double?
+    @Option(help: BrokerSettings.indicatorRate.help) var indicatorRate: Double?
+    @Option(help: BrokerSettings.viewerConnectionsPerAddress.help) var viewerConnectionsPerAddress: Int?
+    @Option(help: BrokerSettings.viewerFramesPerSecond.help) var viewerFramesPerSecond: Double?
+    @Flag(help: BrokerSettings.rotateSigningKey.help) var rotateSigningKey = false
 
     public init() {}
 
     func resolvedConfiguration(environment: [String: String] = ProcessInfo.processInfo.environment) throws
         -> BrokerConfiguration
     {
-        func pick<T>(_ flag: T?, _ name: String, _ parse: (String) -> T?, _ fallback: T) throws -> T {
-            if let flag { return flag }
-            guard let raw = environment[name] else { return fallback }
-            guard let value = parse(raw) else { throw ValidationError("\(name)=\(raw) is not a valid value") }
+        typealias S = BrokerSettings
+        /// A string flag parsed like its variable.
+        func parsed<T>(_ flag: String?, _ setting: Setting<T>) throws -> T? {
+            guard let flag else { return nil }
+            guard let value = setting.parse(flag) else { throw ValidationError("\(flag) is not a valid value") }
             return value
         }
+        let env = environment
         var c = BrokerConfiguration()
-        c.host = try pick(host, "AGENTCHAT_HOST", { $0.isEmpty ? nil : $0 }, c.host)
-        c.port = try pick(port, "AGENTCHAT_PORT", { Int($0) }, c.port)
-        c.redisURL = try pick(redisURL, "AGENTCHAT_REDIS_URL", { $0 }, nil)
-        if c.redisURL?.isEmpty == true { c.redisURL = nil }
-        c.dataDirectory = try pick(dataDir, "AGENTCHAT_DATA_DIR", { $0.isEmpty ? nil : $0 }, c.dataDirectory)
-        let fsync = try pick(appendfsync, "AGENTCHAT_APPENDFSYNC", { $0 }, c.appendFsync.rawValue)
-        guard let fsyncValue = BrokerConfiguration.AppendFsync(rawValue: fsync) else {
-            throw ValidationError("appendfsync must be everysec or always, not \(fsync)")
-        }
-        c.appendFsync = fsyncValue
-        let level = try pick(logLevel, "AGENTCHAT_LOG_LEVEL", { $0 }, c.logLevel.rawValue)
-        guard let levelValue = Logger.Level(rawValue: level.lowercased()) else {
-            throw ValidationError("unknown log level \(level)")
-        }
-        c.logLevel = levelValue
-        let format = try pick(logFormat, "AGENTCHAT_LOG_FORMAT", { $0 }, c.logFormat.rawValue)
-        guard let formatValue = BrokerConfiguration.LogFormat(rawValue: format) else {
-            throw ValidationError("log format must be text or json, not \(format)")
-        }
-        c.logFormat = formatValue
-        c.limits.maxMessageBytes = try pick(maxMessageBytes, "AGENTCHAT_MAX_MESSAGE_BYTES", { Int($0) },
-                                            c.limits.maxMessageBytes)
-        c.limits.maxOutboundQueueBytes = try pick(maxQueueBytes, "AGENTCHAT_MAX_QUEUE_BYTES", { Int($0) },
-                                                  c.limits.maxOutboundQueueBytes)
-        c.limits.maxRequestBodyBytes = try pick(maxBodyBytes, "AGENTCHAT_MAX_BODY_BYTES", { Int($0) },
-                                                c.limits.maxRequestBodyBytes)
-        c.limits.framesPerSecond = try pick(framesPerSecond, "AGENTCHAT_FRAMES_PER_SECOND", { Double($0) },
-                                            c.limits.framesPerSecond)
+        c.host = try S.host.resolve(host, env)
+        c.port = try S.port.resolve(port, env)
+        c.redisURL = try S.redisURL.resolve(redisURL, env)
+        c.dataDirectory = try S.dataDirectory.resolve(dataDir, env)
+        c.appendFsync = try S.appendFsync.resolve(parsed(appendfsync, S.appendFsync), env)
+        c.logLevel = try S.logLevel.resolve(parsed(logLevel, S.logLevel), env)
+        c.logFormat = try S.logFormat.resolve(parsed(logFormat, S.logFormat), env)
+        c.limits.maxMessageBytes = try S.maxMessageBytes.resolve(maxMessageBytes, env)
+        c.limits.maxOutboundQueueBytes = try S.maxQueueBytes.resolve(maxQueueBytes, env)
+        c.limits.maxRequestBodyBytes = try S.maxBodyBytes.resolve(maxBodyBytes, env)
+        c.limits.framesPerSecond = try S.framesPerSecond.resolve(framesPerSecond, env)
         c.limits.frameBurst = max(1, c.limits.framesPerSecond * 2)
-        c.pingIntervalSeconds = try pick(pingInterval, "AGENTCHAT_PING_INTERVAL", { Int($0) }, c.pingIntervalSeconds)
-        c.pingTimeoutSeconds = try pick(pingTimeout, "AGENTCHAT_PING_TIMEOUT", { Int($0) }, c.pingTimeoutSeconds)
-        c.receiveBufferBytes = try pick(rxBufferBytes, "AGENTCHAT_RX_BUFFER_BYTES", { Int($0) }, c.receiveBufferBytes)
-
-        c.issuer = try pick(issuer, "AGENTCHAT_ISSUER", { $0.isEmpty ? nil : $0 }, nil)
-        let origins = try pick(corsOrigins, "AGENTCHAT_CORS_ORIGINS", { $0 }, "")
-        c.corsOrigins = origins.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-            .filter { !$0.isEmpty }
-        c.registrationsPerMinute = try pick(registerRate, "AGENTCHAT_REGISTER_RATE", { Int($0) },
-                                            c.registrationsPerMinute)
-        c.tokenLifetimeSeconds = try pick(tokenTTL, "AGENTCHAT_TOKEN_TTL", { Int($0) }, c.tokenLifetimeSeconds)
-        c.historyMaxCount = try pick(historyMax, "AGENTCHAT_HISTORY_MAX", { Int($0) }, c.historyMaxCount)
-        c.historyMaxAgeSeconds = try pick(historyMaxAge, "AGENTCHAT_HISTORY_MAX_AGE", { Int($0) }, c.historyMaxAgeSeconds)
-        guard c.historyMaxCount >= 1, c.historyMaxAgeSeconds >= 1 else {
-            throw ValidationError("history limits must be positive")
-        }
-        c.onlineGraceSeconds = try pick(onlineGrace, "AGENTCHAT_ONLINE_GRACE", { Double($0) }, c.onlineGraceSeconds)
-        c.indicatorRate = try pick(indicatorRate, "AGENTCHAT_INDICATOR_RATE", { Double($0) }, c.indicatorRate)
-        c.viewerConnectionsPerAddress = try pick(viewerConnectionsPerAddress, "AGENTCHAT_VIEWER_CONNECTIONS_PER_ADDRESS",
-                                                 { Int($0) }, c.viewerConnectionsPerAddress)
-        c.viewerFramesPerSecond = try pick(viewerFramesPerSecond, "AGENTCHAT_VIEWER_FRAMES_PER_SECOND", { Double($0) },
-                                           c.viewerFramesPerSecond)
-        guard c.onlineGraceSeconds >= 0.5, (0.1...50).contains(c.indicatorRate), c.viewerConnectionsPerAddress >= 1,
-            c.viewerFramesPerSecond > 0
-        else { throw ValidationError("viewer and indicator settings out of range") }
-        c.rotateSigningKey = rotateSigningKey || environment["AGENTCHAT_ROTATE_SIGNING_KEY"] == "1"
-
-        guard (0...65535).contains(c.port) else { throw ValidationError("port must be 0...65535") }
-        guard c.limits.maxMessageBytes >= 1024, c.limits.maxMessageBytes <= 16 << 20 else {
-            throw ValidationError("max message bytes must be between 1 KiB and 16 MiB")
-        }
+        c.pingIntervalSeconds = try S.pingInterval.resolve(pingInterval, env)
+        c.pingTimeoutSeconds = try S.pingTimeout.resolve(pingTimeout, env)
+        c.receiveBufferBytes = try S.receiveBufferBytes.resolve(rxBufferBytes, env)
+        c.issuer = try S.issuer.resolve(issuer, env)
+        c.corsOrigins = try S.corsOrigins.resolve(parsed(corsOrigins, S.corsOrigins), env)
+        c.registrationsPerMinute = try S.registerRate.resolve(registerRate, env)
+        c.tokenLifetimeSeconds = try S.tokenTTL.resolve(tokenTTL, env)
+        c.historyMaxCount = try S.historyMax.resolve(historyMax, env)
+        c.historyMaxAgeSeconds = try S.historyMaxAge.resolve(historyMaxAge, env)
+        c.onlineGraceSeconds = try S.onlineGrace.resolve(onlineGrace, env)
+        c.indicatorRate = try S.indicatorRate.resolve(indicatorRate, env)
+        c.viewerConnectionsPerAddress = try S.viewerConnectionsPerAddress.resolve(viewerConnectionsPerAddress, env)
+        c.viewerFramesPerSecond = try S.viewerFramesPerSecond.resolve(viewerFramesPerSecond, env)
+        c.rotateSigningKey = try S.rotateSigningKey.resolve(rotateSigningKey ? true : nil, env)
         guard c.limits.maxOutboundQueueBytes >= c.limits.maxMessageBytes else {
             throw ValidationError("max queue bytes must be at least max message bytes")
-        }
-        guard c.limits.maxRequestBodyBytes >= 0, c.limits.framesPerSecond > 0 else {
-            throw ValidationError("limits must be positive")
-        }
-        guard c.pingIntervalSeconds >= 1, c.pingTimeoutSeconds >= 1 else {
-            throw ValidationError("ping interval and timeout must be at least 1 second")
-        }
-        guard c.registrationsPerMinute >= 1 else { throw ValidationError("register rate must be at least 1") }
-        guard (60...86400).contains(c.tokenLifetimeSeconds) else {
-            throw ValidationError("token TTL must be between 60 and 86400 seconds")
-        }
-        guard (128...65536).contains(c.receiveBufferBytes) else {
-            throw ValidationError("rx buffer bytes must be between 128 and 65536")
         }
         return c
     }

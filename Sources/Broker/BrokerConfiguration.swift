@@ -1,7 +1,8 @@
 import AgentChatProtocol
 import Logging
 
-/// Everything the broker is configured with, resolved from flags, `AGENTCHAT_*` variables and defaults.
+/// Everything the broker is configured with, resolved from flags, `AGENTCHAT_*` variables and the defaults in
+/// `BrokerSettings`, where each setting is described.
 struct BrokerConfiguration: Sendable {
     enum AppendFsync: String, Sendable, CaseIterable {
         case everysec, always
@@ -11,41 +12,33 @@ struct BrokerConfiguration: Sendable {
         case text, json
     }
 
-    var host = "127.0.0.1"
-    var port = 8080
+    typealias S = BrokerSettings
+
+    var host = S.host.defaultValue!
+    var port = S.port.defaultValue!
     /// Where Redis is; nil starts an embedded `redis-server` in `dataDirectory`.
     var redisURL: String?
-    var dataDirectory = "./data"
-    var appendFsync = AppendFsync.everysec
-    var logLevel = Logger.Level.info
-    var logFormat = LogFormat.text
+    var dataDirectory = S.dataDirectory.defaultValue!
+    var appendFsync = S.appendFsync.defaultValue!
+    var logLevel = S.logLevel.defaultValue!
+    var logFormat = S.logFormat.defaultValue!
     var limits = Limits()
-    var receiveBufferBytes = 1024
-    var pingIntervalSeconds = 30
-    var pingTimeoutSeconds = 10
+    var receiveBufferBytes = S.receiveBufferBytes.defaultValue!
+    var pingIntervalSeconds = S.pingInterval.defaultValue!
+    var pingTimeoutSeconds = S.pingTimeout.defaultValue!
     /// The broker's identity in challenges and tokens (`iss`); nil means `http://<host>:<bound port>`. Every
     /// broker behind one address must share it.
     var issuer: String?
-    /// Origins allowed to call the REST API from a browser.
-    var corsOrigins: [String] = []
-    /// Registrations per minute per client address (also the burst).
-    var registrationsPerMinute = 10
-    /// Session token lifetime.
-    var tokenLifetimeSeconds = 900
-    /// Start a new signing key at startup (the previous one keeps verifying the tokens it signed).
-    var rotateSigningKey = false
-    /// Messages kept per channel.
-    var historyMaxCount = 10_000
-    /// Seconds a message is kept.
-    var historyMaxAgeSeconds = 30 * 24 * 3600
-    /// Seconds after its last connection closes before an agent counts as offline.
-    var onlineGraceSeconds = 15.0
-    /// Indicator frames per second per viewer, at most.
-    var indicatorRate = 4.0
-    /// Viewer connections per client address on one broker.
-    var viewerConnectionsPerAddress = 20
-    /// Frames per second a viewer may send.
-    var viewerFramesPerSecond = 10.0
+    var corsOrigins = S.corsOrigins.defaultValue!
+    var registrationsPerMinute = S.registerRate.defaultValue!
+    var tokenLifetimeSeconds = S.tokenTTL.defaultValue!
+    var rotateSigningKey = S.rotateSigningKey.defaultValue!
+    var historyMaxCount = S.historyMax.defaultValue!
+    var historyMaxAgeSeconds = S.historyMaxAge.defaultValue!
+    var onlineGraceSeconds = S.onlineGrace.defaultValue!
+    var indicatorRate = S.indicatorRate.defaultValue!
+    var viewerConnectionsPerAddress = S.viewerConnectionsPerAddress.defaultValue!
+    var viewerFramesPerSecond = S.viewerFramesPerSecond.defaultValue!
     /// Seconds to wait for WebSocket clients to take their 1001 close before the server stops anyway.
     var shutdownGraceSeconds = 3.0
 }

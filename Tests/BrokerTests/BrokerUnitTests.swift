@@ -116,10 +116,29 @@ import Testing
         (["--log-level", "loud"], [:]),
         (["--max-message-bytes", "10"], [:]),
         (["--max-queue-bytes", "2000"], [:]),
+        (["--indicator-rate", "100"], [:]),
+        ([], ["AGENTCHAT_PING_INTERVAL": "0"]),
+        ([], ["AGENTCHAT_TOKEN_TTL": "10"]),
+        ([], ["AGENTCHAT_ROTATE_SIGNING_KEY": "yes"]),
     ])
     func refusesInvalidSettings(arguments: [String], environment: [String: String]) {
         #expect(throws: (any Error).self) {
             try BrokerCommand.parse(arguments).resolvedConfiguration(environment: environment)
         }
+    }
+}
+
+@Suite struct SettingsHelpTests {
+    /// `--help` is written from the same descriptions the values are resolved from: each names its variable and
+    /// its default.
+    @Test func helpNamesEachVariableAndDefault() {
+        let help = BrokerCommand.helpMessage(columns: 400)
+        for (variable, shown) in [("AGENTCHAT_PORT", "8080"), ("AGENTCHAT_TOKEN_TTL", "900"),
+                                  ("AGENTCHAT_INDICATOR_RATE", "4"), ("AGENTCHAT_MAX_QUEUE_BYTES", "1048576"),
+                                  ("AGENTCHAT_LOG_LEVEL", "info")] {
+            #expect(help.contains("(env \(variable), default \(shown))"), "\(variable)")
+        }
+        let defaults = BrokerConfiguration()
+        #expect(defaults.port == BrokerSettings.port.defaultValue && defaults.tokenLifetimeSeconds == 900)
     }
 }
