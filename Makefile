@@ -34,6 +34,7 @@ run: build
 # Also builds what `make run` builds (release), where the compiler has differed from debug.
 test: EXTRA_PACKAGES = $(TEST_PACKAGES)
 test: deps
+	$(PYTHON) scripts/check-layers.py
 	$(SWIFT) build -c release --product agentchat-broker
 	$(PYTHON) -c "import selenium" 2>/dev/null || $(PYTHON) -m pip install -q selenium \
 		|| $(PYTHON) -m pip install -q --break-system-packages selenium
