@@ -32,9 +32,15 @@ package class InMemoryStore {
     {
         clock.enqueue { [self] in
             calls[name, default: 0] += 1
-            completion(isAvailable ? operation() : .failure(.unavailable))
+            let result = isAvailable ? operation() : .failure(.unavailable)
+            clock.enqueue(afterTurns: replyTurns) { completion(result) }
         }
     }
+
+    /// Turns between carrying out an operation and its completion (0: in the same turn). With 2 or more, feed
+    /// messages published after an operation arrive before its reply, as they may from Redis (pub/sub and commands
+    /// are different connections).
+    package var replyTurns = 0
 
     /// Runs `operation` in a later turn if the store is available then; nothing is reported.
     func performUnacknowledged(_ name: String, _ operation: @escaping () -> Void) {

@@ -39,6 +39,12 @@ package final class ManualClock: BrokerClock {
     /// Queues `work` for the next turn: how twins complete "later".
     package func enqueue(_ work: @escaping () -> Void) { queue.append(work) }
 
+    /// Runs `work` `turns` turns after this one (0: now, from inside a turn's work; 1: like `enqueue`).
+    package func enqueue(afterTurns turns: Int, _ work: @escaping () -> Void) {
+        guard turns > 0 else { return work() }
+        enqueue { [self] in enqueue(afterTurns: turns - 1, work) }
+    }
+
     /// Whether a turn would do anything now.
     package var hasWork: Bool { !queue.isEmpty || nextDue.map { $0 <= monotonicMilliseconds } == true }
 
