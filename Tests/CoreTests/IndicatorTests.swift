@@ -103,6 +103,41 @@ import Testing
         #expect(Self.updates(slow.takeFrames(), f.channel).map { $0?.messages } == [18], "the newest, no backlog")
     }
 
+    /// Defect: a read for one viewer's request refreshed the shared snapshot, so the next tick saw no change and
+    /// viewers already watching never got the new values.
+    @Test func anotherViewerSubscribingDoesNotSwallowAnUpdate() throws {
+        let f = Fixture()
+        let first = f.viewer()
+        f.send(1...5)
+        // A second viewer subscribes before the tick: its snapshot already holds the new values.
+        let second = f.viewer(address: "198.51.100.2")
+        f.h.clock.advance(by: Self.tick)
+        #expect(Self.updates(first.takeFrames(), f.channel).map { $0?.messages } == [5])
+        #expect(second.takeFrames().isEmpty, "its snapshot was the newest state")
+    }
+
+    /// Defect: a failed read was taken for "not listed": viewers were sent `listed: false` and stopped watching.
+    @Test func aStoreOutageIsNotReportedAsTheChannelBeingUnlisted() throws {
+        let f = Fixture()
+        let v = f.viewer()
+        f.h.indicatorStore.setAvailable(false)
+        f.h.clock.advance(by: 2 * Self.tick)
+        #expect(Self.updates(v.takeFrames(), f.channel).allSatisfy { $0?.listed != false })
+        f.h.indicatorStore.setAvailable(true)
+        f.send(1...3)
+        f.h.clock.advance(by: Self.tick)
+        let updates = Self.updates(v.takeFrames(), f.channel)
+        #expect(updates.map { $0?.messages } == [3], "still watching after the outage")
+    }
+
+    @Test func subscribingDuringAStoreOutageAnswersUnavailableNotNotFound() throws {
+        let f = Fixture()
+        let v = f.h.open(address: "198.51.100.3")
+        f.h.indicatorStore.setAvailable(false)
+        let replies = f.h.request(.viewer(id: "v", .subscribe([f.channel])), on: v)
+        #expect(replies.map(\.errorCode) == [.unavailable])
+    }
+
     @Test func unlistingIsSentOnceThenNothing() throws {
         let f = Fixture()
         let v = f.viewer()
