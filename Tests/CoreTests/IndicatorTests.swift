@@ -138,6 +138,17 @@ import Testing
         #expect(replies.map(\.errorCode) == [.unavailable])
     }
 
+    @Test func aSubscribeToAChannelThatIsNotListedSendsOtherViewersNothing() throws {
+        let f = Fixture()
+        let directoryViewer = f.h.open(address: "198.51.100.4")
+        f.h.request(.viewer(id: "d", .subscribeDirectory), on: directoryViewer)
+        let hidden = f.h.createChannel(owner: f.alice, on: f.a)
+        let v = f.h.open(address: "198.51.100.5")
+        #expect(f.h.request(.viewer(id: "v", .subscribe([hidden])), on: v).map(\.errorCode) == [.notFound])
+        f.h.clock.advance(by: 2 * Self.tick)
+        #expect(directoryViewer.takeFrames().isEmpty)
+    }
+
     @Test func unlistingIsSentOnceThenNothing() throws {
         let f = Fixture()
         let v = f.viewer()
