@@ -156,7 +156,7 @@ package final class CoreHarness {
         guard let challenge = challenge(on: connection) else { preconditionFailure("no hello") }
         let replies = request(.auth(id: nextID(), agent.credentials(broker: router.issuer, challenge: challenge)),
                               on: connection)
-        guard case .welcome(_, _, let token, _)? = replies.last else {
+        guard case .welcome(_, _, let token, _)? = replies.first else {
             preconditionFailure("login of \(agent.profile.name) failed: \(replies)")
         }
         return (connection, token)
@@ -169,9 +169,14 @@ package final class CoreHarness {
     package func createChannel(_ name: String = "test", owner: TestAgent, on connection: RecordingConnection,
                                members: [TestAgent] = [], open: Bool = false) -> ChannelID
     {
-        let replies = request(.channel(id: nextID(), .create(name: name, open: open, members: members.map(\.did))),
+        let id = nextID()
+        let replies = request(.channel(id: id, .create(name: name, open: open, members: members.map(\.did))),
                               on: connection)
-        guard case .channel(_, let description)? = replies.last else {
+        let created = replies.lazy.compactMap { frame -> ChannelDescription? in
+            if case .channel(id, let description) = frame { return description }
+            return nil
+        }.first
+        guard let description = created else {
             preconditionFailure("channel.create failed: \(replies)")
         }
         publishKeys(description.id, epoch: description.epoch, members: [owner] + members, by: owner, on: connection)
@@ -191,8 +196,9 @@ package final class CoreHarness {
             envelopes: Dictionary(uniqueKeysWithValues: envelopes.map { ($0.key.description, $0.value) }))
         let keys = ChannelKeys(channel: channel, epoch: epoch, envelopes: envelopes,
                                signature: Base64URL.encode(sender.keys.sign(signed)))
-        let replies = request(.channel(id: nextID(), .publishKeys(keys)), on: connection)
-        guard case .ok? = replies.last else { preconditionFailure("channel.keys failed: \(replies)") }
+        let id = nextID()
+        let replies = request(.channel(id: id, .publishKeys(keys)), on: connection)
+        guard replies.contains(.ok(ref: id)) else { preconditionFailure("channel.keys failed: \(replies)") }
     }
 
     /// A `message.send` frame with a dummy (well-formed) ciphertext.
@@ -207,11 +213,12 @@ package final class CoreHarness {
     }
 
     /// Sends `count` messages on `connection` in one turn (not run), numbered from `first`.
-    package func sendMessages(_ channel: ChannelID, count: Int, from first: Int = 1, on connection: RecordingConnection,
-                              ciphertextBytes: Int = 32)
+    package func sendMessages(_ channel: ChannelID, epoch: Int64 = 1, count: Int, from first: Int = 1,
+                              on connection: RecordingConnection, ciphertextBytes: Int = 32)
     {
         for n in first..<(first + count) {
-            send(message(channel, clientMessageID: "m\(n)", ciphertextBytes: ciphertextBytes), on: connection)
+            send(message(channel, epoch: epoch, clientMessageID: "m\(n)", ciphertextBytes: ciphertextBytes),
+                 on: connection)
         }
     }
 

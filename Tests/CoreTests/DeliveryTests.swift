@@ -169,6 +169,37 @@ import Testing
         #expect(f.b.sentFrames.allSatisfy { $0.count <= 4 * 1024 })
     }
 
+    @Test func subscribingAgainOnTheSameConnectionReplaysFromTheNewPointThenContinuesLiveOnce() {
+        let f = Fixture()
+        f.h.subscribe(f.channel, on: f.b)
+        f.send(1...5)
+        f.b.skipFrames()
+        // A client that saw a gap after 2 resubscribes from there (what the SDK's gap repair does).
+        let replay = f.h.subscribe(f.channel, since: 2, on: f.b)
+        f.send(6...7)
+        #expect(deliveredOffsets(replay + f.b.takeFrames()) == [3, 4, 5, 6, 7])
+    }
+
+    @Test func aRemovedMembersLastFrameIsItsOwnRemovalEvent() throws {
+        let f = Fixture()
+        f.h.subscribe(f.channel, on: f.b)
+        f.h.subscribe(f.channel, on: f.a)
+        f.send(1...2)
+        f.b.skipFrames()
+        #expect(f.h.request(.channel(id: "rm", .remove(f.channel, f.bob.did)), on: f.a).contains { $0.typeName == "ok" })
+        f.h.clock.runUntilIdle()
+        f.h.publishKeys(f.channel, epoch: 2, members: [f.alice], by: f.alice, on: f.a)
+        f.h.sendMessages(f.channel, epoch: 2, count: 2, from: 3, on: f.a)
+        f.h.clock.runUntilIdle()
+        let frames = f.b.takeFrames()
+        guard case .channelEvent(_, "member_removed", let did, 2)? = frames.last, frames.count == 1 else {
+            Issue.record("expected only Bob's removal, got \(frames)")
+            return
+        }
+        #expect(did == f.bob.did)
+        #expect(deliveredOffsets(f.a.frames) == [1, 2, 3, 4])
+    }
+
     @Test func aFailedHistoryReadIsRetriedNotSkipped() {
         let f = Fixture()
         f.h.subscribe(f.channel, on: f.b)
