@@ -99,6 +99,22 @@ import Testing
         #expect(deliveredOffsets(frames) == [4, 5, 6, 7, 8])
     }
 
+    /// Defect: a store that did not answer made `channel.describe` answer `not_found` (and `channel.list` leave the
+    /// channel out), which clients take as final.
+    @Test func describingOrListingDuringAStoreOutageAnswersUnavailable() throws {
+        let alice = h.makeAgent("alice")
+        let a = h.login(alice).connection
+        let channel = h.createChannel(owner: alice, on: a)
+        h.agents.setAvailable(false)
+        #expect(h.request(.channel(id: "d", .describe(channel)), on: a).map(\.errorCode) == [.unavailable])
+        #expect(h.request(.channel(id: "l", .list(after: nil, limit: 10)), on: a).map(\.errorCode) == [.unavailable])
+        h.agents.setAvailable(true)
+        h.channelStore.setAvailable(false)
+        #expect(h.request(.channel(id: "d", .describe(channel)), on: a).map(\.errorCode) == [.unavailable])
+        h.channelStore.setAvailable(true)
+        #expect(describe(channel, on: a)?.id == channel)
+    }
+
     @Test func everyFrameSentIsCountedIncludingViewerAndHistoryFrames() throws {
         let alice = h.makeAgent("alice")
         let bob = h.makeAgent("bob")
