@@ -83,7 +83,10 @@ let package = Package(
 
         .target(name: "TestSupport", dependencies: ["WebSocketClient", "AgentChatRedis"], path: "Tests/TestSupport"),
         // In-memory twins of the core's stores, a manual clock and a recording connection.
-        .target(name: "CoreTestSupport", dependencies: ["AgentChatCore", "AgentChatProtocol"],
+        .target(name: "CoreTestSupport",
+                dependencies: ["AgentChatCore", "AgentChatProtocol", "AgentChatCrypto",
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "MetricsTestKit", package: "swift-metrics")],
                 path: "Tests/CoreTestSupport"),
         .testTarget(name: "ProtocolTests", dependencies: ["AgentChatProtocol"]),
         .testTarget(name: "CryptoTests", dependencies: ["AgentChatCrypto", "AgentChatProtocol"]),

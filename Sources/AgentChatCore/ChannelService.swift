@@ -105,8 +105,9 @@ final class ChannelService {
                 case .success(let ids):
                     let rest = ids.filter { after == nil || $0.rawValue > after!.rawValue }
                     let page = Array(rest.prefix(limit))
-                    describeAll(page, for: did) { [self] descriptions in
+                    describeAll(page, for: did) { [self] descriptions, failed in
                         guard let session else { return }
+                        if failed { return storeFailure(.unavailable) }
                         outbox.sendPaced(channelsPage(descriptions, ref: id, more: rest.count > page.count,
                                                last: page.last, budget: session.queueLimit / 2), to: session)
                     }
@@ -280,29 +281,39 @@ final class ChannelService {
     private func describe(_ channel: ChannelID, for did: DID, ref: String?, reply: @escaping (ServerFrame) -> Void,
                           fail: @escaping (ErrorCode, String) -> Void)
     {
-        describeAll([channel], for: did) { descriptions in
+        describeAll([channel], for: did) { descriptions, failed in
+            if failed { return fail(.unavailable, ProtocolError(StoreFailure.unavailable).message) }
             guard let description = descriptions.first else { return fail(.notFound, "no such channel") }
             reply(.channel(ref: ref, description))
         }
     }
 
-    /// Descriptions of the channels `did` is a member of, in the order given; others are left out.
-    private func describeAll(_ ids: [ChannelID], for did: DID, completion: @escaping ([ChannelDescription]) -> Void) {
-        guard !ids.isEmpty else { return completion([]) }
+    /// Descriptions of the channels `did` is a member of, in the order given; others are left out. `failed`: some
+    /// lookup failed (the store did not answer), so channels or members may be missing.
+    private func describeAll(_ ids: [ChannelID], for did: DID,
+                             completion: @escaping (_ descriptions: [ChannelDescription], _ failed: Bool) -> Void)
+    {
+        guard !ids.isEmpty else { return completion([], false) }
         var results: [ChannelID: ChannelDescription] = [:]
+        var failed = false
         var remaining = ids.count
         let finish = {
             remaining -= 1
-            if remaining == 0 { completion(ids.compactMap { results[$0] }) }
+            if remaining == 0 { completion(ids.compactMap { results[$0] }, failed) }
         }
         for channel in ids {
             store.record(channel) { [self] result in
+                if case .failure = result { failed = true }
                 guard case .success(let meta?) = result, meta.members.contains(did) else { return finish() }
                 var profiles: [DID: AgentProfile] = [:]
                 var pendingProfiles = meta.members.count
                 for member in meta.members {
                     agents.profile(member) { profile in
-                        if case .success(let profile?) = profile { profiles[member] = profile }
+                        switch profile {
+                        case .success(let profile?): profiles[member] = profile
+                        case .success(nil): break
+                        case .failure: failed = true
+                        }
                         pendingProfiles -= 1
                         guard pendingProfiles == 0 else { return }
                         let members = meta.members.sorted { $0.description < $1.description }.compactMap { did in

@@ -69,14 +69,16 @@ final class IndicatorService {
             store.directory(cursor: cursor, limit: limit + 1) { [self] result in
                 guard case .success(let found) = result else { return refuse(ProtocolError(StoreFailure.unavailable)) }
                 let ids = Array(found.prefix(limit))
-                read(ids) { indicators in
+                read(ids) { indicators, failed in
+                    if failed { return refuse(ProtocolError(StoreFailure.unavailable)) }
                     let listed = ids.compactMap { indicators[$0] }
                     reply(.directory(ref: id, listed, next: found.count > limit ? cursor + limit : nil))
                 }
             }
         case .subscribe(let ids):
-            read(ids) { [self, weak viewer] indicators in
+            read(ids) { [self, weak viewer] indicators, failed in
                 guard let viewer else { return }
+                if failed { return refuse(ProtocolError(StoreFailure.unavailable)) }
                 if let missing = ids.first(where: { indicators[$0] == nil }) {
                     return refuse(ProtocolError(.notFound, "\(missing) is not a listed channel"))
                 }
@@ -89,7 +91,8 @@ final class IndicatorService {
                 guard let viewer else { return }
                 guard case .success(let ids) = result else { return refuse(ProtocolError(StoreFailure.unavailable)) }
                 directoryChannels = ids
-                read(ids) { indicators in
+                read(ids) { indicators, failed in
+                    if failed { return refuse(ProtocolError(StoreFailure.unavailable)) }
                     viewer.directory = true
                     viewer.stale.removeAll()
                     reply(.indicators(ref: id, ids.compactMap { indicators[$0] }))
@@ -112,21 +115,38 @@ final class IndicatorService {
 
     func isViewer(_ session: Session) -> Bool { viewers[session.id] != nil }
 
-    /// Reads the indicators of `ids` (listed ones only), remembering them as the latest snapshots.
-    private func read(_ ids: [ChannelID], completion: @escaping ([ChannelID: ChannelIndicators]) -> Void) {
-        guard !ids.isEmpty else { return completion([:]) }
+    /// Reads the indicators of `ids`: the listed ones, and whether some read failed. What was read becomes the
+    /// latest snapshot (`.unlisted` for a known channel no longer listed); a snapshot that changed is marked stale for
+    /// every viewer watching it, whichever request read it. A failed read changes nothing.
+    private func read(_ ids: [ChannelID], completion: @escaping ([ChannelID: ChannelIndicators], Bool) -> Void) {
+        guard !ids.isEmpty else { return completion([:], false) }
         var results: [ChannelID: ChannelIndicators] = [:]
+        var failed = false
         var remaining = ids.count
         let now = clock.unixMilliseconds
         for id in ids {
             store.indicators(id, now: now) { [self] result in
-                if case .success(let indicators?) = result {
+                switch result {
+                case .success(let indicators?):
                     results[id] = indicators
-                    snapshots[id] = indicators
+                    record(indicators)
+                case .success(nil):
+                    // Unlisted now: news only for a channel that was known listed.
+                    if snapshots[id] != nil { record(.unlisted(id)) }
+                case .failure:
+                    failed = true
                 }
                 remaining -= 1
-                if remaining == 0 { completion(results) }
+                if remaining == 0 { completion(results, failed) }
             }
+        }
+    }
+
+    private func record(_ indicators: ChannelIndicators) {
+        guard snapshots[indicators.id] != indicators else { return }
+        snapshots[indicators.id] = indicators
+        for viewer in viewers.values where viewer.directory || viewer.channels.contains(indicators.id) {
+            viewer.stale.insert(indicators.id)
         }
     }
 
@@ -155,18 +175,8 @@ final class IndicatorService {
         refreshDirectory { [self] in
             var watched = Set(directoryChannels.filter { _ in watchesDirectory })
             for viewer in viewers.values { watched.formUnion(viewer.channels) }
-            let previous = snapshots
-            let ids = Array(watched)
-            read(ids) { [self] current in
+            read(Array(watched)) { [self] _, _ in
                 tickInFlight = false
-                for id in ids {
-                    let now = current[id] ?? .unlisted(id)
-                    if current[id] == nil { snapshots[id] = now }
-                    guard previous[id] != now else { continue }
-                    for viewer in viewers.values where viewer.directory || viewer.channels.contains(id) {
-                        viewer.stale.insert(id)
-                    }
-                }
                 push()
             }
         }

@@ -1,0 +1,151 @@
+import AgentChatCore
+import AgentChatProtocol
+import CoreTestSupport
+import Testing
+
+/// Logging in through `FrameRouter`: challenge signatures, session tokens, failures and the closes
+/// `SessionAuthStateMachine` decides.
+@Suite struct LoginTests {
+    let h = CoreHarness()
+
+    /// The challenge of the `hello` among `frames` (the last one).
+    func challenge(in frames: [ServerFrame]) -> String? {
+        frames.reversed().lazy.compactMap { frame -> String? in
+            if case .hello(_, let challenge, _) = frame { return challenge }
+            return nil
+        }.first
+    }
+
+    @Test func aSignedChallengeIsWelcomedWithATokenThatLogsInAgain() throws {
+        let alice = h.makeAgent("alice")
+        let c = h.open()
+        let hello = c.takeFrames()
+        guard case .hello(let broker, let challenge, let expiresAt)? = hello.first, hello.count == 1 else {
+            Issue.record("expected one hello, got \(hello)")
+            return
+        }
+        #expect(broker == h.router.issuer)
+        #expect(expiresAt == h.clock.unixMilliseconds + AuthChallenge.lifetime)
+        let replies = h.request(.auth(id: "a1", alice.credentials(broker: broker, challenge: challenge)), on: c)
+        guard case .welcome("a1", let profile, let token, let tokenExpiry)? = replies.first, replies.count == 1 else {
+            Issue.record("expected a welcome, got \(replies)")
+            return
+        }
+        #expect(profile == alice.profile)
+        #expect(tokenExpiry == h.clock.unixMilliseconds + Int64(h.configuration.tokenLifetimeSeconds) * 1000)
+
+        // Logged in: channel requests are served.
+        #expect(h.request(.channel(id: "l", .list(after: nil, limit: 10)), on: c).map(\.typeName) == ["channels"])
+
+        // The token logs in on a new connection, without a signature.
+        let d = h.open()
+        let again = h.request(.auth(id: "a2", .token(token)), on: d)
+        guard case .welcome("a2", let sameProfile, _, _)? = again.first else {
+            Issue.record("expected a welcome for the token, got \(again)")
+            return
+        }
+        #expect(sameProfile.did == alice.did)
+    }
+
+    @Test func aBadSignatureIsRefusedWithAFreshChallengeAndTheNewOneWorks() throws {
+        let alice = h.makeAgent("alice")
+        let mallory = h.makeAgent("mallory")
+        let c = h.open()
+        let first = try #require(challenge(in: c.takeFrames()))
+        // Signed by the wrong key.
+        let forged = AuthCredentials.signature(
+            did: alice.did, signature: mallory.keys.sign(AuthChallenge.signedBytes(broker: h.router.issuer,
+                                                                                   challenge: first)))
+        let refused = h.request(.auth(id: "a1", forged), on: c)
+        #expect(refused.map(\.typeName) == ["error", "hello"])
+        #expect(refused.first?.errorCode == .authFailed)
+        let second = try #require(challenge(in: refused))
+        #expect(second != first)
+
+        // The old challenge is used up; the new one logs in.
+        let stale = h.request(.auth(id: "a2", alice.credentials(broker: h.router.issuer, challenge: first)), on: c)
+        #expect(stale.first?.errorCode == .authFailed)
+        let third = try #require(challenge(in: stale))
+        let welcome = h.request(.auth(id: "a3", alice.credentials(broker: h.router.issuer, challenge: third)), on: c)
+        #expect(welcome.map(\.typeName) == ["welcome"])
+        #expect(c.closeCode == nil)
+    }
+
+    @Test func anUnregisteredAgentOrAForgedTokenIsRefused() throws {
+        let stranger = h.makeAgent("stranger", registered: false)
+        let c = h.open()
+        let first = try #require(challenge(in: c.takeFrames()))
+        let replies = h.request(.auth(id: "a", stranger.credentials(broker: h.router.issuer, challenge: first)),
+                                on: c)
+        #expect(replies.map(\.typeName) == ["error", "hello"])
+        #expect(replies.first?.errorCode == .authFailed)
+
+        let tokenReplies = h.request(.auth(id: "t", .token("eyJhbGciOiJFZERTQSJ9.e30.AAAA")), on: c)
+        #expect(tokenReplies.first?.errorCode == .tokenInvalid)
+    }
+
+    @Test func anExpiredChallengeIsRefusedWithANewOne() throws {
+        let alice = h.makeAgent("alice")
+        let c = h.open()
+        let old = try #require(challenge(in: c.takeFrames()))
+        h.clock.advance(by: UInt64(AuthChallenge.lifetime) + 1)
+        let replies = h.request(.auth(id: "a", alice.credentials(broker: h.router.issuer, challenge: old)), on: c)
+        #expect(replies.map(\.typeName) == ["error", "hello"])
+        #expect(replies.first?.errorCode == .challengeExpired)
+    }
+
+    @Test func framesBeforeLoginAreRefusedAndTooManyCloseTheConnection() throws {
+        let c = h.open()
+        c.skipFrames()
+        // ping is served before login.
+        #expect(h.request(.ping(id: "p"), on: c).map(\.typeName) == ["pong"])
+        for n in 1...4 {
+            let replies = h.request(.channel(id: "l\(n)", .list(after: nil, limit: 10)), on: c)
+            guard case .error(let error, let ref)? = replies.first, replies.count == 1 else {
+                Issue.record("expected one error, got \(replies)")
+                return
+            }
+            #expect(error.code == .notAuthenticated && ref == "l\(n)")
+            #expect(c.isOpen)
+        }
+        let last = h.request(.channel(id: "l5", .list(after: nil, limit: 10)), on: c)
+        #expect(last.first?.errorCode == .notAuthenticated)
+        #expect(c.closeCode == .authenticationFailed)
+        #expect(h.router.connectionCount == 0, "the router forgot the closed connection")
+    }
+
+    @Test func threeFailedAttemptsCloseTheConnection() throws {
+        let alice = h.makeAgent("alice")
+        let c = h.open()
+        try #require(challenge(in: c.takeFrames()) != nil)
+        for attempt in 1...3 {
+            let bad = AuthCredentials.signature(did: alice.did, signature: [UInt8](repeating: 0, count: 64))
+            let replies = h.request(.auth(id: "a\(attempt)", bad), on: c)
+            #expect(replies.first?.errorCode == .authFailed)
+            if attempt < 3 {
+                #expect(replies.map(\.typeName) == ["error", "hello"])
+                #expect(c.isOpen)
+                #expect(challenge(in: replies) != nil)
+            } else {
+                #expect(replies.map(\.typeName) == ["error"], "no new challenge after the last attempt")
+            }
+        }
+        #expect(c.closeCode == .authenticationFailed)
+    }
+
+    @Test func aTokenSignedByAnotherBrokerIsCheckedWithTheKeyItPublished() throws {
+        // Another broker over the same stores publishes its key; its tokens log in here.
+        let other = CoreHarness()
+        let alice = other.makeAgent("alice")
+        let token = other.login(alice).token
+        try #require(!other.signingKeys.keys.isEmpty, "the broker published its verification key")
+        // Copy what the other broker published into this broker's key directory twin, and the agent's profile.
+        h.agents.insert(alice.profile)
+        h.signingKeys.publish(other.signingKeys.keys) { _ in }
+        h.clock.runUntilIdle()
+        let c = h.open()
+        let replies = h.request(.auth(id: "t", .token(token)), on: c)
+        #expect(replies.map(\.typeName) == ["welcome"])
+        #expect(h.signingKeys.calls["publicKey"] == 1)
+    }
+}
