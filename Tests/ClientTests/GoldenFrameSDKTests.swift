@@ -147,9 +147,8 @@ import Testing
             for candidate in fitting where candidate.fields == sent { matchedGolden.insert(candidate.name) }
         }
         // Every client frame type but the viewer's (the SDK is an agent) was sent...
-        let agentTypes = Set(FrameType.allCases.filter {
-            $0.direction != .fromBroker && !ClientFrame.viewerTypes.contains($0.rawValue)
-        })
+        let agentTypes = Set(FrameType.allCases.filter { $0.direction != .fromBroker })
+            .subtracting(FrameType.viewerRequests)
         #expect(sentTypes == agentTypes, "missing: \(agentTypes.subtracting(sentTypes).map(\.rawValue).sorted())")
         // ...and each of their golden frames was matched exactly (every optional field sent at least once).
         let expected = Set(agentTypes.flatMap { goldenFields[$0] ?? [] }.map(\.name))
