@@ -40,6 +40,7 @@ test: deps
 		|| $(PYTHON) -m pip install -q --break-system-packages selenium
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(PYTHON) Tests/Browser/test_fake_broker.py
 	$(MAKE) loadtest-smoke
 	$(MAKE) chaos-smoke
 	$(PYTHON) Tests/Browser/test_viewer_real.py $$($(SWIFT) build --show-bin-path)
@@ -50,7 +51,8 @@ bench: EXTRA_PACKAGES = $(BENCH_PACKAGES)
 bench: deps
 	SWIFT=$(SWIFT) scripts/bench.sh
 
-# A few seconds, 5 agentchat subscribers: exits non-zero on any lost or duplicated message.
+# The harness's self-check against Tests/Golden, then a few seconds, 5 agentchat subscribers: exits non-zero on any
+# failed check, lost or duplicated message.
 loadtest-smoke:
 	$(SWIFT) build --product agentchat-broker
 	$(SWIFT) build --package-path loadtest --product agentchat-loadtest

@@ -10,7 +10,7 @@ struct EpochKeyID: Hashable, Sendable {
 
 /// What a subscription's worker receives, in the order the broker sent it.
 enum SubscriptionInbound: Sendable {
-    case items([JSONValue])
+    case items([StoredMessage])
     case event(ChannelStreamEvent)
     case end(AgentChatError?)
 }
@@ -61,32 +61,29 @@ extension AgentChatClient {
     public func createChannel(name: String, open: Bool = false, members: [DID] = []) async throws(AgentChatError)
         -> ChannelDescription
     {
-        var fields: [String: JSONValue] = ["type": "channel.create", "name": .string(name), "open": .bool(open)]
-        if !members.isEmpty { fields["members"] = .array(members.map { .string($0.description) }) }
-        let description = try Self.channelDescription(in: try await call(fields))
+        let description = try Self.channelDescription(in: try await call(.create(name: name, open: open,
+                                                                                  members: members)))
         try await prepareKeys(description.id)
         return description
     }
 
     /// Invites `did` (any member may invite). The invitee becomes a member with ``join(channel:)``.
     public func invite(channel: ChannelID, did: DID) async throws(AgentChatError) {
-        _ = try await call(["type": "channel.invite", "channel": .string(channel.rawValue),
-                            "did": .string(did.description)])
+        _ = try await call(.invite(channel, did))
     }
 
     /// Joins an open channel, or one this agent was invited to; publishes the new epoch's keys.
     /// Throws ``AgentChatError/memberKeyUnverified`` (after joining) when a member's key does not verify.
     @discardableResult
     public func join(channel: ChannelID) async throws(AgentChatError) -> ChannelDescription {
-        let description = try Self.channelDescription(
-            in: try await call(["type": "channel.join", "channel": .string(channel.rawValue)]))
+        let description = try Self.channelDescription(in: try await call(.join(channel)))
         try await prepareKeys(channel)
         return description
     }
 
     /// Leaves the channel; ends its subscription.
     public func leave(channel: ChannelID) async throws(AgentChatError) {
-        _ = try await call(["type": "channel.leave", "channel": .string(channel.rawValue)])
+        _ = try await call(.leave(channel))
         channelState.sendEpoch[channel] = nil
         endSubscription(channel, with: .server("not_member", "left the channel"))
     }
@@ -96,8 +93,7 @@ extension AgentChatClient {
     public func setListing(channel: ChannelID, listed: Bool, title: String = "", topic: String = "")
         async throws(AgentChatError)
     {
-        _ = try await call(["type": "channel.listing", "channel": .string(channel.rawValue), "listed": .bool(listed),
-                            "title": .string(title), "topic": .string(topic)])
+        _ = try await call(.listing(channel, listed: listed, title: title, topic: topic))
     }
 
     /// Starts a new key epoch for the same members (`channel.rotate`) and, unless `keying` is false, publishes its
@@ -105,7 +101,7 @@ extension AgentChatClient {
     /// SDK then rotates by itself). Throws ``AgentChatError/memberKeyUnverified`` (after rotating) when a member's
     /// key does not verify.
     public func rotate(channel: ChannelID, keying: Bool = true) async throws(AgentChatError) {
-        _ = try await call(["type": "channel.rotate", "channel": .string(channel.rawValue)])
+        _ = try await call(.rotate(channel))
         channelState.sendEpoch[channel] = nil
         if keying { try await prepareKeys(channel) }
     }
@@ -113,29 +109,20 @@ extension AgentChatClient {
     /// Removes a member (owner only); publishes the new epoch's keys, without the removed member.
     /// Throws ``AgentChatError/memberKeyUnverified`` (after removing) when a remaining member's key does not verify.
     public func remove(channel: ChannelID, did: DID) async throws(AgentChatError) {
-        _ = try await call(["type": "channel.remove", "channel": .string(channel.rawValue),
-                            "did": .string(did.description)])
+        _ = try await call(.remove(channel, did))
         try await prepareKeys(channel)
     }
 
     /// The channels this agent is a member of (every page of `channel.list`).
     public func listChannels() async throws(AgentChatError) -> [ChannelDescription] {
         var descriptions: [ChannelDescription] = []
-        var after: String?
+        var after: ChannelID?
         repeat {
-            var fields: [String: JSONValue] = ["type": "channel.list"]
-            if let after { fields["after"] = .string(after) }
-            let reply = try await call(fields)
-            guard reply["type"]?.stringValue == "channels", let list = reply["channels"]?.arrayValue else {
-                throw .protocolViolation("expected channels, got \(reply["type"]?.stringValue ?? "no type")")
+            let reply = try await call(.list(after: after, limit: 100))
+            guard case .channels(_, let page, let next) = reply else {
+                throw .protocolViolation("expected channels, got \(reply.type.rawValue)")
             }
-            for item in list {
-                guard let description = ChannelDescription(json: item) else {
-                    throw .protocolViolation("a channel description is malformed")
-                }
-                descriptions.append(description)
-            }
-            let next = reply["next"]?.stringValue
+            descriptions.append(contentsOf: page)
             guard next == nil || next != after else { throw .protocolViolation("channel.list did not move on") }
             after = next
         } while after != nil
@@ -144,7 +131,7 @@ extension AgentChatClient {
 
     /// The channel's description: members (with their encryption keys), epochs, latest offset.
     public func describe(channel: ChannelID) async throws(AgentChatError) -> ChannelDescription {
-        try Self.channelDescription(in: try await call(["type": "channel.describe", "channel": .string(channel.rawValue)]))
+        try Self.channelDescription(in: try await call(.describe(channel)))
     }
 
     // MARK: - Sending
@@ -177,12 +164,13 @@ extension AgentChatClient {
                 if attempt > 0 { try await waitForConnection() }
                 let (epoch, key) = try await sendingKey(channel, refresh: refresh)
                 refresh = false
-                let frame = try sealMessage(bytes, channel: channel, epoch: epoch, key: key, clientMessageID: messageID)
-                let ack = try await request(frame)
-                guard ack["type"]?.stringValue == "message.ack", let offset = ack["offset"]?.integerValue else {
-                    throw .protocolViolation("expected message.ack, got \(ack["type"]?.stringValue ?? "no type")")
+                let message = try sealMessage(bytes, channel: channel, epoch: epoch, key: key,
+                                              clientMessageID: messageID)
+                let ack = try await call(.send(message))
+                guard case .messageAck(_, _, let offset, let duplicate) = ack else {
+                    throw .protocolViolation("expected message.ack, got \(ack.type.rawValue)")
                 }
-                return SendReceipt(channel: channel, offset: offset, duplicate: ack["duplicate"]?.boolValue ?? false,
+                return SendReceipt(channel: channel, offset: offset, duplicate: duplicate,
                                    clientMessageID: messageID, epoch: epoch)
             } catch {
                 lastError = error
@@ -202,7 +190,7 @@ extension AgentChatClient {
     }
 
     private func sealMessage(_ plaintext: [UInt8], channel: ChannelID, epoch: Int64, key: [UInt8],
-                             clientMessageID: String) throws(AgentChatError) -> JSONValue
+                             clientMessageID: String) throws(AgentChatError) -> MessageSend
     {
         let nonce = SecureRandom.bytes(AES256GCM.nonceLength)
         let associatedData = MessageSend.associatedData(channel: channel, epoch: epoch, sender: identity.did,
@@ -218,11 +206,8 @@ extension AgentChatClient {
         let signature = identity.sign(MessageSend.signedBytes(channel: channel, epoch: epoch,
                                                               clientMessageID: clientMessageID, nonce: nonceText,
                                                               ciphertext: ciphertext))
-        return [
-            "type": "message.send", "channel": .string(channel.rawValue), "epoch": .number(Double(epoch)),
-            "clientMessageId": .string(clientMessageID), "nonce": .string(nonceText),
-            "ciphertext": .string(ciphertext), "signature": .string(Base64URL.encode(signature)),
-        ]
+        return MessageSend(channel: channel, epoch: epoch, clientMessageID: clientMessageID, nonce: nonceText,
+                           ciphertext: ciphertext, signature: Base64URL.encode(signature))
     }
 
     /// Waits (up to the request and connect timeouts) for a reconnection in progress.
@@ -307,21 +292,22 @@ extension AgentChatClient {
             }
         }
         let key = SecureRandom.bytes(AES256GCM.keyLength)
-        var envelopes: [String: String] = [:]
+        var envelopes: [DID: String] = [:]
         for member in description.members {
             guard let sealed = try? EncryptionKeyPair.sealForRecipient(key, recipientPublicKey: member.encryptionKey)
             else { throw .protocolViolation("cannot seal a key for \(member.did)") }
-            envelopes[member.did.description] = Base64URL.encode(sealed)
+            envelopes[member.did] = Base64URL.encode(sealed)
         }
-        guard envelopes[identity.did.description] != nil else {
+        guard envelopes[identity.did] != nil else {
             throw .server("not_member", "this agent is not a member of \(description.id)")
         }
-        let signed = ChannelKeys.signedBytes(channel: description.id, epoch: description.epoch, envelopes: envelopes)
-        _ = try await call([
-            "type": "channel.keys", "channel": .string(description.id.rawValue),
-            "epoch": .number(Double(description.epoch)), "envelopes": .object(envelopes.mapValues { .string($0) }),
-            "signature": .string(Base64URL.encode(identity.sign(signed))),
-        ])
+        let signed = ChannelKeys.signedBytes(channel: description.id, epoch: description.epoch,
+                                             envelopes: Dictionary(uniqueKeysWithValues: envelopes.map {
+                                                 ($0.key.description, $0.value)
+                                             }))
+        _ = try await call(.publishKeys(ChannelKeys(channel: description.id, epoch: description.epoch,
+                                                    envelopes: envelopes,
+                                                    signature: Base64URL.encode(identity.sign(signed)))))
         channelState.keys[EpochKeyID(channel: description.id, epoch: description.epoch)] = key
         channelState.sendEpoch[description.id] = description.epoch
         channelState.statistics.keysPublished += 1
@@ -337,8 +323,7 @@ extension AgentChatClient {
         -> [UInt8]
     {
         if let key = channelState.keys[EpochKeyID(channel: channel, epoch: epoch)] { return key }
-        let reply = try await call(["type": "channel.keys.get", "channel": .string(channel.rawValue),
-                                    "epoch": .number(Double(epoch))])
+        let reply = try await call(.getKeys(channel, epoch: epoch))
         let key = try Self.openKeySet(reply, channel: channel, epoch: epoch, recipient: identity,
                                       currentMembers: currentMembers)
         channelState.keys[EpochKeyID(channel: channel, epoch: epoch)] = key
@@ -346,25 +331,17 @@ extension AgentChatClient {
         return key
     }
 
-    static func openKeySet(_ reply: JSONValue, channel: ChannelID, epoch: Int64, recipient: AgentIdentity,
+    static func openKeySet(_ reply: ServerFrame, channel: ChannelID, epoch: Int64, recipient: AgentIdentity,
                            currentMembers: Set<DID>?) throws(AgentChatError) -> [UInt8]
     {
         func refuse(_ why: String) -> AgentChatError {
             AgentChatError(code: AgentChatError.Codes.keyVerificationFailed, category: .protocolViolation,
                            message: "keys for \(channel) epoch \(epoch): \(why)")
         }
-        guard reply["type"]?.stringValue == "channel.keys", reply["channel"]?.stringValue == channel.rawValue,
-            reply["epoch"]?.integerValue == epoch
+        guard case .keys(_, let replyChannel, let replyEpoch, let sender, let signatureText, let envelopes) = reply,
+            replyChannel == channel, replyEpoch == epoch
         else { throw refuse("the answer is not the requested key set") }
-        guard let sender = reply["sender"]?.stringValue.flatMap(DID.init(parsing:)),
-            let signature = reply["signature"]?.stringValue.flatMap(Base64URL.decode),
-            let envelopeObject = reply["envelopes"]?.objectValue
-        else { throw refuse("missing sender, signature or envelopes") }
-        var envelopes: [String: String] = [:]
-        for (did, value) in envelopeObject {
-            guard let text = value.stringValue else { throw refuse("an envelope is not a string") }
-            envelopes[did] = text
-        }
+        guard let signature = Base64URL.decode(signatureText) else { throw refuse("the signature is not base64url") }
         let signed = ChannelKeys.signedBytes(channel: channel, epoch: epoch, envelopes: envelopes)
         guard SigningKeyPair.verify(signature: signature, message: signed, publicKey: sender.signingKey) else {
             throw refuse("the signature does not verify with the sender's key")
@@ -427,11 +404,8 @@ extension AgentChatClient {
             worker.cancel()
             Task { await self?.subscriptionTerminated(channel, token: token) }
         }
-        var fields: [String: JSONValue] = ["type": "channel.subscribe", "channel": .string(channel.rawValue)]
-        if let since { fields["since"] = .number(Double(since)) }
-        if let historyEpoch { fields["historyEpoch"] = .string(historyEpoch) }
         do {
-            _ = try await call(fields)
+            _ = try await call(.subscribe(channel, since: since, historyEpoch: historyEpoch))
         } catch {
             if channelState.subscriptions[channel]?.token == token { channelState.subscriptions[channel] = nil }
             inbox.finish()
@@ -446,7 +420,7 @@ extension AgentChatClient {
         guard channelState.subscriptions[channel] != nil else { return }
         endSubscription(channel, with: nil)
         if case .connected = state {
-            _ = try? await call(["type": "channel.unsubscribe", "channel": .string(channel.rawValue)])
+            _ = try? await call(.unsubscribe(channel))
         }
     }
 
@@ -460,37 +434,36 @@ extension AgentChatClient {
         var before = before
         var after = after
         while messages.count < limit {
-            var fields: [String: JSONValue] = ["type": "history", "channel": .string(channel.rawValue),
-                                               "limit": .number(Double(limit - messages.count))]
-            if let before { fields["before"] = .number(Double(before)) }
-            if let after { fields["after"] = .number(Double(after)) }
-            let reply = try await call(fields)
-            guard reply["type"]?.stringValue == "messages", let items = reply["messages"]?.arrayValue else {
-                throw .protocolViolation("expected messages, got \(reply["type"]?.stringValue ?? "no type")")
+            let reply = try await call(.history(channel, before: before, after: after, limit: limit - messages.count))
+            guard case .messages(_, _, let items, let next) = reply else {
+                throw .protocolViolation("expected messages, got \(reply.type.rawValue)")
             }
             for item in items { messages.append(await openMessage(item, channel: channel)) }
-            guard let next = reply["next"]?.integerValue, !items.isEmpty else { break }
+            guard let next, !items.isEmpty else { break }
             if after != nil { after = next } else { before = next }
         }
         return messages.sorted { $0.offset < $1.offset }
     }
 
     /// Verifies and decrypts one stored item. Never throws: failures are ``ChannelMessage/failure``.
-    func openMessage(_ item: JSONValue, channel: ChannelID) async -> ChannelMessage {
-        let offset = item["offset"]?.integerValue ?? 0
-        let sender = item["sender"]?.stringValue ?? ""
-        let epoch = item["epoch"]?.integerValue ?? 0
-        let timestamp = item["ts"]?.integerValue ?? 0
-        let messageID = item["id"]?.stringValue ?? ""
+    func openMessage(_ item: StoredMessage, channel: ChannelID) async -> ChannelMessage {
+        let offset = item.offset
+        let sender = item.sender.description
+        let epoch = item.epoch
+        let timestamp = item.timestamp
+        let messageID = item.clientMessageID
+        let did = item.sender
+        let nonceText = item.nonce
+        let ciphertextText = item.ciphertext
         func failed(_ failure: ChannelMessageFailure) -> ChannelMessage {
             ChannelMessage(channel: channel, offset: offset, sender: sender, epoch: epoch, timestamp: timestamp,
                            clientMessageID: messageID, plaintext: nil, failure: failure)
         }
-        guard offset > 0, epoch > 0, !messageID.isEmpty, let did = DID(parsing: sender),
-            let nonceText = item["nonce"]?.stringValue, let nonce = Base64URL.decode(nonceText),
-            nonce.count == AES256GCM.nonceLength, let ciphertextText = item["ciphertext"]?.stringValue,
-            let ciphertext = Base64URL.decode(ciphertextText),
-            let signature = item["signature"]?.stringValue.flatMap(Base64URL.decode)
+        // The codec read every field (a stored item missing one makes its whole frame unreadable); the values
+        // are still the broker's word.
+        guard offset > 0, epoch > 0, !messageID.isEmpty, let nonce = Base64URL.decode(nonceText),
+            nonce.count == AES256GCM.nonceLength, let ciphertext = Base64URL.decode(ciphertextText),
+            let signature = Base64URL.decode(item.signature)
         else { return failed(.malformed("missing or invalid fields")) }
         let signed = MessageSend.signedBytes(channel: channel, epoch: epoch, clientMessageID: messageID,
                                              nonce: nonceText, ciphertext: ciphertextText)
@@ -521,12 +494,8 @@ extension AgentChatClient {
     // MARK: - Frames (called by the actor's frame handler, in frame order)
 
     /// A `subscribed` answer: records the history epoch and the resume point before any `messages` that follow.
-    func applySubscribed(_ frame: JSONValue) {
-        guard let channel = frame["channel"]?.stringValue.flatMap(ChannelID.init),
-            var subscription = channelState.subscriptions[channel], let latest = frame["offset"]?.integerValue,
-            let historyEpoch = frame["historyEpoch"]?.stringValue
-        else { return }
-        let recovered = frame["recovered"]?.boolValue ?? true
+    func applySubscribed(channel: ChannelID, historyEpoch: String, latest: Int64, recovered: Bool) {
+        guard var subscription = channelState.subscriptions[channel] else { return }
         if let old = subscription.historyEpoch, old != historyEpoch {
             subscription.lastReceived = 0  // the history restarted: its offsets start again
         }
@@ -541,18 +510,16 @@ extension AgentChatClient {
     }
 
     /// `messages` (live or replayed) and `channel.event` frames.
-    func routeChannelFrame(_ frame: JSONValue) {
-        guard let channel = frame["channel"]?.stringValue.flatMap(ChannelID.init) else { return }
-        switch frame["type"]?.stringValue {
-        case "messages":
-            guard var subscription = channelState.subscriptions[channel], !subscription.repairing,
-                let items = frame["messages"]?.arrayValue
-            else { return }
+    func routeChannelFrame(_ frame: ServerFrame) {
+        switch frame {
+        case .messages(_, let channel, let items, _):
+            guard var subscription = channelState.subscriptions[channel], !subscription.repairing else { return }
             var last = subscription.lastReceived ?? -1
-            var fresh: [JSONValue] = []
+            var fresh: [StoredMessage] = []
             var gap = false
             for item in items {
-                guard let offset = item["offset"]?.integerValue, offset > last else { continue }
+                let offset = item.offset
+                guard offset > last else { continue }
                 // Offsets are consecutive: a jump means the stream lost messages, unless the broker announced it.
                 if last >= 0, offset != last + 1, !subscription.acceptsJump {
                     gap = true
@@ -567,15 +534,13 @@ extension AgentChatClient {
             channelState.subscriptions[channel] = subscription
             if !fresh.isEmpty { subscription.inbox.yield(.items(fresh)) }
             if gap { Task { await self.repairGap(channel, token: subscription.token) } }
-        case "channel.event":
-            guard let event = frame["event"]?.stringValue, let did = frame["did"]?.stringValue,
-                let epoch = frame["epoch"]?.integerValue
-            else { return }
+        case .channelEvent(let channel, let event, let member, let epoch):
+            let did = member.description
             let membershipChange = ["member_joined", "member_left", "member_removed", "epoch_rotated"].contains(event)
             if membershipChange { channelState.sendEpoch[channel] = nil }
             channelState.subscriptions[channel]?.inbox.yield(.event(.membership(
                 ChannelMembershipEvent(channel: channel, event: event, did: did, epoch: epoch))))
-            if did == identity.did.description && (event == "member_left" || event == "member_removed") {
+            if member == identity.did && (event == "member_left" || event == "member_removed") {
                 endSubscription(channel, with: .server("not_member", "\(event == "member_left" ? "left" : "removed from") the channel"))
             } else if membershipChange {
                 // A new epoch: key it now (the first member to try publishes; the others fetch).
@@ -611,11 +576,8 @@ extension AgentChatClient {
         current.requestedSince = current.lastReceived
         current.isReconnect = true
         channelState.subscriptions[channel] = current
-        var fields: [String: JSONValue] = ["type": "channel.subscribe", "channel": .string(channel.rawValue)]
-        if let since = current.lastReceived { fields["since"] = .number(Double(since)) }
-        if let historyEpoch = current.historyEpoch { fields["historyEpoch"] = .string(historyEpoch) }
         do throws(AgentChatError) {
-            _ = try await call(fields)
+            _ = try await call(.subscribe(channel, since: current.lastReceived, historyEpoch: current.historyEpoch))
         } catch where error.category == .server {
             if channelState.subscriptions[channel]?.token == token { endSubscription(channel, with: error) }
         } catch {
@@ -639,20 +601,20 @@ extension AgentChatClient {
         channelState.subscriptions[channel] = nil
         subscription.inbox.finish()
         if case .connected = state {
-            try? send(["type": "channel.unsubscribe", "channel": .string(channel.rawValue)])
+            try? send(.channel(id: nil, .unsubscribe(channel)))
         }
     }
 
     // MARK: - Helpers
 
-    private func call(_ fields: [String: JSONValue]) async throws(AgentChatError) -> JSONValue {
-        try await request(.object(fields))
+    private func call(_ request: ChannelRequest) async throws(AgentChatError) -> ServerFrame {
+        try await self.request(.channel(id: nil, request))
     }
 
-    private static func channelDescription(in reply: JSONValue) throws(AgentChatError) -> ChannelDescription {
-        guard reply["type"]?.stringValue == "channel", let json = reply["channel"],
-            let description = ChannelDescription(json: json)
-        else { throw .protocolViolation("expected a channel description, got \(reply["type"]?.stringValue ?? "no type")") }
+    private static func channelDescription(in reply: ServerFrame) throws(AgentChatError) -> ChannelDescription {
+        guard case .channel(_, let description) = reply else {
+            throw .protocolViolation("expected a channel description, got \(reply.type.rawValue)")
+        }
         return description
     }
 }

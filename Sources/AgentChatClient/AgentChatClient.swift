@@ -45,14 +45,16 @@ public struct Pong: Sendable, Equatable {
 }
 
 /// An agent's connection to an AgentChat broker: registration over HTTP, login over the WebSocket
-/// (subprotocol `agentchat.v1`), automatic reconnection, and a request/reply core for frames.
+/// (subprotocol `WireProtocol.subprotocol`), automatic reconnection, and a request/reply core for typed frames
+/// (`ClientFrame` out, `ServerFrame` in, both through `FrameCodec`).
 ///
 /// Concurrency: an actor owns the connection state. Blocking socket I/O runs only on dedicated threads (one per
 /// WebSocket connection, see `FrameConnection`, and one per HTTP request), never on the Swift concurrency pool.
 ///
 /// Frames: ``request(_:timeout:)`` sends a frame with a fresh `id` and returns the broker's answer, matched by its
-/// `ref` (an `error` answer is thrown as ``AgentChatError`` with the broker's code). Frames the broker sends on its
-/// own (without a `ref` this client is waiting for) go to ``unsolicitedFrames()``.
+/// `ref` (an `error` answer is thrown as ``AgentChatError`` with the broker's code; an answer the codec cannot read
+/// as ``AgentChatError/Category/protocolViolation``). Frames the broker sends on its own (without a `ref` this
+/// client is waiting for) go to ``unsolicitedFrames()``.
 ///
 /// Reconnection: once connected, a dropped connection is reopened automatically with ``ReconnectBackoff``
 /// (exponential, full jitter), logging in with the stored session token while it is valid and with a signed
@@ -74,9 +76,7 @@ public actor AgentChatClient {
     }
 
     /// The WebSocket subprotocol this client speaks.
-    public static let subprotocol = "agentchat.v1"
-    /// The first line of the signed login text.
-    public static let authDomain = "agentchat-auth-v1"
+    public static var subprotocol: String { WireProtocol.subprotocol }
 
     public nonisolated let identity: AgentIdentity
     public nonisolated let server: BrokerURL
@@ -89,13 +89,19 @@ public actor AgentChatClient {
     /// The session token from the last `welcome`.
     public private(set) var sessionToken: SessionToken?
 
+    /// The challenge of a `hello`, kept until login signs it.
+    private struct Hello {
+        let broker: String
+        let challenge: String
+    }
+
     private var connection: FrameConnection?
     /// Incremented for every connection (and by `close`): events of older connections are ignored.
     private var generation = 0
     private var nextRequestID = 0
-    private var pending: [String: CheckedContinuation<JSONValue, any Error>] = [:]
-    private var bufferedHello: JSONValue?
-    private var helloWaiter: (id: Int, continuation: CheckedContinuation<JSONValue, any Error>)?
+    private var pending: [String: CheckedContinuation<ServerFrame, any Error>] = [:]
+    private var bufferedHello: Hello?
+    private var helloWaiter: (id: Int, continuation: CheckedContinuation<Hello, any Error>)?
     private var nextWaiterID = 0
     private var connectTask: Task<AgentProfile, any Error>?
     /// Whether `connectTask` is still running (set when it starts, cleared by `establish` as it ends).
@@ -103,7 +109,7 @@ public actor AgentChatClient {
     private var reconnectTask: Task<Void, Never>?
     private var isClosed = false
     private nonisolated let states = Broadcaster<ConnectionState>(replaysLatest: true, initial: .disconnected)
-    private nonisolated let unsolicited = Broadcaster<JSONValue>(replaysLatest: false)
+    private nonisolated let unsolicited = Broadcaster<ServerFrame>(replaysLatest: false)
     /// Channel keys, subscriptions and counters (see `AgentChatClient+Channels.swift`).
     var channelState = ChannelClientState()
 
@@ -125,9 +131,10 @@ public actor AgentChatClient {
     /// Every state change, starting with the current state.
     public nonisolated func stateChanges() -> AsyncStream<ConnectionState> { states.subscribe() }
 
-    /// Frames the broker sent that are not answers to this client's requests (and not `hello`): later, channel
-    /// messages; now, `error` frames without a `ref`.
-    public nonisolated func unsolicitedFrames() -> AsyncStream<JSONValue> { unsolicited.subscribe() }
+    /// Frames the broker sent that are not answers to this client's pending requests (and not `hello`): live
+    /// `messages` and `channel.event` frames (also delivered to ``subscribe(channel:since:historyEpoch:)``'s
+    /// streams), and `error` frames without a `ref`.
+    public nonisolated func unsolicitedFrames() -> AsyncStream<ServerFrame> { unsolicited.subscribe() }
 
     // MARK: - Registration
 
@@ -247,7 +254,7 @@ public actor AgentChatClient {
                 Double(token.expiresAt) > Double(Self.nowMilliseconds()) + configuration.tokenExpiryMargin * 1000
             {
                 do throws(AgentChatError) {
-                    let welcome = try await sendRequest(["type": "auth", "token": .string(token.token)],
+                    let welcome = try await sendRequest(.auth(id: nil, .token(token.token)),
                                                         timeout: configuration.requestTimeout)
                     return try accept(welcome: welcome, generation: current)
                 } catch where error.code == AgentChatError.Codes.tokenInvalid
@@ -258,14 +265,9 @@ public actor AgentChatClient {
                     hello = try await nextHello()
                 }
             }
-            guard let broker = hello["broker"]?.stringValue, let challenge = hello["challenge"]?.stringValue else {
-                throw AgentChatError.protocolViolation("hello without \"broker\" and \"challenge\"")
-            }
-            let signed = Self.authDomain + "\n" + broker + "\n" + challenge
-            let signature = Base64URL.encode(identity.sign(Array(signed.utf8)))
-            let welcome = try await sendRequest(
-                ["type": "auth", "did": .string(identity.did.description), "signature": .string(signature)],
-                timeout: configuration.requestTimeout)
+            let signature = identity.sign(AuthChallenge.signedBytes(broker: hello.broker, challenge: hello.challenge))
+            let welcome = try await sendRequest(.auth(id: nil, .signature(did: identity.did, signature: signature)),
+                                                timeout: configuration.requestTimeout)
             return try accept(welcome: welcome, generation: current)
         } catch {
             if generation == current {
@@ -278,14 +280,11 @@ public actor AgentChatClient {
         }
     }
 
-    private func accept(welcome: JSONValue, generation current: Int) throws(AgentChatError) -> AgentProfile {
-        guard welcome["type"]?.stringValue == "welcome" else {
-            throw .protocolViolation("expected welcome, got \(welcome["type"]?.stringValue ?? "no type")")
+    private func accept(welcome: ServerFrame, generation current: Int) throws(AgentChatError) -> AgentProfile {
+        // The codec reads the profile with `AgentProfile(json:)`, which refuses a DID that is not its signing key's.
+        guard case .welcome(_, let profile, let token, let expiresAt) = welcome else {
+            throw .protocolViolation("expected welcome, got \(welcome.type.rawValue)")
         }
-        guard let agent = welcome["agent"], let token = welcome["token"]?.stringValue,
-            let expiresAt = welcome["expiresAt"]?.integerValue
-        else { throw .protocolViolation("welcome without \"agent\", \"token\" and \"expiresAt\"") }
-        let profile = try AgentProfile(validating: agent)
         guard profile.did == identity.did else {
             throw .protocolViolation("welcome for \(profile.did), expected \(identity.did)")
         }
@@ -303,46 +302,37 @@ public actor AgentChatClient {
 
     // MARK: - Requests
 
-    /// Sends `frame` (a JSON object with a `type`; its `id` is set here) and returns the broker's answer: the
-    /// frame whose `ref` is that id. An `error` answer is thrown with the broker's code.
+    /// Sends `frame` with a fresh `id` (replacing the frame's own) and returns the broker's answer: the frame
+    /// whose `ref` is that id. An `error` answer is thrown with the broker's code.
     ///
     /// Requires a logged-in connection (`not_connected` otherwise).
-    public func request(_ frame: JSONValue, timeout: Double? = nil) async throws(AgentChatError) -> JSONValue {
+    public func request(_ frame: ClientFrame, timeout: Double? = nil) async throws(AgentChatError) -> ServerFrame {
         guard case .connected = state else { throw .notConnected }
-        guard let fields = frame.objectValue, fields["type"]?.stringValue != nil else {
-            throw .invalidArgument("a frame is a JSON object with a string \"type\"")
-        }
-        return try await sendRequest(fields, timeout: timeout ?? configuration.requestTimeout)
+        return try await sendRequest(frame, timeout: timeout ?? configuration.requestTimeout)
     }
 
-    /// Sends `frame` without waiting for an answer. Requires a logged-in connection.
-    public func send(_ frame: JSONValue) throws(AgentChatError) {
+    /// Sends `frame` as it is (with its own `id`, or none) without waiting for an answer. An answer with a `ref`
+    /// goes to ``unsolicitedFrames()``. Requires a logged-in connection.
+    public func send(_ frame: ClientFrame) throws(AgentChatError) {
         guard case .connected = state, let connection else { throw .notConnected }
-        guard frame["type"]?.stringValue != nil else {
-            throw .invalidArgument("a frame is a JSON object with a string \"type\"")
-        }
         guard connection.send(frame) else { throw .network("the connection is closed") }
     }
 
     /// The application-level round trip (`ping` → `pong`).
     public func ping() async throws(AgentChatError) -> Pong {
         let start = ContinuousClock.now
-        let reply = try await request(["type": "ping"])
-        guard reply["type"]?.stringValue == "pong", let time = reply["time"]?.integerValue else {
-            throw .protocolViolation("expected pong, got \(reply["type"]?.stringValue ?? "no type")")
+        let reply = try await request(.ping(id: nil))
+        guard case .pong(_, let time) = reply else {
+            throw .protocolViolation("expected pong, got \(reply.type.rawValue)")
         }
         return Pong(brokerTime: time, roundTrip: ContinuousClock.now - start)
     }
 
-    private func sendRequest(_ fields: [String: JSONValue], timeout: Double) async throws(AgentChatError)
-        -> JSONValue
-    {
+    private func sendRequest(_ frame: ClientFrame, timeout: Double) async throws(AgentChatError) -> ServerFrame {
         guard let connection else { throw .notConnected }
         nextRequestID += 1
         let id = "c\(nextRequestID)"
-        var fields = fields
-        fields["id"] = .string(id)
-        let frame = JSONValue.object(fields)
+        let frame = frame.with(id: id)
         let timer = Task { [weak self] in
             try? await Task.sleep(for: .seconds(timeout))
             if !Task.isCancelled { await self?.expireRequest(id, after: timeout) }
@@ -367,7 +357,7 @@ public actor AgentChatClient {
                                      message: "no answer within \(timeout) s"))
     }
 
-    private func nextHello() async throws(AgentChatError) -> JSONValue {
+    private func nextHello() async throws(AgentChatError) -> Hello {
         if let hello = bufferedHello {
             bufferedHello = nil
             return hello
@@ -404,25 +394,34 @@ public actor AgentChatClient {
         guard eventGeneration == generation else { return }
         switch event {
         case .frame(let frame):
-            if let ref = frame["ref"]?.stringValue, let continuation = pending.removeValue(forKey: ref) {
-                // Applied here, in frame order, before any `messages` frame that follows it.
-                if frame["type"]?.stringValue == "subscribed" { applySubscribed(frame) }
-                if frame["type"]?.stringValue == "error" {
-                    continuation.resume(throwing: AgentChatError.server(
-                        frame["code"]?.stringValue ?? "unknown", frame["message"]?.stringValue ?? ""))
-                } else {
+            if let ref = frame.ref, let continuation = pending.removeValue(forKey: ref) {
+                switch frame {
+                case .subscribed(_, let channel, let historyEpoch, let offset, let recovered):
+                    // Applied here, in frame order, before any `messages` frame that follows it.
+                    applySubscribed(channel: channel, historyEpoch: historyEpoch, latest: offset, recovered: recovered)
+                    continuation.resume(returning: frame)
+                case .error(let error, _):
+                    continuation.resume(throwing: AgentChatError.server(error.code.rawValue, error.message))
+                default:
                     continuation.resume(returning: frame)
                 }
-            } else if frame["type"]?.stringValue == "hello" {
+            } else if case .hello(let broker, let challenge, _) = frame {
+                let hello = Hello(broker: broker, challenge: challenge)
                 if let waiter = helloWaiter {
                     helloWaiter = nil
-                    waiter.continuation.resume(returning: frame)
+                    waiter.continuation.resume(returning: hello)
                 } else {
-                    bufferedHello = frame
+                    bufferedHello = hello
                 }
             } else {
                 routeChannelFrame(frame)
                 unsolicited.yield(frame)
+            }
+        case .undecodable(let error, let ref):
+            // An answer the codec cannot read fails its request now; anything else unreadable is dropped.
+            if let ref, let continuation = pending.removeValue(forKey: ref) {
+                continuation.resume(throwing: AgentChatError.protocolViolation(
+                    "unreadable answer: \(error.code.rawValue): \(error.message)"))
             }
         case .closed(let ending):
             let wasConnected: Bool
@@ -520,12 +519,6 @@ public actor AgentChatClient {
 
     /// The current connection's generation (for work that must not outlive its connection).
     var connectionGeneration: Int { generation }
-
-    /// Testing aid: drops the current WebSocket abruptly (no closing handshake, as if the network failed), so the
-    /// client reconnects and resumes as it would after a real failure. The broker is not told.
-    public func simulateConnectionLoss() {
-        connection?.abort()
-    }
 
     static func nowMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
 

@@ -6,14 +6,18 @@ import WebSocketClient
 ///
 /// `WebSocketClient` is blocking and must be used from one thread at a time, so a single connection thread does
 /// all of its I/O: it waits for input in short slices (``pollInterval``) and, between slices, writes the frames
-/// queued by ``send(_:)``. Input is delivered in order through ``events``: every text message parsed as JSON,
-/// then exactly one ``Event/closed(_:)`` when the connection ends for any reason, after which the stream finishes.
+/// queued by ``send(_:)`` (encoded by `FrameCodec`). Input is delivered in order through ``events``: every text
+/// message decoded by `FrameCodec.decodeServerFrame` (or, when that fails, the reason and the frame's `ref`), then
+/// exactly one ``Event/closed(_:)`` when the connection ends for any reason, after which the stream finishes.
 ///
 /// Thread safety: ``send(_:)`` and ``close()`` may be called from any thread; they only touch the lock-protected
 /// outbox. Everything else belongs to the connection thread.
 final class FrameConnection: @unchecked Sendable {
     enum Event: Sendable {
-        case frame(JSONValue)
+        case frame(ServerFrame)
+        /// A JSON text message that is not a broker frame this client can read: why, and its `ref` if it has one
+        /// (so a request waiting for it can fail at once instead of timing out).
+        case undecodable(ProtocolError, ref: String?)
         /// The connection ended: the broker's close code (if it sent a close frame), and a description.
         case closed(Ending)
     }
@@ -27,22 +31,22 @@ final class FrameConnection: @unchecked Sendable {
 
     /// The longest a queued frame waits before the connection thread writes it.
     static let pollInterval = 0.02
+    private static let codec = FrameCodec()
 
     let events: AsyncStream<Event>
     private let continuation: AsyncStream<Event>.Continuation
     private let lock = NSLock()
     private var outbox: [String] = []
     private var closeRequested = false
-    private var abortRequested = false
     private var finished = false
     private var finishWaiters: [CheckedContinuation<Void, Never>] = []
 
-    /// Opens the WebSocket (offering `agentchat.v1`) on a dedicated thread, then starts the connection thread.
+    /// Opens the WebSocket (offering `WireProtocol.subprotocol`) on a dedicated thread, then starts the connection thread.
     static func open(url: BrokerURL, timeout: Double) async throws(AgentChatError) -> FrameConnection {
         let client: WebSocketClient
         do {
             client = try await WebSocketClient.connect(host: url.host, port: url.port, path: url.path("/"),
-                                                       subprotocols: ["agentchat.v1"], timeout: timeout)
+                                                       subprotocols: [WireProtocol.subprotocol], timeout: timeout)
         } catch let error as WebSocketError {
             if case .upgradeRejected(let response) = error {
                 throw AgentChatClient.httpError(status: response.status, headers: response.headers,
@@ -52,9 +56,9 @@ final class FrameConnection: @unchecked Sendable {
         } catch {
             throw .network("cannot open a WebSocket to \(url): \(error)")
         }
-        guard client.negotiatedSubprotocol == "agentchat.v1" else {
+        guard client.negotiatedSubprotocol == WireProtocol.subprotocol else {
             client.disconnect()
-            throw .protocolViolation("the server did not select the agentchat.v1 subprotocol")
+            throw .protocolViolation("the server did not select the \(WireProtocol.subprotocol) subprotocol")
         }
         return FrameConnection(client: client)
     }
@@ -64,10 +68,11 @@ final class FrameConnection: @unchecked Sendable {
         DedicatedThread.start { [self] in run(client) }
     }
 
-    /// Queues one frame (compact JSON) for the connection thread. Returns false if the connection has ended.
+    /// Queues one frame (encoded by the codec) for the connection thread. Returns false if the connection has
+    /// ended.
     @discardableResult
-    func send(_ frame: JSONValue) -> Bool {
-        let text = String(decoding: JSONWriter.encode(frame), as: UTF8.self)
+    func send(_ frame: ClientFrame) -> Bool {
+        let text = String(decoding: Self.codec.encode(frame), as: UTF8.self)
         return lock.withLock {
             guard !finished && !closeRequested else { return false }
             outbox.append(text)
@@ -88,24 +93,14 @@ final class FrameConnection: @unchecked Sendable {
         }
     }
 
-    /// Drops the socket without a closing handshake (as a network failure would); the connection then ends with
-    /// ``Event/closed(_:)`` not ``Ending/requestedLocally``.
-    func abort() {
-        lock.withLock { abortRequested = true }
-    }
-
     // MARK: - Connection thread
 
     private func run(_ client: WebSocketClient) {
         var ending = Ending(closeCode: nil, reason: "", requestedLocally: false)
         loop: while true {
-            let (frames, closing, aborting) = lock.withLock { () -> ([String], Bool, Bool) in
+            let (frames, closing) = lock.withLock { () -> ([String], Bool) in
                 defer { outbox.removeAll() }
-                return (outbox, closeRequested, abortRequested)
-            }
-            if aborting {
-                ending.reason = "connection aborted"
-                break loop
+                return (outbox, closeRequested)
             }
             do {
                 for text in frames { try client.send(text: text) }
@@ -122,10 +117,15 @@ final class FrameConnection: @unchecked Sendable {
             do {
                 switch try client.receive(timeout: Self.pollInterval) {
                 case .text(let text):
-                    if let json = try? JSONParser.parse(Array(text.utf8)) {
-                        continuation.yield(.frame(json))
+                    let bytes = Array(text.utf8)
+                    do {
+                        continuation.yield(.frame(try Self.codec.decodeServerFrame(bytes)))
+                    } catch {
+                        // A broker frame that is not JSON is ignored: there is nothing to answer it with.
+                        if let json = try? JSONParser.parse(bytes) {
+                            continuation.yield(.undecodable(error, ref: json["ref"]?.stringValue))
+                        }
                     }
-                    // A broker frame that is not JSON is ignored: there is nothing to answer it with.
                 case .close(let code, let reason):
                     ending.closeCode = code.map(CloseCode.init(rawValue:))
                     ending.reason = reason.isEmpty ? "closed by the broker" : reason

@@ -4,7 +4,7 @@
 Standard library only. One port serves:
   GET /            -> Web/index.html        (with the broker's Content-Security-Policy)
   GET /<name>      -> Web/<name>
-  WebSocket (any path, subprotocol agentchat.v1) -> the viewer side of protocol v1:
+  WebSocket (any path, the protocol's subprotocol) -> the viewer side of protocol v1:
       hello, ping/pong, directory.list, indicators.subscribe (channels or directory), indicators.unsubscribe,
       coalesced indicator updates (--indicator-rate per second), listed:false removals.
   Control hooks for tests (not part of the real broker), JSON answers:
@@ -17,6 +17,10 @@ Usage:
   python3 Tests/Browser/fake_broker.py [--port 8099] [--demo] [--state-file F] [--web DIR]
 --demo seeds a few channels and makes random activity; without it the broker is quiet until the hooks are used.
 --state-file keeps the channels across restarts (like Redis does for the real broker).
+
+The protocol is not restated here: the subprotocol is read from its definition (WireProtocol.subprotocol in
+Sources/Protocol/FrameType.swift), frame type names and the fields a viewer frame may carry from the golden frames
+in Tests/Golden (Tests/Browser/test_fake_broker.py checks what this fake accepts and sends against them).
 """
 
 import argparse
@@ -26,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import struct
 import sys
@@ -35,7 +40,44 @@ import urllib.parse
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-SUBPROTOCOL = "agentchat.v1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+GOLDEN_DIR = os.path.join(REPO, "Tests", "Golden")
+FRAME_TYPE_SWIFT = os.path.join(REPO, "Sources", "Protocol", "FrameType.swift")
+
+
+def read_subprotocol(path=FRAME_TYPE_SWIFT):
+    """WireProtocol.subprotocol, read from its one definition in the Swift protocol module."""
+    with open(path, encoding="utf-8") as f:
+        found = re.search(r'static let subprotocol = "([^"\\]+)"', f.read())
+    if not found:
+        raise RuntimeError(f"no WireProtocol.subprotocol in {path}")
+    return found.group(1)
+
+
+def load_golden(folder, directory=GOLDEN_DIR):
+    """The golden frames of Tests/Golden/<folder>: file name -> parsed frame."""
+    path = os.path.join(directory, folder)
+    frames = {}
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".json"):
+            with open(os.path.join(path, name), encoding="utf-8") as f:
+                frames[name] = json.load(f)
+    if not frames:
+        raise RuntimeError(f"no golden frames in {path}")
+    return frames
+
+
+SUBPROTOCOL = read_subprotocol()
+GOLDEN_CLIENT = load_golden("client")
+GOLDEN_SERVER = load_golden("server")
+# Broker frame types, as the golden frames name them: frame() refuses any other.
+SERVER_TYPES = {f["type"] for f in GOLDEN_SERVER.values()}
+# What a viewer (an unauthenticated connection) may send, each with the fields its golden frames carry.
+VIEWER_FRAMES = {"ping", "directory.list", "indicators.subscribe", "indicators.unsubscribe"}
+ALLOWED_FIELDS = {t: set().union(*(f.keys() for f in GOLDEN_CLIENT.values() if f["type"] == t)) for t in VIEWER_FRAMES}
+if not all(ALLOWED_FIELDS.values()):
+    raise RuntimeError(f"no golden client frame for {[t for t, v in ALLOWED_FIELDS.items() if not v]}")
 TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -47,7 +89,13 @@ TYPES = {
     ".webmanifest": "application/manifest+json",
     ".txt": "text/plain; charset=utf-8",
 }
-VIEWER_FRAMES = {"ping", "directory.list", "indicators.subscribe", "indicators.unsubscribe"}
+
+
+def frame(type_, **fields):
+    """A broker frame of a type the golden frames know."""
+    if type_ not in SERVER_TYPES:
+        raise ValueError(f"not a broker frame type: {type_}")
+    return {"type": type_, **fields}
 
 
 def now_ms():
@@ -219,7 +267,7 @@ class Broker:
             if viewer.dirty:
                 batch = list(viewer.dirty.values())
                 viewer.dirty.clear()
-                await viewer.send({"type": "indicators", "channels": batch})
+                await viewer.send(frame("indicators", channels=batch))
 
     # -- HTTP
     async def handle(self, reader, writer):
@@ -348,8 +396,7 @@ class Broker:
         flusher = asyncio.create_task(self.flush_loop(viewer))
         try:
             challenge = base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
-            await viewer.send({"type": "hello", "broker": "http://fake", "challenge": challenge,
-                               "expiresAt": now_ms() + 60000})
+            await viewer.send(frame("hello", broker="http://fake", challenge=challenge, expiresAt=now_ms() + 60000))
             message = b""
             while True:
                 opcode, payload, fin = await read_ws_frame(reader)
@@ -364,7 +411,7 @@ class Broker:
                 if opcode == 0xA:
                     continue
                 if opcode == 0x2:
-                    await viewer.send({"type": "error", "code": "binary_not_supported", "message": "text only"})
+                    await viewer.send(frame("error", code="binary_not_supported", message="text only"))
                     continue
                 message += payload
                 if not fin:
@@ -378,17 +425,17 @@ class Broker:
 
     async def on_frame(self, viewer, text):
         try:
-            frame = json.loads(text)
+            request = json.loads(text)
         except ValueError:
-            await viewer.send({"type": "error", "code": "bad_json", "message": "not JSON"})
+            await viewer.send(frame("error", code="bad_json", message="not JSON"))
             return
-        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-            await viewer.send({"type": "error", "code": "bad_frame", "message": "not a frame"})
+        if not isinstance(request, dict) or not isinstance(request.get("type"), str):
+            await viewer.send(frame("error", code="bad_frame", message="not a frame"))
             return
-        t, fid = frame["type"], frame.get("id")
+        t, fid = request["type"], request.get("id")
 
         def err(code, message):
-            e = {"type": "error", "code": code, "message": message}
+            e = frame("error", code=code, message=message)
             if isinstance(fid, str):
                 e["ref"] = fid
             return e
@@ -398,35 +445,32 @@ class Broker:
                 obj["ref"] = fid
             return obj
 
-        allowed = {"ping": {"type", "id"}, "directory.list": {"type", "id", "limit", "cursor"},
-                   "indicators.subscribe": {"type", "id", "channels", "directory"},
-                   "indicators.unsubscribe": {"type", "id"}}
         if t not in VIEWER_FRAMES:
             await viewer.send(err("not_authenticated", f"{t} needs an authenticated connection"))
             return
-        unknown = set(frame) - allowed[t]
+        unknown = set(request) - ALLOWED_FIELDS[t]
         if unknown:
             await viewer.send(err("unknown_field", f"unknown field {sorted(unknown)[0]!r}"))
             return
         if t == "ping":
-            await viewer.send(reply({"type": "pong", "time": now_ms()}))
+            await viewer.send(reply(frame("pong", time=now_ms())))
         elif t == "directory.list":
-            limit, cursor = frame.get("limit", 20), frame.get("cursor", 0)
+            limit, cursor = request.get("limit", 20), request.get("cursor", 0)
             if not isinstance(limit, int) or not 1 <= limit <= 100 or not isinstance(cursor, int) or cursor < 0:
                 await viewer.send(err("invalid_field", "limit 1-100, cursor >= 0"))
                 return
             listed = sorted((c for c in self.channels.values() if c.listed), key=lambda c: -c.last_activity)
             page = listed[cursor:cursor + limit]
-            out = {"type": "directory", "channels": [c.indicators() for c in page]}
+            out = frame("directory", channels=[c.indicators() for c in page])
             if cursor + limit < len(listed):
                 out["next"] = cursor + limit
             await viewer.send(reply(out))
         elif t == "indicators.subscribe":
-            if frame.get("directory") is True:
+            if request.get("directory") is True:
                 viewer.directory = True
                 snap = [c.indicators() for c in self.channels.values() if c.listed]
             else:
-                ids = frame.get("channels")
+                ids = request.get("channels")
                 if not isinstance(ids, list) or not ids or len(ids) > 100:
                     await viewer.send(err("invalid_field", "channels: 1-100 ids"))
                     return
@@ -437,12 +481,12 @@ class Broker:
                 snap = [self.channels[i].indicators() for i in ids]
             for c in snap:
                 viewer.dirty.pop(c["id"], None)
-            await viewer.send(reply({"type": "indicators", "channels": snap}))
+            await viewer.send(reply(frame("indicators", channels=snap)))
         elif t == "indicators.unsubscribe":
             viewer.directory = False
             viewer.channels.clear()
             viewer.dirty.clear()
-            await viewer.send(reply({"type": "ok"}))
+            await viewer.send(reply(frame("ok")))
 
     async def shutdown(self):
         for v in list(self.viewers):
@@ -486,7 +530,7 @@ async def read_ws_frame(reader):
 
 
 async def main():
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = HERE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8099)

@@ -35,7 +35,13 @@ final class ChannelCluster: @unchecked Sendable {
 
     /// A freshly generated, registered and connected agent on broker `broker`.
     func agent(_ name: String, on broker: Int) async throws -> AgentChatClient {
-        let client = try AgentChatClient(identity: .generate(name: name), server: url(broker),
+        try await agent(name, server: url(broker))
+    }
+
+    /// A freshly generated, registered and connected agent reaching a broker at `server` (e.g. a proxy in front of
+    /// one of the cluster's brokers).
+    func agent(_ name: String, server: String) async throws -> AgentChatClient {
+        let client = try AgentChatClient(identity: .generate(name: name), server: server,
                                          configuration: testConfiguration())
         lock.withLock { clients.append(client) }
         _ = try await client.register(name: name)

@@ -1,6 +1,7 @@
 import AgentChatCrypto
 import AgentChatProtocol
 import Foundation
+import TestSupport
 import Testing
 @testable import AgentChatClient
 
@@ -8,6 +9,11 @@ import Testing
 /// Redis (TestSupport). Each test starts its own cluster and stops it.
 @Suite(.serialized) struct ChannelTests {
     static func unique(_ label: String) -> String { "\(label)-\(UUID().uuidString)" }
+
+    /// The stored messages of a `messages` answer (none for any other frame).
+    static func storedMessages(_ frame: ServerFrame) -> [StoredMessage] {
+        if case .messages(_, _, let items, _) = frame { items } else { [] }
+    }
 
     /// Asserts that no plaintext appears anywhere in Redis (and that the dump is real: the channel name is there).
     static func expectNoPlaintext(in cluster: ChannelCluster, plaintexts: [String], marker: String) async throws {
@@ -56,8 +62,7 @@ import Testing
         await #expect(throws: AgentChatError.notFound) { try await carol.send(channel: channel.id, text: "x") }
         await #expect(throws: AgentChatError.notFound) { try await carol.join(channel: channel.id) }
         await #expect(throws: AgentChatError.notFound) {
-            try await carol.request(["type": "channel.keys.get", "channel": .string(channel.id.rawValue),
-                                     "epoch": .number(Double(channel.epoch))])
+            try await carol.request(.channel(id: nil, .getKeys(channel.id, epoch: channel.epoch)))
         }
         #expect(try await carol.listChannels().isEmpty)
         #expect(try await bob.listChannels().map(\.id) == [channel.id])
@@ -94,22 +99,24 @@ import Testing
 
         // The broker gives bob nothing for the new epoch.
         await #expect(throws: AgentChatError.notFound) {
-            try await bob.request(["type": "channel.keys.get", "channel": .string(channel.id.rawValue),
-                                   "epoch": .number(Double(receipt.epoch))])
+            try await bob.request(.channel(id: nil, .getKeys(channel.id, epoch: receipt.epoch)))
         }
         await #expect(throws: AgentChatError.notFound) { try await bob.history(channel: channel.id) }
         // The key set of the new epoch has no envelope for bob.
-        let keys = try await alice.request(["type": "channel.keys.get", "channel": .string(channel.id.rawValue),
-                                            "epoch": .number(Double(receipt.epoch))])
-        #expect(keys["envelopes"]?.objectValue?.keys.sorted() == [alice.identity.did.description])
+        let keys = try await alice.request(.channel(id: nil, .getKeys(channel.id, epoch: receipt.epoch)))
+        guard case .keys(_, _, _, _, _, let envelopes) = keys else {
+            Issue.record("expected channel.keys, got \(keys.type)")
+            return
+        }
+        #expect(envelopes.keys.sorted() == [alice.identity.did.description])
 
         // Crypto level: the new message's ciphertext opens with none of the keys bob holds.
-        let raw = try await alice.request(["type": "history", "channel": .string(channel.id.rawValue),
-                                           "after": .number(Double(receipt.offset - 1)), "limit": 1])
-        let item = try #require(raw["messages"]?.arrayValue?.first)
-        #expect(item["offset"]?.integerValue == receipt.offset)
-        let ciphertext = try #require(item["ciphertext"]?.stringValue.flatMap(Base64URL.decode))
-        let nonce = try #require(item["nonce"]?.stringValue.flatMap(Base64URL.decode))
+        let raw = try await alice.request(.channel(id: nil, .history(channel.id, before: nil,
+                                                                     after: receipt.offset - 1, limit: 1)))
+        let item = try #require(Self.storedMessages(raw).first)
+        #expect(item.offset == receipt.offset)
+        let ciphertext = try #require(Base64URL.decode(item.ciphertext))
+        let nonce = try #require(Base64URL.decode(item.nonce))
         let bobKeys = await bob.channelState.keys
         #expect(!bobKeys.isEmpty)
         #expect(!bobKeys.keys.contains(EpochKeyID(channel: channel.id, epoch: receipt.epoch)))
@@ -153,10 +160,9 @@ import Testing
         let signature = alice.identity.sign(MessageSend.signedBytes(
             channel: channel.id, epoch: first.epoch, clientMessageID: "stale-1", nonce: nonceText, ciphertext: sealed))
         await #expect(throws: AgentChatError.staleEpoch) {
-            try await alice.request(["type": "message.send", "channel": .string(channel.id.rawValue),
-                                     "epoch": .number(Double(first.epoch)), "clientMessageId": "stale-1",
-                                     "nonce": .string(nonceText), "ciphertext": .string(sealed),
-                                     "signature": .string(Base64URL.encode(signature))])
+            try await alice.request(.channel(id: nil, .send(MessageSend(
+                channel: channel.id, epoch: first.epoch, clientMessageID: "stale-1", nonce: nonceText,
+                ciphertext: sealed, signature: Base64URL.encode(signature)))))
         }
 
         // The SDK still believes in the old epoch; its next send is refused, re-keys and succeeds by itself.
@@ -199,21 +205,21 @@ import Testing
         let alice = try await cluster.agent("alice", on: 0)
         let channel = try await alice.createChannel(name: "tamper")
         let receipt = try await alice.send(channel: channel.id, text: "genuine")
-        let raw = try await alice.request(["type": "history", "channel": .string(channel.id.rawValue), "limit": 1])
-        let item = try #require(raw["messages"]?.arrayValue?.first?.objectValue)
+        let raw = try await alice.request(.channel(id: nil, .history(channel.id, before: nil, after: nil, limit: 1)))
+        let item = try #require(Self.storedMessages(raw).first)
         // A flipped ciphertext byte breaks the signature.
-        var bytes = try #require(item["ciphertext"]?.stringValue.flatMap(Base64URL.decode))
+        var bytes = try #require(Base64URL.decode(item.ciphertext))
         bytes[0] ^= 1
         var tampered = item
-        tampered["ciphertext"] = .string(Base64URL.encode(bytes))
-        let bad = await alice.openMessage(.object(tampered), channel: channel.id)
+        tampered.ciphertext = Base64URL.encode(bytes)
+        let bad = await alice.openMessage(tampered, channel: channel.id)
         #expect(bad.failure == .badSignature && bad.plaintext == nil && bad.text == nil && !bad.verified)
         // Another sender claimed: the signature does not verify with that DID.
         var forged = item
-        forged["sender"] = .string(AgentIdentity.generate().did.description)
-        #expect(await alice.openMessage(.object(forged), channel: channel.id).failure == .badSignature)
+        forged.sender = AgentIdentity.generate().did
+        #expect(await alice.openMessage(forged, channel: channel.id).failure == .badSignature)
         // The untouched item verifies and opens.
-        let good = await alice.openMessage(.object(item), channel: channel.id)
+        let good = await alice.openMessage(item, channel: channel.id)
         #expect(good.verified && good.text == "genuine" && good.offset == receipt.offset)
         await cluster.closeClients()
     }
@@ -221,8 +227,12 @@ import Testing
     @Test func aThousandMessagesSurviveASocketKillWithoutGapsOrDuplicates() async throws {
         let cluster = try await ChannelCluster(brokers: 2)
         defer { cluster.stop() }
+        // Bob reaches his broker through a proxy that can cut his connection (no closing handshake, as a network
+        // failure would): he reconnects and resumes as after a real failure.
+        let proxy = try FaultProxy(targetPort: cluster.brokers[1].port)
+        defer { proxy.stop() }
         let alice = try await cluster.agent("alice", on: 0)
-        let bob = try await cluster.agent("bob", on: 1)
+        let bob = try await cluster.agent("bob", server: "http://127.0.0.1:\(proxy.port)")
         let channel = try await alice.createChannel(name: "firehose", members: [bob.identity.did])
         let stream = Collector(try await bob.subscribe(channel: channel.id, since: 0))
         let prefix = Self.unique("secret-stream")
@@ -231,9 +241,9 @@ import Testing
             for index in 1...total { try await alice.send(channel: channel.id, text: "\(prefix)-\(index)") }
         }
         try await waitUntil("bob is mid-stream", timeout: 60) { stream.messages.count >= 150 }
-        await bob.simulateConnectionLoss()
+        proxy.cutAll()
         try await waitUntil("bob is further along", timeout: 60) { stream.messages.count >= 600 }
-        await bob.simulateConnectionLoss()
+        proxy.cutAll()
         try await sender.value
         try await waitUntil("bob has everything", timeout: 120) { stream.messages.count >= total }
         try await Task.sleep(for: .milliseconds(300))  // anything extra would show up now

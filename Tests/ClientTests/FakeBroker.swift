@@ -9,7 +9,9 @@ import Glibc
 /// A tiny in-process broker on 127.0.0.1 (ephemeral port) that speaks exactly the parts of `docs/PROTOCOL.md` the
 /// client uses: `POST /api/v1/agents/register` (verifying the signature over the canonical text) and the
 /// WebSocket login (`hello` with a challenge, `auth` by signature or token, `welcome`, `error` + fresh `hello`),
-/// plus `ping`/`pong`.
+/// plus `ping`/`pong`. Frames go through the protocol's codec both ways: client frames are read with
+/// `FrameCodec.decode` (a frame the broker would refuse is answered with the codec's error), broker frames are
+/// written with `FrameCodec.encode`.
 ///
 /// Threads: one accept thread, one thread per accepted connection, all started with `DedicatedThread` and all
 /// joined by ``stop()``. State shared between them is behind `lock`.
@@ -20,20 +22,30 @@ final class FakeBroker: @unchecked Sendable {
     let issuer = "http://fake-broker.test"
 
     private let listenFD: Int32
+    private let codec = FrameCodec()
     private let lock = NSLock()
     private let threads = DispatchGroup()
     private var stopped = false
     private var agents: [String: JSONValue] = [:]
     private var tokens: [String: String] = [:]
     private var liveWebSockets: [ObjectIdentifier: BlockingTCPSocket] = [:]
-    private var _authFrames: [JSONValue] = []
+    private var _authFrames: [ClientFrame] = []
+    private var _receivedFrames: [[UInt8]] = []
+    private var _helloBytes: [UInt8]?
     private var _registerBodies: [[UInt8]] = []
     private var _welcomeTokens: [String] = []
     private var _refuseTokens = false
     private var _registerOverride: (status: Int, headers: [(String, String)], body: String)?
 
     /// Every `auth` frame received, in order.
-    var authFrames: [JSONValue] { lock.withLock { _authFrames } }
+    var authFrames: [ClientFrame] { lock.withLock { _authFrames } }
+    /// Every WebSocket text message received, byte for byte, in order.
+    var receivedFrames: [[UInt8]] { lock.withLock { _receivedFrames } }
+    /// Sent instead of a fresh `hello` (then logins must sign its challenge for its `broker`).
+    var helloBytes: [UInt8]? {
+        get { lock.withLock { _helloBytes } }
+        set { lock.withLock { _helloBytes = newValue } }
+    }
     /// Every registration body received, byte for byte.
     var registerBodies: [[UInt8]] { lock.withLock { _registerBodies } }
     /// Every token sent in a `welcome`, in order.
@@ -44,8 +56,8 @@ final class FakeBroker: @unchecked Sendable {
         set { lock.withLock { _refuseTokens = newValue } }
     }
     /// Answers frames of an authenticated connection that the fake does not handle itself: called with the frame
-    /// and a function that sends a frame on the same connection; returns whether it handled the frame.
-    typealias FrameHandler = @Sendable (JSONValue, (JSONValue) throws -> Void) throws -> Bool
+    /// and the connection; returns whether it handled the frame.
+    typealias FrameHandler = @Sendable (ClientFrame, FakeSession) throws -> Bool
     private var _frameHandler: FrameHandler?
     var frameHandler: FrameHandler? {
         get { lock.withLock { _frameHandler } }
@@ -140,8 +152,8 @@ final class FakeBroker: @unchecked Sendable {
             let offered = (headers["sec-websocket-protocol"] ?? "").split(separator: ",").map {
                 $0.trimmingCharacters(in: .whitespaces)
             }
-            guard offered.contains("agentchat.v1") else {
-                return try respond(peer, 400, error: "subprotocol_required", "offer agentchat.v1")
+            guard offered.contains(WireProtocol.subprotocol) else {
+                return try respond(peer, 400, error: "subprotocol_required", "offer \(WireProtocol.subprotocol)")
             }
             return try serveWebSocket(peer, key: headers["sec-websocket-key"] ?? "")
         }
@@ -214,10 +226,10 @@ final class FakeBroker: @unchecked Sendable {
     private func serveWebSocket(_ peer: FakePeer, key: String) throws {
         try peer.write(Array(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + "Sec-WebSocket-Accept: \(WebSocketHandshake.acceptValue(forKey: key))\r\n"
-            + "Sec-WebSocket-Protocol: agentchat.v1\r\n\r\n").utf8))
+            + "Sec-WebSocket-Protocol: \(WireProtocol.subprotocol)\r\n\r\n").utf8))
         lock.withLock { liveWebSockets[ObjectIdentifier(peer.socket)] = peer.socket }
         var challenge = try sendHello(peer)
-        var authenticated = false
+        var authenticated: DID?
         while !isStopped {
             let frame: WebSocketFrame
             do {
@@ -237,76 +249,106 @@ final class FakeBroker: @unchecked Sendable {
             default:
                 continue
             }
-            guard let json = try? JSONParser.parse(frame.payload) else {
-                try sendJSON(peer, ["type": "error", "code": "bad_json", "message": "not JSON"])
+            lock.withLock { _receivedFrames.append(frame.payload) }
+            let decoded = codec.decode(frame.payload)
+            let clientFrame: ClientFrame
+            switch decoded.frame {
+            case .success(let success):
+                clientFrame = success
+            case .failure(let error):
+                try send(peer, .error(error, ref: decoded.id))
                 continue
             }
-            let ref = json["id"]
-            func reply(_ fields: [String: JSONValue]) throws {
-                var fields = fields
-                if let ref { fields["ref"] = ref }
-                try sendJSON(peer, .object(fields))
-            }
-            switch json["type"]?.stringValue {
-            case "ping":
-                try reply(["type": "pong", "time": .number(Double(Int64(Date().timeIntervalSince1970 * 1000)))])
-            case "auth":
-                lock.withLock { _authFrames.append(json) }
-                if authenticated {
-                    try reply(["type": "error", "code": "already_authenticated", "message": "again"])
+            let ref = clientFrame.id
+            switch clientFrame {
+            case .ping:
+                try send(peer, .pong(ref: ref, time: Int64(Date().timeIntervalSince1970 * 1000)))
+            case .auth(_, let credentials):
+                lock.withLock { _authFrames.append(clientFrame) }
+                if authenticated != nil {
+                    try send(peer, .error(ProtocolError(.alreadyAuthenticated, "again"), ref: ref))
                     continue
                 }
-                var did: String?
-                if let token = json["token"]?.stringValue {
-                    did = lock.withLock { _refuseTokens ? nil : tokens[token] }
+                var did: DID?
+                switch credentials {
+                case .token(let token):
+                    did = lock.withLock { _refuseTokens ? nil : tokens[token].flatMap(DID.init(parsing:)) }
                     if did == nil {
-                        try reply(["type": "error", "code": "token_invalid", "message": "unknown token"])
+                        try send(peer, .error(ProtocolError(.tokenInvalid, "unknown token"), ref: ref))
                         challenge = try sendHello(peer)
                         continue
                     }
-                } else if let didText = json["did"]?.stringValue, let parsed = DID(parsing: didText),
-                    let signature = json["signature"]?.stringValue.flatMap(Base64URL.decode),
-                    SigningKeyPair.verify(signature: signature,
-                                          message: Array("agentchat-auth-v1\n\(issuer)\n\(challenge)".utf8),
-                                          publicKey: parsed.signingKey),
-                    lock.withLock({ agents[didText] != nil })
-                {
-                    did = didText
-                } else {
-                    try reply(["type": "error", "code": "auth_failed", "message": "bad signature or unknown DID"])
-                    challenge = try sendHello(peer)
-                    continue
+                case .signature(let signer, let signature):
+                    if SigningKeyPair.verify(signature: signature,
+                                             message: AuthChallenge.signedBytes(broker: challenge.broker,
+                                                                                challenge: challenge.challenge),
+                                             publicKey: signer.signingKey),
+                        lock.withLock({ agents[signer.description] != nil })
+                    {
+                        did = signer
+                    } else {
+                        try send(peer, .error(ProtocolError(.authFailed, "bad signature or unknown DID"), ref: ref))
+                        challenge = try sendHello(peer)
+                        continue
+                    }
                 }
                 let token = "fake." + Base64URL.encode(SecureRandom.bytes(24))
                 let profile = lock.withLock { () -> JSONValue in
-                    tokens[token] = did!
+                    tokens[token] = did!.description
                     _welcomeTokens.append(token)
-                    return agents[did!]!
+                    return agents[did!.description]!
                 }
-                authenticated = true
+                authenticated = did
                 let expiresAt = Int64(Date().timeIntervalSince1970 * 1000) + 900_000
-                try reply(["type": "welcome", "agent": profile, "token": .string(token),
-                           "expiresAt": .number(Double(expiresAt))])
+                try send(peer, .welcome(ref: ref, agent: AgentProfile(json: profile)!, token: token,
+                                        expiresAt: expiresAt))
             default:
-                if authenticated, let handler = frameHandler, try handler(json, { try sendJSON(peer, $0) }) {
+                if let did = authenticated, let handler = frameHandler,
+                    try handler(clientFrame, FakeSession(did: did, peer: peer, codec: codec))
+                {
                     continue
                 }
-                try reply(["type": "error", "code": authenticated ? "unknown_type" : "not_authenticated",
-                           "message": "no"])
+                try send(peer, .error(ProtocolError(authenticated != nil ? .unknownType : .notAuthenticated, "no"),
+                                      ref: ref))
             }
         }
     }
 
-    private func sendHello(_ peer: FakePeer) throws -> String {
+    /// Sends a `hello` (or ``helloBytes``); returns what a login must sign.
+    private func sendHello(_ peer: FakePeer) throws -> (broker: String, challenge: String) {
+        if let bytes = helloBytes {
+            guard case .hello(let broker, let challenge, _) = try codec.decodeServerFrame(bytes) else {
+                throw ProtocolError(.badFrame, "helloBytes is not a hello")
+            }
+            try peer.send(WebSocketFrame(opcode: .text, payload: bytes))
+            return (broker, challenge)
+        }
         let challenge = Base64URL.encode(SecureRandom.bytes(32))
         let expiresAt = Int64(Date().timeIntervalSince1970 * 1000) + 60_000
-        try sendJSON(peer, ["type": "hello", "broker": .string(issuer), "challenge": .string(challenge),
-                            "expiresAt": .number(Double(expiresAt))])
-        return challenge
+        try send(peer, .hello(broker: issuer, challenge: challenge, expiresAt: expiresAt))
+        return (issuer, challenge)
     }
 
-    private func sendJSON(_ peer: FakePeer, _ value: JSONValue) throws {
-        try peer.send(WebSocketFrame(opcode: .text, payload: JSONWriter.encode(value)))
+    private func send(_ peer: FakePeer, _ frame: ServerFrame) throws {
+        try peer.send(WebSocketFrame(opcode: .text, payload: codec.encode(frame)))
+    }
+}
+
+/// One logged-in WebSocket connection of the fake broker, as a ``FakeBroker/FrameHandler`` sees it.
+struct FakeSession {
+    /// The agent that logged in on it.
+    let did: DID
+    fileprivate let peer: FakePeer
+    fileprivate let codec: FrameCodec
+
+    /// Sends a frame, encoded by the codec.
+    func send(_ frame: ServerFrame) throws {
+        try peer.send(WebSocketFrame(opcode: .text, payload: codec.encode(frame)))
+    }
+
+    /// Sends bytes as they are (a golden frame, say) in one text message.
+    func send(bytes: [UInt8]) throws {
+        try peer.send(WebSocketFrame(opcode: .text, payload: bytes))
     }
 }
 

@@ -10,15 +10,15 @@ import Testing
 /// does.
 @Suite(.serialized) struct GapRepairTests {
     /// A stored item as the broker sends it (opaque ciphertext: the SDK reports it as undecryptable, with its offset).
-    static func item(_ offset: Int64, sender: DID) -> JSONValue {
-        ["offset": .number(Double(offset)), "ciphertext": .string(Base64URL.encode(SecureRandom.bytes(32))),
-         "epoch": 1, "id": .string("m\(offset)"), "nonce": .string(Base64URL.encode(SecureRandom.bytes(12))),
-         "sender": .string(sender.description), "signature": .string(Base64URL.encode(SecureRandom.bytes(64))),
-         "ts": 1_704_067_200_000]
+    static func item(_ offset: Int64, sender: DID) -> StoredMessage {
+        StoredMessage(offset: offset, sender: sender, timestamp: 1_704_067_200_000, epoch: 1,
+                      clientMessageID: "m\(offset)", nonce: Base64URL.encode(SecureRandom.bytes(12)),
+                      ciphertext: Base64URL.encode(SecureRandom.bytes(32)),
+                      signature: Base64URL.encode(SecureRandom.bytes(64)))
     }
 
-    static func messages(_ channel: JSONValue, _ offsets: some Sequence<Int64>, sender: DID) -> JSONValue {
-        ["type": "messages", "channel": channel, "messages": .array(offsets.map { item($0, sender: sender) })]
+    static func messages(_ channel: ChannelID, _ offsets: some Sequence<Int64>, sender: DID) -> ServerFrame {
+        .messages(ref: nil, channel: channel, offsets.map { item($0, sender: sender) }, next: nil)
     }
 
     @Test(arguments: [false, true])
@@ -26,31 +26,30 @@ import Testing
         let broker = try FakeBroker()
         defer { broker.stop() }
         let sender = AgentIdentity.generate().did
-        let subscribes = Mutex<[JSONValue]>([])
-        broker.frameHandler = { frame, send in
-            switch frame["type"]?.stringValue {
-            case "channel.subscribe":
+        /// (since, historyEpoch) of every `channel.subscribe`.
+        let subscribes = Mutex<[(since: Int64?, historyEpoch: String?)]>([])
+        broker.frameHandler = { frame, session in
+            switch frame {
+            case .channel(let id, .subscribe(let channel, let since, let historyEpoch)):
                 let count = subscribes.withLock {
-                    $0.append(frame)
+                    $0.append((since, historyEpoch))
                     return $0.count
                 }
-                let channel = frame["channel"] ?? nil
-                let since = frame["since"]?.integerValue ?? 0
                 // The second answer says whether everything could be recovered.
                 let recovered = count == 1 || !announced
-                try send(["type": "subscribed", "ref": frame["id"] ?? nil, "channel": channel, "historyEpoch": "h1",
-                          "offset": 7, "recovered": .bool(recovered)])
+                try session.send(.subscribed(ref: id, channel: channel, historyEpoch: "h1", offset: 7,
+                                             recovered: recovered))
                 if count == 1 {
-                    try send(Self.messages(channel, 1...3, sender: sender))
-                    try send(Self.messages(channel, 6...7, sender: sender))  // 4 and 5 skipped
+                    try session.send(Self.messages(channel, 1...3, sender: sender))
+                    try session.send(Self.messages(channel, 6...7, sender: sender))  // 4 and 5 skipped
                 } else if announced {
-                    try send(Self.messages(channel, 6...7, sender: sender))  // trimmed: the broker said so
+                    try session.send(Self.messages(channel, 6...7, sender: sender))  // trimmed: the broker said so
                 } else {
-                    try send(Self.messages(channel, (since + 1)...7, sender: sender))
+                    try session.send(Self.messages(channel, ((since ?? 0) + 1)...7, sender: sender))
                 }
                 return true
-            case "channel.keys.get":
-                try send(["type": "error", "ref": frame["id"] ?? nil, "code": "not_found", "message": "no keys"])
+            case .channel(let id, .getKeys):
+                try session.send(.error(ProtocolError(.notFound, "no keys"), ref: id))
                 return true
             default:
                 return false
@@ -70,8 +69,8 @@ import Testing
         #expect(stream.values.compactMap(\.message).map(\.offset) == expected)
         let requests = subscribes.withLock { $0 }
         #expect(requests.count == 2)
-        #expect(requests.last?["since"]?.integerValue == 3)
-        #expect(requests.last?["historyEpoch"]?.stringValue == "h1")
+        #expect(requests.last?.since == 3)
+        #expect(requests.last?.historyEpoch == "h1")
         #expect(await client.channelStatistics.gapsRepaired == 1)
         // The repair shows as a resume in the stream, with what the broker said about recovery.
         let resumes = stream.values.compactMap(\.resume)

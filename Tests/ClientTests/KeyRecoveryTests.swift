@@ -18,17 +18,19 @@ import Testing
         let description = try await alice.describe(channel: channel.id)
         #expect(description.epoch == channel.epoch + 1 && description.keyedEpoch == channel.epoch)
         let key = SecureRandom.bytes(AES256GCM.keyLength)
-        var envelopes: [String: String] = [:]
+        var envelopes: [DID: String] = [:]
         for member in description.members {
-            envelopes[member.did.description] = member.did == bob.identity.did
+            envelopes[member.did] = member.did == bob.identity.did
                 ? Base64URL.encode(SecureRandom.bytes(ChannelKeys.envelopeBytes))
                 : Base64URL.encode(try EncryptionKeyPair.sealForRecipient(key, recipientPublicKey: member.encryptionKey))
         }
-        let signed = ChannelKeys.signedBytes(channel: channel.id, epoch: description.epoch, envelopes: envelopes)
-        _ = try await alice.request(["type": "channel.keys", "channel": .string(channel.id.rawValue),
-                                     "epoch": .number(Double(description.epoch)),
-                                     "envelopes": .object(envelopes.mapValues { .string($0) }),
-                                     "signature": .string(Base64URL.encode(alice.identity.sign(signed)))])
+        let signed = ChannelKeys.signedBytes(channel: channel.id, epoch: description.epoch,
+                                             envelopes: Dictionary(uniqueKeysWithValues: envelopes.map {
+                                                 ($0.key.description, $0.value)
+                                             }))
+        _ = try await alice.request(.channel(id: nil, .publishKeys(ChannelKeys(
+            channel: channel.id, epoch: description.epoch, envelopes: envelopes,
+            signature: Base64URL.encode(alice.identity.sign(signed))))))
 
         let stream = Collector(try await alice.subscribe(channel: channel.id))
         defer { stream.cancel() }

@@ -31,9 +31,9 @@ import Testing
         #expect(!token.description.contains(token.token))
 
         let auth = try #require(broker.authFrames.first)
-        #expect(auth["did"]?.stringValue == identity.did.description)
-        #expect(auth["token"] == nil)
-        #expect(auth["id"]?.stringValue != nil)
+        #expect(auth.authDID == identity.did)
+        #expect(auth.authToken == nil)
+        #expect(auth.id != nil)
 
         let pong = try await client.ping()
         #expect(pong.brokerTime > 0)
@@ -57,19 +57,49 @@ import Testing
         let (_, client) = try await registeredClient(broker)
         let unsolicited = Collector(client.unsolicitedFrames())
         _ = try await client.connect()
-        // An error answer (with our id as ref) is thrown with the broker's code.
-        let error = await #expect(throws: AgentChatError.self) { try await client.request(["type": "teleport"]) }
+        // An error answer (with our id as ref) is thrown with the broker's code. (The fake answers every frame it
+        // does not handle, here a channel request, with `unknown_type`.)
+        let channel = ChannelID(randomBytes: SecureRandom.bytes(16))
+        let error = await #expect(throws: AgentChatError.self) {
+            try await client.request(.channel(id: nil, .describe(channel)))
+        }
         #expect(error?.code == "unknown_type")
         #expect(error?.category == .server)
         // A frame without an id is answered without a ref: it goes to the unsolicited stream.
-        try await client.send(["type": "teleport"])
+        try await client.send(.channel(id: nil, .describe(channel)))
         try await waitUntil("an unsolicited error frame") { unsolicited.values.count == 1 }
-        #expect(unsolicited.values.first?["code"]?.stringValue == "unknown_type")
-        #expect(unsolicited.values.first?["ref"] == nil)
+        guard case .error(let unsolicitedError, let ref) = unsolicited.values.first else {
+            Issue.record("expected an error frame, got \(unsolicited.values)")
+            return
+        }
+        #expect(unsolicitedError.code == .unknownType)
+        #expect(ref == nil)
         // The connection is still fine.
         #expect(try await client.ping().brokerTime > 0)
         await client.close()
         unsolicited.cancel()
+    }
+
+    /// An answer the codec cannot read (here a `channel` frame without its description) fails the request it
+    /// answers at once, as a protocol violation, instead of leaving it to time out.
+    @Test func anUnreadableAnswerFailsItsRequest() async throws {
+        let broker = try FakeBroker()
+        defer { broker.stop() }
+        broker.frameHandler = { frame, session in
+            try session.send(bytes: Array(#"{"ref":"\#(frame.id ?? "")","type":"channel"}"#.utf8))
+            return true
+        }
+        let (_, client) = try await registeredClient(broker)
+        _ = try await client.connect()
+        let started = ContinuousClock.now
+        let error = await #expect(throws: AgentChatError.self) {
+            try await client.describe(channel: ChannelID(randomBytes: SecureRandom.bytes(16)))
+        }
+        #expect(error?.category == .protocolViolation)
+        #expect(error?.message.contains("bad_frame") == true)
+        #expect(ContinuousClock.now - started < .seconds(4))  // not the 5 s request timeout
+        #expect(try await client.ping().brokerTime > 0)
+        await client.close()
     }
 
     @Test func unregisteredIdentityIsRefused() async throws {
@@ -94,8 +124,8 @@ import Testing
         try await waitUntil("the reconnected state") { await client.state == .connected(profile) }
 
         let second = broker.authFrames[1]
-        #expect(second["token"]?.stringValue == firstToken)
-        #expect(second["did"] == nil && second["signature"] == nil)
+        #expect(second.authToken == firstToken)
+        #expect(second.authDID == nil)
         #expect(await client.sessionToken?.token == broker.welcomeTokens.last)
         #expect(states.values.contains { if case .reconnecting = $0 { true } else { false } })
         #expect(try await client.ping().brokerTime > 0)
@@ -117,9 +147,9 @@ import Testing
         try await waitUntil("the reconnected state") { await client.state == .connected(profile) }
 
         let frames = broker.authFrames
-        #expect(frames[1]["token"]?.stringValue == firstToken)
-        #expect(frames[2]["token"] == nil)
-        #expect(frames[2]["did"]?.stringValue == identity.did.description)
+        #expect(frames[1].authToken == firstToken)
+        #expect(frames[2].authToken == nil)
+        #expect(frames[2].authDID == identity.did)
         let newToken = try #require(await client.sessionToken?.token)
         #expect(newToken != firstToken)
         #expect(newToken == broker.welcomeTokens.last)
@@ -139,7 +169,7 @@ import Testing
         await #expect(throws: AgentChatError.notConnected) { try await client.ping() }
         // An explicit connect logs in again (with the token).
         _ = try await client.connect()
-        #expect(broker.authFrames.last?["token"] != nil)
+        #expect(broker.authFrames.last?.authToken != nil)
         await client.close()
     }
 
@@ -154,4 +184,11 @@ import Testing
         await client.close()
         #expect(await client.state == .closed)
     }
+}
+
+extension ClientFrame {
+    /// The DID of a login by signature.
+    var authDID: DID? { if case .auth(_, .signature(let did, _)) = self { did } else { nil } }
+    /// The session token of a login by token.
+    var authToken: String? { if case .auth(_, .token(let token)) = self { token } else { nil } }
 }

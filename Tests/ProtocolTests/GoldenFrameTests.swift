@@ -60,6 +60,26 @@ import Testing
         #expect(codec.encode(frame) == golden, "\(file): \(String(decoding: codec.encode(frame), as: UTF8.self))")
     }
 
+    /// `type`, `id` and `ref` as the typed frames report them are the ones on the wire (clients route by them).
+    @Test(arguments: files("client"))
+    func clientFramesKnowTheirTypeAndID(file: String) throws {
+        let golden = try Self.bytes("client", file)
+        let json = try JSONParser.parse(golden)
+        let frame = try codec.decode(golden).frame.get()
+        #expect(frame.type.rawValue == json["type"]?.stringValue)
+        #expect(frame.id == json["id"]?.stringValue)
+        #expect(frame.with(id: "other").id == "other" && frame.with(id: "other").with(id: frame.id) == frame)
+    }
+
+    @Test(arguments: files("server"))
+    func brokerFramesKnowTheirTypeAndRef(file: String) throws {
+        let golden = try Self.bytes("server", file)
+        let json = try JSONParser.parse(golden)
+        let frame = try codec.decodeServerFrame(golden)
+        #expect(frame.type.rawValue == json["type"]?.stringValue)
+        #expect(frame.ref == json["ref"]?.stringValue)
+    }
+
     @Test(arguments: files("refused"))
     func refusedFramesGetTheirCode(file: String) throws {
         let code = String(file.dropLast(".json".count))

@@ -2,10 +2,10 @@ import AgentChatCrypto
 import AgentChatProtocol
 import Glibc
 
-/// One agentchat.v1 connection: `hello` → `auth` (challenge signed with the agent's key) → `welcome`, then, to
-/// subscribe, `channel.join` → `channel.subscribe` → `subscribed`. `messages` batches are scanned for each
-/// message's `"ciphertext":"` without parsing the JSON: the first 24 characters of the ciphertext are the
-/// harness's header (see `MessageHeader`).
+/// One agentchat connection (`Wire`, the protocol's codec): `hello` → `auth` (challenge signed with the agent's
+/// key) → `welcome`, then, to subscribe, `channel.join` → `channel.subscribe` → `subscribed`. `messages` batches
+/// are scanned for each message's ciphertext without parsing the JSON: the first 24 characters of the ciphertext
+/// are the harness's header (see `MessageHeader`).
 final class AgentChatSession: SessionHandler, ReadyNotifying {
     let context: SessionContext
     let mode: SessionMode
@@ -14,7 +14,7 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
     private(set) var isReady = false
     var onReady: (() -> Void)?
     /// Replies by `ref`, for the publisher's setup steps.
-    var onReply: ((String, JSONValue) -> Void)?
+    var onReply: ((String, ServerFrame) -> Void)?
     var acks = 0
     var errors = 0
     /// Already a member (rooms are created with their members): subscribe without joining.
@@ -29,87 +29,95 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
 
     func opened(_ c: WebSocketConnection) {}
 
-    func sendFrame(_ c: WebSocketConnection, _ value: JSONValue) {
-        c.send(JSONWriter.encode(value), binary: false)
+    func sendFrame(_ c: WebSocketConnection, _ frame: ClientFrame) {
+        c.send(Wire.encode(frame), binary: false)
     }
 
     private func markReady() {
         if !isReady { isReady = true; context.ready += 1; onReady?() }
     }
 
-    private static let batchPrefix = Array(#"{"channel":"#.utf8)
-    private static let marker = Array(#""ciphertext":""#.utf8)
-    private static let ackPrefix = Array(#"{"channel":"#.utf8)
+    /// Sends `channel.subscribe` (id `s1`) or `channel.join` (id `j1`) for the session's channel.
+    private func request(_ c: WebSocketConnection, id: String, _ make: (ChannelID) -> ChannelRequest) {
+        guard let channelID = channel.flatMap(ChannelID.init) else {
+            return context.fail("agentchat: bad channel id \(channel ?? "nil")")
+        }
+        sendFrame(c, .channel(id: id, make(channelID)))
+    }
+
+    /// Calls `found` with the harness header at the start of every message's ciphertext in a `messages` batch (the
+    /// codec writes keys sorted: the batch starts with "channel", each item with "offset" then "ciphertext").
+    /// False when `payload` holds none.
+    @inline(__always)
+    static func scanHeaders(_ payload: UnsafeRawBufferPointer, _ found: (MessageHeader) -> Void) -> Bool {
+        guard payload.count > 64 && payload.starts(with: Wire.messagesFrame.beforeChannel) else { return false }
+        let m = Wire.ciphertextStart
+        var i = 0
+        let end = payload.count - m.count - MessageHeader.textCount
+        var any = false
+        while i < end {
+            if payload[i] == m[0] && payload[i + 1] == m[1] && payload[i + 2] == m[2] && payload[i + 3] == m[3] {
+                var ok = true
+                for k in 4..<m.count where payload[i + k] != m[k] { ok = false; break }
+                if ok, let h = MessageHeader.decode(payload, at: i + m.count) {
+                    found(h)
+                    any = true
+                    i += m.count + 200
+                    continue
+                }
+            }
+            i += 1
+        }
+        return any
+    }
+
+    /// Whether `payload` is a `message.ack` (checked without a full parse: frequent on the publisher).
+    @inline(__always)
+    static func isAck(_ payload: UnsafeRawBufferPointer) -> Bool {
+        payload.count < 200 && payload.contains(Wire.ackType)
+    }
 
     func received(_ c: WebSocketConnection, _ payload: UnsafeRawBufferPointer, binary: Bool) {
-        // Fast path: a `messages` batch (keys sorted, so it starts with "channel" and each item with "offset",
-        // then "ciphertext").
-        if payload.count > 64 && payload.starts(with: Self.batchPrefix) {
-            let now = nowNs()
-            let m = Self.marker
-            var i = 0
-            let end = payload.count - m.count - MessageHeader.textCount
-            var found = false
-            while i < end {
-                if payload[i] == m[0] && payload[i + 1] == m[1] && payload[i + 2] == m[2] && payload[i + 3] == m[3] {
-                    var ok = true
-                    for k in 4..<m.count where payload[i + k] != m[k] { ok = false; break }
-                    if ok, let h = MessageHeader.decode(payload, at: i + m.count) {
-                        context.recorder.record(connection: c.index, h, now: now)
-                        found = true
-                        i += m.count + 200
-                        continue
-                    }
-                }
-                i += 1
-            }
-            if found { return }
-        }
-        // message.ack is frequent on the publisher: count it without a full parse.
-        if payload.count < 200, let s = String(validating: payload, as: UTF8.self),
-           s.contains(#""type":"message.ack""#)
-        {
+        // Fast path: a `messages` batch.
+        let now = nowNs()
+        if Self.scanHeaders(payload, { context.recorder.record(connection: c.index, $0, now: now) }) { return }
+        if Self.isAck(payload) {
             acks += 1
             return
         }
-        guard let value = try? JSONParser.parse(Array(payload)) else { return }
-        switch value["type"]?.stringValue {
-        case "hello":
-            guard let broker = value["broker"]?.stringValue, let challenge = value["challenge"]?.stringValue else {
-                return
-            }
-            let signature = identity.sign(AuthChallenge.signedBytes(broker: broker, challenge: challenge))
-            sendFrame(c, ["type": "auth", "id": "a1", "did": .string(identity.did.description),
-                          "signature": .string(Base64URL.encode(signature))])
-        case "welcome":
-            if mode == .subscribe, let channel, skipJoin {
-                sendFrame(c, ["type": "channel.subscribe", "id": "s1", "channel": .string(channel)])
-            } else if mode == .subscribe, let channel {
-                sendFrame(c, ["type": "channel.join", "id": "j1", "channel": .string(channel)])
+        guard let frame = Wire.decode(payload) else { return }
+        switch frame {
+        case .hello(let broker, let challenge, _):
+            sendFrame(c, Wire.login(identity, broker: broker, challenge: challenge))
+        case .welcome:
+            if mode == .subscribe, channel != nil, skipJoin {
+                request(c, id: "s1") { .subscribe($0, since: nil, historyEpoch: nil) }
+            } else if mode == .subscribe, channel != nil {
+                request(c, id: "j1") { .join($0) }
             } else {
                 markReady()
             }
-        case "channel" where value["ref"]?.stringValue == "j1":
-            sendFrame(c, ["type": "channel.subscribe", "id": "s1", "channel": .string(channel ?? "")])
-        case "subscribed":
+        case .channel(let ref, _) where ref == "j1":
+            request(c, id: "s1") { .subscribe($0, since: nil, historyEpoch: nil) }
+        case .subscribed:
             markReady()
-        case "error":
+        case .error(let error, let ref):
             errors += 1
             context.protocolErrors += 1
             if context.firstFailure == nil {
                 context.firstFailure = "agentchat error: \(String(decoding: payload, as: UTF8.self))"
             }
-            if let ref = value["ref"]?.stringValue { onReply?(ref, value) }
-            if value["ref"]?.stringValue == "j1" {
+            if let ref { onReply?(ref, frame) }
+            if ref == "j1" {
                 // Already a member (the channel's owner, whose other connection publishes): subscribe anyway.
                 errors -= 1
                 context.protocolErrors -= 1
-                sendFrame(c, ["type": "channel.subscribe", "id": "s1", "channel": .string(channel ?? "")])
-            } else if value["ref"]?.stringValue == "s1" || value["ref"]?.stringValue == "a1" {
-                context.fail("agentchat: \(value["code"]?.stringValue ?? "?")")
+                request(c, id: "s1") { .subscribe($0, since: nil, historyEpoch: nil) }
+            } else if ref == "s1" || ref == "a1" {
+                context.fail("agentchat: \(error.code)")
             }
         default:
-            if let ref = value["ref"]?.stringValue { onReply?(ref, value) }
+            if let ref = frame.ref { onReply?(ref, frame) }
         }
     }
 

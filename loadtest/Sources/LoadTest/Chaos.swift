@@ -216,12 +216,10 @@ struct ChaosCommand: ParsableCommand {
         var ledgers: [ChaosLedger] = []
         var keys: [(epoch: Int64, key: [UInt8])] = []
         for c in 0..<channels {
-            let members = senderIDs[(c * senders)..<((c + 1) * senders)].map { JSONValue.string($0.signing.did.description) }
-                + subscriberIDs[(c * subscribers * 2)..<((c + 1) * subscribers * 2)]
-                .map { JSONValue.string($0.signing.did.description) }
-            let reply = try setup.request(["type": "channel.create", "id": .string("c\(c)"), "name": .string("chaos-\(c)"),
-                                           "members": .array(members)], ref: "c\(c)")
-            guard let id = reply["channel"]?["id"]?.stringValue else { throw HarnessError("channel not created") }
+            let members = senderIDs[(c * senders)..<((c + 1) * senders)].map(\.signing.did)
+                + subscriberIDs[(c * subscribers * 2)..<((c + 1) * subscribers * 2)].map(\.signing.did)
+            let reply = try setup.request("c\(c)", .create(name: "chaos-\(c)", open: false, members: members))
+            guard let id = reply.channelDescription?.id.rawValue else { throw HarnessError("channel not created") }
             keys.append(try setup.publishKeys(channel: id, runTag: "owner"))
             ledgers.append(ChaosLedger(index: c, channel: id))
         }

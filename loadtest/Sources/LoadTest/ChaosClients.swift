@@ -102,19 +102,25 @@ final class ChaosLedger {
     var holes: [Int64] { maxOffset < 1 ? [] : (1...maxOffset).filter { messageAt[$0] == nil } }
 }
 
-/// The offsets and clientMessageIds in a `messages` frame, read without parsing the JSON: the frame is
+/// The offsets and clientMessageIds in a `messages` frame, read without parsing the JSON: the codec writes it as
 /// `{"channel":"ch_…","messages":[{"offset":N,…,"id":"<clientMessageId>",…},…],…}` (keys sorted; every other
-/// value is base64url, a number or a DID, so neither marker can occur inside a value). Nil for other frames.
+/// value is base64url, a number or a DID, so neither marker can occur inside a value). Nil for other frames. The
+/// markers come from `Wire` (the codec's output); `self-check` runs this on the golden frames.
 enum MessagesFrame {
-    private static let prefix = Array(#"{"channel":""#.utf8)
-    private static let list = Array(#"","messages":["#.utf8)
-    private static let item = Array(#"{"offset":"#.utf8)
-    private static let id = Array(#""id":""#.utf8)
+    private static let prefix = Wire.messagesFrame.beforeChannel
+    private static let list = Wire.messagesFrame.afterChannel
+    private static let item = Wire.itemStart
+    private static let id = Wire.clientMessageIDStart
 
     static func find(_ p: UnsafeRawBufferPointer, _ needle: [UInt8], from: Int, to end: Int) -> Int? {
         guard from < end else { return nil }
         let i = needle.withUnsafeBytes { n in lt_find(p.baseAddress! + from, end - from, n.baseAddress!, n.count) }
         return i < 0 ? nil : from + i
+    }
+
+    /// Whether a `messages` frame answers a request (`ref`, written last but for `type`).
+    static func hasRef(_ p: UnsafeRawBufferPointer) -> Bool {
+        find(p, Wire.refStart, from: max(0, p.count - 64), to: p.count) != nil
     }
 
     static func scan(_ p: UnsafeRawBufferPointer) -> [(offset: Int64, id: String)]? {
@@ -194,12 +200,12 @@ class ChaosAgent: SessionHandler {
         loggedIn = false
     }
 
-    func send(_ value: JSONValue) { connection?.send(JSONWriter.encode(value), binary: false) }
+    func send(_ frame: ClientFrame) { connection?.send(Wire.encode(frame), binary: false) }
 
     // Subclass hooks.
     func didLogIn() {}
     func didDisconnect() {}
-    func didReceive(_ value: JSONValue) {}
+    func didReceive(_ frame: ServerFrame) {}
     /// A `messages` frame, already scanned.
     func didReceiveMessages(_ items: [(offset: Int64, id: String)], ref: Bool) {}
 
@@ -207,37 +213,29 @@ class ChaosAgent: SessionHandler {
 
     func opened(_ c: WebSocketConnection) {}
 
-    private static let refMarker = Array(#""ref":""#.utf8)
-
     func received(_ c: WebSocketConnection, _ payload: UnsafeRawBufferPointer, binary: Bool) {
         guard c === connection else { return }
         if let items = MessagesFrame.scan(payload) {
-            let ref = MessagesFrame.find(payload, Self.refMarker, from: max(0, payload.count - 64), to: payload.count)
-            return didReceiveMessages(items, ref: ref != nil)
+            return didReceiveMessages(items, ref: MessagesFrame.hasRef(payload))
         }
-        guard let value = try? JSONParser.parse(Array(payload)) else {
-            return note("unparsable frame: \(String(decoding: payload.prefix(120), as: UTF8.self))")
+        guard let frame = Wire.decode(payload) else {
+            return note("unreadable frame: \(String(decoding: payload.prefix(120), as: UTF8.self))")
         }
-        switch value["type"]?.stringValue {
-        case "hello":
-            guard let broker = value["broker"]?.stringValue, let challenge = value["challenge"]?.stringValue else {
-                return
-            }
-            let signature = identity.sign(AuthChallenge.signedBytes(broker: broker, challenge: challenge))
-            send(["type": "auth", "id": "a1", "did": .string(identity.did.description),
-                  "signature": .string(Base64URL.encode(signature))])
-        case "welcome":
+        switch frame {
+        case .hello(let broker, let challenge, _):
+            send(Wire.login(identity, broker: broker, challenge: challenge))
+        case .welcome:
             loggedIn = true
             failedAttempts = 0
             logins += 1
             didLogIn()
-        case "error":
-            errorCodes[value["code"]?.stringValue ?? "?", default: 0] += 1
+        case .error(let error, let ref):
+            errorCodes[error.code.rawValue, default: 0] += 1
             // A refused login (e.g. `unavailable` while Redis is down): start again on a new connection, later.
-            if value["ref"]?.stringValue == "a1" { return c.fail("login refused") }
-            didReceive(value)
+            if ref == "a1" { return c.fail("login refused") }
+            didReceive(frame)
         default:
-            didReceive(value)
+            didReceive(frame)
         }
     }
 
@@ -333,12 +331,12 @@ final class ChaosSender: ChaosAgent {
         inFlight.removeAll()
     }
 
-    override func didReceive(_ value: JSONValue) {
-        guard let ref = value["ref"]?.stringValue, ref.hasPrefix("m"), let seq = UInt64(ref.dropFirst()) else { return }
+    override func didReceive(_ frame: ServerFrame) {
+        guard let ref = frame.ref, ref.hasPrefix("m"), let seq = UInt64(ref.dropFirst()) else { return }
         inFlight[seq] = nil
-        if value["type"]?.stringValue == "message.ack", let offset = value["offset"]?.integerValue {
+        if case .messageAck(_, _, let offset, let duplicate) = frame {
             ledger.acknowledge(offset: offset, clientMessageID: template.clientMessageID(header(seq)),
-                               duplicate: value["duplicate"]?.boolValue ?? false, at: scheduler.elapsed)
+                               duplicate: duplicate, at: scheduler.elapsed)
             if offsets[seq] == nil { offsets[seq] = offset }
         } else if offsets[seq] == nil {
             // Refused (`unavailable` while Redis is down, …): the same message again, a little later.
@@ -377,31 +375,28 @@ final class ChaosSubscriber: ChaosAgent {
     }
 
     private func subscribe() {
-        var frame: [String: JSONValue] = ["type": "channel.subscribe", "id": "sub", "channel": .string(ledger.channel),
-                                          "since": .number(Double(lastOffset))]
-        if let historyEpoch { frame["historyEpoch"] = .string(historyEpoch) }
-        send(.object(frame))
+        guard let channel = ChannelID(ledger.channel) else { return note("bad channel id \(ledger.channel)") }
+        send(.channel(id: "sub", .subscribe(channel, since: lastOffset, historyEpoch: historyEpoch)))
     }
 
     override func didLogIn() { subscribe() }
     override func didDisconnect() { streamLast = nil }
 
-    override func didReceive(_ value: JSONValue) {
-        switch value["type"]?.stringValue {
-        case "subscribed":
+    override func didReceive(_ frame: ServerFrame) {
+        switch frame {
+        case .subscribed(_, _, let given, let latest, let recovered):
             streams += 1
-            let given = value["historyEpoch"]?.stringValue
             if let historyEpoch, given != historyEpoch {
                 historyEpochChanges += 1
-                note("stream \(streams): historyEpoch changed from \(historyEpoch) to \(given ?? "nil")")
+                note("stream \(streams): historyEpoch changed from \(historyEpoch) to \(given)")
             }
             historyEpoch = given
-            if value["recovered"]?.boolValue != true {
+            if !recovered {
                 notRecovered += 1
-                note("stream \(streams) at \(scheduler.elapsed): subscribed since \(lastOffset) answered recovered=false (latest \(value["offset"]?.integerValue ?? -1))")
+                note("stream \(streams) at \(scheduler.elapsed): subscribed since \(lastOffset) answered recovered=false (latest \(latest))")
             }
             streamLast = lastOffset
-        case "error" where value["ref"]?.stringValue == "sub":
+        case .error(_, let ref) where ref == "sub":
             // `unavailable` while Redis is down: subscribe again on this connection, a little later.
             subscribeErrors += 1
             let c = connection
@@ -409,8 +404,8 @@ final class ChaosSubscriber: ChaosAgent {
                 guard let self, let c, c === self.connection, self.loggedIn, self.streamLast == nil else { return }
                 self.subscribe()
             }
-        case "error":
-            note("error: \(value["code"]?.stringValue ?? "?") \(value["message"]?.stringValue ?? "")")
+        case .error(let error, _):
+            note("error: \(error.code) \(error.message)")
         default:
             break
         }
@@ -454,16 +449,16 @@ final class ChaosHistoryReader: ChaosAgent {
 
     private func request() {
         requested = true
-        send(["type": "history", "id": "h", "channel": .string(channel),
-              "after": .number(Double(items.last?.offset ?? 0)), "limit": .number(500)])
+        guard let channelID = ChannelID(channel) else { return note("bad channel id \(channel)") }
+        send(.channel(id: "h", .history(channelID, before: nil, after: items.last?.offset ?? 0, limit: 500)))
     }
 
     override func didLogIn() { request() }
     override func didDisconnect() { requested = false }
 
-    override func didReceive(_ value: JSONValue) {
-        if value["type"]?.stringValue == "error", value["ref"]?.stringValue == "h" {
-            note("history refused: \(value["code"]?.stringValue ?? "?")")
+    override func didReceive(_ frame: ServerFrame) {
+        if case .error(let error, let ref) = frame, ref == "h" {
+            note("history refused: \(error.code)")
             scheduler.after(0.5) { [weak self] in if self?.loggedIn == true { self?.request() } }
         }
     }

@@ -147,7 +147,7 @@ final class ChaosCluster {
     }
 
     func endpoint(_ broker: Int) -> Endpoint {
-        Endpoint(target: .agentchat, host: "127.0.0.1", port: brokers[broker].port, subprotocol: "agentchat.v1",
+        Endpoint(target: .agentchat, host: "127.0.0.1", port: brokers[broker].port, subprotocol: Wire.subprotocol,
                  path: "/")
     }
 }

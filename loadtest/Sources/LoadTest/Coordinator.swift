@@ -92,18 +92,16 @@ final class Publisher {
         }
     }
 
-    /// agentchat: a request on the publisher's connection, waiting for the reply with `ref`.
-    func request(_ frame: JSONValue, ref: String, timeout: Double = 30) throws -> JSONValue {
+    /// agentchat: a request (`id` ref) on the publisher's connection, waiting for the reply with `ref`.
+    func request(_ ref: String, _ request: ChannelRequest, timeout: Double = 30) throws -> ServerFrame {
         guard let agent else { throw HarnessError("not an agentchat publisher") }
-        var reply: JSONValue?
+        var reply: ServerFrame?
         agent.onReply = { r, v in if r == ref { reply = v } }
-        agent.sendFrame(connection, frame)
+        agent.sendFrame(connection, .channel(id: ref, request))
         loop.run(seconds: timeout) { reply != nil || !connection.isOpen }
         agent.onReply = nil
         guard let reply else { throw HarnessError("no reply to \(ref)") }
-        if reply["type"]?.stringValue == "error" {
-            throw HarnessError("\(ref) refused: \(reply["code"]?.stringValue ?? "?") \(reply["message"]?.stringValue ?? "")")
-        }
+        if let error = reply.protocolError { throw HarnessError("\(ref) refused: \(error.code) \(error.message)") }
         return reply
     }
 
@@ -111,24 +109,12 @@ final class Publisher {
     /// template for that epoch. Returns the epoch and its key (for other senders' templates).
     @discardableResult
     func publishKeys(channel: String, runTag: String) throws -> (epoch: Int64, key: [UInt8]) {
-        let d = try request(["type": "channel.describe", "id": "d1", "channel": .string(channel)], ref: "d1")
-        guard let desc = d["channel"], let epoch = desc["epoch"]?.integerValue, let members = desc["members"]?.arrayValue,
-              let channelID = ChannelID(channel)
+        guard let channelID = ChannelID(channel),
+              let desc = try request("d1", .describe(channelID)).channelDescription
         else { throw HarnessError("bad channel description") }
+        let epoch = desc.epoch
         let key = SecureRandom.bytes(32)
-        var envelopes: [String: String] = [:]
-        for m in members {
-            guard let did = m["did"]?.stringValue, let ek = m["encryptionKey"]?.stringValue,
-                  let ekBytes = Base64URL.decode(ek)
-            else { continue }
-            envelopes[did] = Base64URL.encode(try EncryptionKeyPair.sealForRecipient(key, recipientPublicKey: ekBytes))
-        }
-        let signed = ChannelKeys.signedBytes(channel: channelID, epoch: epoch, envelopes: envelopes)
-        let sig = agent!.identity.sign(signed)
-        var env: [String: JSONValue] = [:]
-        for (k, v) in envelopes { env[k] = .string(v) }
-        _ = try request(["type": "channel.keys", "id": "k1", "channel": .string(channel), "epoch": .number(Double(epoch)),
-                         "envelopes": .object(env), "signature": .string(Base64URL.encode(sig))], ref: "k1")
+        _ = try request("k1", .publishKeys(try Wire.keySet(desc, key: key, signer: agent!.identity)))
         agentSend = try AgentChatSendTemplate(channel: channelID, epoch: epoch, key: key, signer: agent!.identity,
                                               payloadSize: payloadSize, runTag: runTag)
         return (epoch, key)
@@ -188,7 +174,8 @@ struct AgentChatSendTemplate {
         let sig = Base64URL.encode(signer.sign(MessageSend.signedBytes(channel: channel, epoch: epoch,
                                                                        clientMessageID: cmid, nonce: nonce,
                                                                        ciphertext: ciphertext)))
-        return Array(#"{"type":"message.send","id":"\#(requestID)","channel":"\#(channel)","epoch":\#(epoch),"clientMessageId":"\#(cmid)","nonce":"\#(nonce)","ciphertext":"\#(ciphertext)","signature":"\#(sig)"}"#.utf8)
+        return Wire.encode(.channel(id: requestID, .send(MessageSend(channel: channel, epoch: epoch, clientMessageID: cmid,
+                                                                     nonce: nonce, ciphertext: ciphertext, signature: sig))))
     }
 }
 

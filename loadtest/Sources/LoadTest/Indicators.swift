@@ -42,7 +42,7 @@ final class ViewerBook {
                                  numberOfSignificantValueDigits: .three)
     }
 
-    func update(viewer i: Int, channels: [JSONValue], snapshot: Bool) {
+    func update(viewer i: Int, channels: [ChannelIndicators], snapshot: Bool) {
         let now = nowNs()
         if !snapshot && markNs > 0 {
             frames[i] += 1
@@ -51,8 +51,8 @@ final class ViewerBook {
             inBucket[i] += 1
             maxInBucket[i] = max(maxInBucket[i], inBucket[i])
         }
-        for c in channels {
-            guard let id = c["id"]?.stringValue, let m = c["messages"]?.integerValue else { continue }
+        for c in channels where c.listed {
+            let id = c.id.rawValue, m = c.messages
             lastMessages[i][id] = m
             if !snapshot && publishRate > 0 && now > publishStartNs {
                 // The publisher sends one message per channel at start, then `rate` a second: it reached count m
@@ -65,7 +65,7 @@ final class ViewerBook {
     }
 }
 
-/// An unauthenticated agentchat.v1 connection acting as a viewer: on `hello` it sends `indicators.subscribe`
+/// An unauthenticated agentchat connection acting as a viewer: on `hello` it sends `indicators.subscribe`
 /// (channels, or the directory); ready on the snapshot (the `indicators` frame with `ref`).
 final class ViewerSession: SessionHandler {
     let context: SessionContext
@@ -84,23 +84,23 @@ final class ViewerSession: SessionHandler {
     func opened(_ c: WebSocketConnection) {}
 
     func received(_ c: WebSocketConnection, _ payload: UnsafeRawBufferPointer, binary: Bool) {
-        guard let value = try? JSONParser.parse(Array(payload)) else { return }
-        switch value["type"]?.stringValue {
-        case "hello":
-            let frame: JSONValue = channels == ["directory"]
-                ? ["type": "indicators.subscribe", "id": "s1", "directory": true]
-                : ["type": "indicators.subscribe", "id": "s1", "channels": .array(channels.map { .string($0) })]
-            c.send(JSONWriter.encode(frame), binary: false)
-        case "indicators":
-            let snapshot = value["ref"]?.stringValue == "s1"
-            book.update(viewer: index, channels: value["channels"]?.arrayValue ?? [], snapshot: snapshot)
+        guard let frame = Wire.decode(payload) else { return }
+        switch frame {
+        case .hello:
+            guard let subscribe = Wire.viewerSubscribe(channels) else {
+                return context.fail("viewer: bad channel ids \(channels)")
+            }
+            c.send(Wire.encode(subscribe), binary: false)
+        case .indicators(let ref, let indicators):
+            let snapshot = ref == "s1"
+            book.update(viewer: index, channels: indicators, snapshot: snapshot)
             if snapshot && !isReady { isReady = true; context.ready += 1 }
-        case "error":
+        case .error(let error, let ref):
             context.protocolErrors += 1
             if context.firstFailure == nil {
                 context.firstFailure = "viewer error: \(String(decoding: payload, as: UTF8.self))"
             }
-            if value["ref"]?.stringValue == "s1" { context.fail("viewer: \(value["code"]?.stringValue ?? "?")") }
+            if ref == "s1" { context.fail("viewer: \(error.code)") }
         default: break
         }
     }
@@ -215,10 +215,10 @@ extension Harness {
             let id = AgentIdentity()
             try Registration.register(id, name: "bench-pub-\(k)", port: port)
             let p = try Publisher(loop: loop, server: server, payloadSize: o.payload, identity: id)
-            let reply = try p.request(["type": "channel.create", "id": "c1", "name": .string("busy-\(k)")], ref: "c1")
-            guard let ch = reply["channel"]?["id"]?.stringValue else { throw HarnessError("channel not created") }
-            _ = try p.request(["type": "channel.listing", "id": "l1", "channel": .string(ch), "listed": true,
-                               "title": .string("Busy \(k)"), "topic": "load test"], ref: "l1")
+            let reply = try p.request("c1", .create(name: "busy-\(k)", open: false, members: []))
+            guard let channelID = reply.channelDescription?.id else { throw HarnessError("channel not created") }
+            let ch = channelID.rawValue
+            _ = try p.request("l1", .listing(channelID, listed: true, title: "Busy \(k)", topic: "load test"))
             try p.publishKeys(channel: ch, runTag: runTag + "p\(k)")
             pubs.append(p)
             channelIDs.append(ch)
@@ -272,7 +272,7 @@ extension Harness {
             let e = server.endpoint
             let args = ["--target", e.target.rawValue, "--host", e.host, "--port", String(e.port), "--path", e.path,
                         "--source", "127.0.0.\(2 + i)", "--connections", String(count), "--mode", "idle",
-                        "--subprotocol", e.subprotocol ?? "agentchat.v1", "--viewer-channels", subscription]
+                        "--subprotocol", e.subprotocol ?? Wire.subprotocol, "--viewer-channels", subscription]
             workers.append(try WorkerProcess(arguments: args, connections: count, loop: loop))
         }
         // The viewers connect while the publishers are quiet.

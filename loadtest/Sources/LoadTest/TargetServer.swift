@@ -142,7 +142,7 @@ final class TargetServer {
                     brokers.append(broker)
                     let port = try readBrokerPort(out.fileHandleForReading.fileDescriptor,
                                                   timeout: wrapper.isEmpty ? 30 : 180)
-                    endpoints.append(Endpoint(target: kind, host: "127.0.0.1", port: port, subprotocol: "agentchat.v1",
+                    endpoints.append(Endpoint(target: kind, host: "127.0.0.1", port: port, subprotocol: Wire.subprotocol,
                                               path: "/"))
                 }
                 let server = TargetServer(kind: kind, endpoint: endpoints[0], processes: [redis] + brokers,

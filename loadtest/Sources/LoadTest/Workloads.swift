@@ -65,22 +65,19 @@ final class Harness {
                 let owner = identities.removeLast()
                 publisher = try Publisher(loop: loop, server: server, payloadSize: payloadSize, identity: owner)
                 for r in 0..<(n / roomSize) {
-                    let members = (0..<roomSize).map { JSONValue.string(identities[r * roomSize + $0].signing.did.description) }
-                    let reply = try publisher!.request(["type": "channel.create", "id": .string("c\(r)"), "name": .string("room-\(r)"),
-                                                        "members": .array(members)], ref: "c\(r)")
-                    guard let id = reply["channel"]?["id"]?.stringValue else { throw HarnessError("room not created") }
+                    let members = (0..<roomSize).map { identities[r * roomSize + $0].signing.did }
+                    let reply = try publisher!.request("c\(r)", .create(name: "room-\(r)", open: false, members: members))
+                    guard let id = reply.channelDescription?.id.rawValue else { throw HarnessError("room not created") }
                     try publisher!.publishKeys(channel: id, runTag: runTag)
-                    let d = try publisher!.request(["type": "channel.describe", "id": .string("e\(r)"), "channel": .string(id)],
-                                                   ref: "e\(r)")
-                    let epoch = d["channel"]?["epoch"]?.integerValue ?? 0
+                    let d = try publisher!.request("e\(r)", .describe(ChannelID(id)!))
+                    let epoch = d.channelDescription?.epoch ?? 0
                     for _ in 0..<roomSize { roomOf.append((id, epoch)) }
                 }
                 log("\(n / roomSize) rooms created, keys published")
             } else if withPublisher {
                 publisher = try Publisher(loop: loop, server: server, payloadSize: payloadSize, identity: identities[0])
-                let reply = try publisher!.request(["type": "channel.create", "id": "c1", "name": "bench", "open": true],
-                                                   ref: "c1")
-                channel = reply["channel"]?["id"]?.stringValue
+                let reply = try publisher!.request("c1", .create(name: "bench", open: true, members: []))
+                channel = reply.channelDescription?.id.rawValue
             }
             seeds = identities.map { $0.signing.seed.copyBytes() }
             if roomSize > 1 { channel = nil }

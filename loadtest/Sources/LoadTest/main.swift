@@ -13,7 +13,8 @@ struct LoadTest: ParsableCommand {
             Every server is started by the harness on loopback and stopped by PID afterwards; every run is bounded \
             in count and time. Results are printed as tables and written as JSON under --results.
             """,
-        subcommands: [RunCommand.self, SmokeCommand.self, ChaosCommand.self, ReportCommand.self, WorkerCommand.self])
+        subcommands: [RunCommand.self, SmokeCommand.self, SelfCheckCommand.self, ChaosCommand.self, ReportCommand.self,
+                      WorkerCommand.self])
 }
 
 struct CommonOptions: ParsableArguments {
@@ -155,17 +156,22 @@ struct RunCommand: ParsableCommand {
     }
 }
 
-/// `smoke`: a few seconds, a handful of agentchat connections; fails unless every message arrived exactly once.
+/// `smoke`: the self-check, then a few seconds, a handful of agentchat connections; fails unless every message
+/// arrived exactly once.
 struct SmokeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "smoke",
-                                                    abstract: "Short agentchat broadcast asserting zero loss and zero duplicates.")
+                                                    abstract: "Self-check, then a short agentchat broadcast asserting zero loss and zero duplicates.")
     @OptionGroup var common: CommonOptions
     @Option var connections = 5
+    @Option(help: "The golden frames for the self-check (default: Tests/Golden next to loadtest/).")
+    var golden: String?
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
         lt_install_cleanup_handler()
         Sodium.initialize()
+        let goldenDirectory = golden ?? SelfCheck.defaultGoldenDirectory
+        print("smoke: self-check: \(try SelfCheck.run(golden: goldenDirectory)) checks against \(goldenDirectory): ok")
         let options = HarnessOptions(target: .agentchat, connections: connections, workers: common.workers ?? 1,
                                      server: common.serverOptions(extra: brokerBenchArguments),
                                      resultsDirectory: common.results, command: "smoke")
