@@ -32,7 +32,8 @@ package struct BrokerMetrics {
         let codes = ["bad_json", "bad_frame", "unknown_type", "missing_field", "invalid_field", "unknown_field",
                      "binary_not_supported", "rate_limited", "unavailable", "internal_error", "auth_failed",
                      "challenge_expired", "token_invalid", "not_authenticated", "already_authenticated",
-                     "not_found", "forbidden", "not_member", "unknown_agent", "stale_epoch", "keys_exist", "channel_full"]
+                     "not_found", "forbidden", "not_member", "unknown_agent", "stale_epoch", "keys_exist", "channel_full",
+                     "peek_not_refusable", "peek_not_grantable", "payment_unavailable", "bad_signature"]
         frameErrors = Dictionary(uniqueKeysWithValues: codes.map {
             ($0, Counter(label: "agentchat_frame_errors_total", dimensions: [("code", $0)], factory: factory))
         })

@@ -29,7 +29,7 @@ final class ChannelDelivery {
     private var metrics: BrokerMetrics { outbox.metrics }
 
     /// Sends `session` every message after offset `start`, then live ones.
-    func subscribe(_ session: Session, did: DID, to channel: ChannelID, after start: Int64) {
+    func subscribe(_ session: Session, did: DID?, to channel: ChannelID, after start: Int64) {
         let feed = feeds[channel] ?? makeFeed(channel)
         feed.subscribers[session.id] = ChannelFeed.Subscriber(session: session, did: did)
         feed.retryTimers[session.id] = nil

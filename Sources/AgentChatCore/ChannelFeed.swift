@@ -9,7 +9,8 @@ final class ChannelFeed {
     /// A subscribed connection.
     struct Subscriber {
         let session: Session
-        let did: DID
+        /// The member's DID; nil for a viewer reading through an active peek.
+        let did: DID?
     }
 
     let id: ChannelID

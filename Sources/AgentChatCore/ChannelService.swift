@@ -13,7 +13,7 @@ final class ChannelService {
     private let bus: any ChannelFeedBus
     private let indicatorStore: any IndicatorStoring
     private let outbox: Outbox
-    private let delivery: ChannelDelivery
+    let delivery: ChannelDelivery
 
     init(clock: any BrokerClock, stores: Stores, outbox: Outbox, logger: Logger) {
         self.clock = clock

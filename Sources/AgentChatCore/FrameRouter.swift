@@ -21,6 +21,10 @@ package final class FrameRouter: ConnectionHandler {
         package var indicatorRate = 4.0
         package var viewerConnectionsPerAddress = 20
         package var viewerFramesPerSecond = 10.0
+        /// Peek prices and windows.
+        package var peekTerms = PeekTerms()
+        /// Stripe webhook signing secrets (`whsec_…`); the sandbox adds its own.
+        package var webhookSecrets: [String] = []
 
         package init() {}
     }
@@ -36,13 +40,16 @@ package final class FrameRouter: ConnectionHandler {
     private let channels: ChannelService
     private let indicators: IndicatorService
     private let presence: PresenceTracker
+    /// Nil when the stores have no peek store or no gateway is configured: peek requests answer `unavailable`.
+    private let peeks: PeekService?
     private var router = HTTPRouter()
     private var sessions: [UInt64: Session] = [:]
     private var healthTimer: (any BrokerTimer)?
 
     /// `staticFiles` are served at their paths (GET and HEAD); `metricsPage` answers `/metrics`.
     package init(configuration: Configuration, clock: any BrokerClock, stores: Stores, keyStore: SigningKeyStore,
-                 metrics: BrokerMetrics, staticFiles: [String: HTTPResponse] = [:],
+                 metrics: BrokerMetrics, payments: (any PaymentGateway)? = nil,
+                 staticFiles: [String: HTTPResponse] = [:],
                  metricsPage: @escaping () -> HTTPResponse = { .error(404, .notFound, "no metrics here") },
                  logger: Logger)
     {
@@ -65,6 +72,19 @@ package final class FrameRouter: ConnectionHandler {
                                    graceSeconds: configuration.onlineGraceSeconds)
         channels = ChannelService(clock: clock, stores: stores, outbox: outbox,
                                   logger: Logger(label: "agentchat.channels"))
+        if let payments, let peekStore = stores.peeks, let notifier = stores.peekNotifier {
+            var peekConfiguration = PeekService.Configuration()
+            peekConfiguration.terms = configuration.peekTerms
+            peekConfiguration.webhookSecrets = configuration.webhookSecrets
+            if let sandbox = payments as? SandboxPaymentGateway {
+                peekConfiguration.webhookSecrets.append(sandbox.webhookSecret)
+            }
+            peeks = PeekService(configuration: peekConfiguration, clock: clock, store: peekStore, notifier: notifier,
+                                gateway: payments, stores: stores, delivery: channels.delivery, outbox: outbox,
+                                logger: Logger(label: "agentchat.peeks"))
+        } else {
+            peeks = nil
+        }
 
         for (path, response) in staticFiles {
             router.add(.get, path) { _, respond in respond(response) }
@@ -79,6 +99,17 @@ package final class FrameRouter: ConnectionHandler {
         }
         router.add(.options, RegistrationEndpoint.path) { request, respond in
             respond(cors.preflight(request, methods: "POST, OPTIONS"))
+        }
+        if let peeks {
+            router.add(.post, PeekService.webhookPath) { request, respond in peeks.webhook(request, respond: respond) }
+            // The sandbox's webhooks go through the same endpoint, signature check included.
+            (payments as? SandboxPaymentGateway)?.deliver = { [unowned self] request in
+                handleHTTP(request) { [logger] response in
+                    if response.status != 200 {
+                        logger.warning("sandbox webhook refused", metadata: ["status": "\(response.status)"])
+                    }
+                }
+            }
         }
         healthTimer = clock.makeTimer { [unowned self] in metrics.redisUp.record(stores.isHealthy() ? 1 : 0) }
         healthTimer?.start(after: 0, repeat: 1000)
@@ -95,6 +126,7 @@ package final class FrameRouter: ConnectionHandler {
         healthTimer = nil
         indicators.stop()
         presence.stop()
+        peeks?.stop()
     }
 
     // MARK: HTTP
@@ -130,6 +162,7 @@ package final class FrameRouter: ConnectionHandler {
         guard let session = sessions.removeValue(forKey: connection.id) else { return }
         channels.sessionClosed(session)
         indicators.sessionClosed(session)
+        peeks?.sessionClosed(session)
         if let did = session.authenticatedDID { presence.disconnected(did) }
         metrics.webSocketConnections.record(sessions.count)
         logger.debug("session closed", metadata: ["session": "\(session.id)"])
@@ -180,6 +213,15 @@ package final class FrameRouter: ConnectionHandler {
                                                   burst: configuration.viewerFramesPerSecond * 2,
                                                   now: clock.monotonicSeconds)
             }
+        case .success(.peek(let id, let request)):
+            guard let peeks else {
+                return outbox.fail(session, ProtocolError(.paymentUnavailable, "peeks are not enabled here"), ref: id)
+            }
+            if !request.isViewerRequest, session.authenticatedDID == nil {
+                return refuseBeforeAuthentication(session, ProtocolError(.notAuthenticated, "authenticate first"),
+                                                  ref: id)
+            }
+            peeks.handle(request, id: id, from: session)
         case .failure(let error):
             outbox.fail(session, error, ref: decoded.id)
         }
@@ -213,6 +255,7 @@ package final class FrameRouter: ConnectionHandler {
         case .success(let profile):
             session.auth.verified(profile.did)
             presence.connected(profile.did)
+            peeks?.agentAuthenticated(session, did: profile.did)
             let (token, expiresAt) = authenticator.issueToken(for: profile.did)
             logger.debug("agent authenticated", metadata: ["session": "\(session.id)", "did": "\(profile.did)"])
             outbox.send(.welcome(ref: id, agent: profile, token: token, expiresAt: expiresAt), to: session)

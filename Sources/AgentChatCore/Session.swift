@@ -9,6 +9,8 @@ final class Session {
     var frameBudget: TokenBucket
     /// Channels this connection is subscribed to (see `ChannelService`).
     var channels: Set<ChannelID> = []
+    /// Peeks this (viewer) connection follows.
+    var peeks: Set<PeekKey> = []
 
     init(connection: any Connection, auth: SessionAuthStateMachine, frameBudget: TokenBucket) {
         self.connection = connection

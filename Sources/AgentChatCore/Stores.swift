@@ -287,11 +287,17 @@ package struct Stores {
     package var signingKeys: any SigningKeyDirectoring
     /// Whether the store answers (for `/health` and the `agentchat_redis_up` gauge).
     package var isHealthy: () -> Bool
+    /// Peeks and their ledger, and the notices of their changes between brokers; without them peeks are off.
+    package var peeks: (any PeekStoring)?
+    package var peekNotifier: (any PeekNotifier)?
 
     package init(channels: any ChannelStoring, feeds: any ChannelFeedBus, agents: any AgentDirectory,
                  indicators: any IndicatorStoring, rateLimits: any RateLimiting,
-                 signingKeys: any SigningKeyDirectoring, isHealthy: @escaping () -> Bool)
+                 signingKeys: any SigningKeyDirectoring, peeks: (any PeekStoring)? = nil,
+                 peekNotifier: (any PeekNotifier)? = nil, isHealthy: @escaping () -> Bool)
     {
+        self.peeks = peeks
+        self.peekNotifier = peekNotifier
         self.channels = channels
         self.feeds = feeds
         self.agents = agents

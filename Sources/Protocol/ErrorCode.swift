@@ -67,6 +67,13 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     // HTTP.
     /// A JSON endpoint called with another `Content-Type`.
     public static let unsupportedMediaType = ErrorCode(rawValue: "unsupported_media_type")
+    // Peeks.
+    /// Refusal is possible only while the peek is pending, before its deadline.
+    public static let peekNotRefusable = ErrorCode(rawValue: "peek_not_refusable")
+    /// The peek takes no grant now (only after its refusal window, while it waits for one).
+    public static let peekNotGrantable = ErrorCode(rawValue: "peek_not_grantable")
+    /// The payment provider could not be reached; nothing was created or charged.
+    public static let paymentUnavailable = ErrorCode(rawValue: "payment_unavailable")
     /// A CORS preflight from an origin that is not allowed.
     public static let originNotAllowed = ErrorCode(rawValue: "origin_not_allowed")
     /// The endpoint exists but not for this method.

@@ -32,9 +32,32 @@ extension FrameCodec {
         case .channel(let frameID, let request):
             id = frameID
             fields = json(request)
+        case .peek(let frameID, let request):
+            id = frameID
+            fields = json(request)
         }
         if let id { fields["id"] = .string(id) }
         return .object(fields)
+    }
+
+    private static func json(_ request: PeekRequest) -> [String: JSONValue] {
+        func frame(_ type: FrameType, _ channel: ChannelID, _ more: [String: JSONValue]) -> [String: JSONValue] {
+            more.merging(["type": .string(type.rawValue), "channel": .string(channel.rawValue)]) { $1 }
+        }
+        switch request {
+        case .request(let channel, let viewerKey):
+            return frame(.peekRequest, channel, ["viewerKey": .string(Base64URL.encode(viewerKey))])
+        case .confirm(let channel, let peek, let token):
+            return frame(.peekConfirm, channel, ["peek": .string(peek), "token": .string(token)])
+        case .status(let channel, let peek, let token):
+            return frame(.peekStatus, channel, ["peek": .string(peek), "token": .string(token)])
+        case .refuse(let channel, let peek):
+            return frame(.peekRefuse, channel, ["peek": .string(peek)])
+        case .grant(let channel, let peek, let grant):
+            return frame(.peekGrant, channel, ["peek": .string(peek), "grant": grant.json])
+        case .earnings(let limit):
+            return ["type": .string(FrameType.earnings.rawValue), "limit": .number(Double(limit))]
+        }
     }
 
     private static func json(_ request: ViewerRequest) -> [String: JSONValue] {
@@ -219,6 +242,19 @@ extension FrameCodec {
             return .directory(ref: ref, try indicators(), next: next)
         case .indicators:
             return .indicators(ref: ref, try indicators())
+        case .peek, .peekUpdate:
+            guard let view = json["peek"].flatMap(PeekView.init(json:)) else { throw bad("malformed peek") }
+            return type == .peek ? .peek(ref: ref, view) : .peekUpdate(view)
+        case .earnings:
+            var entries: [EarningsEntry] = []
+            for item in try array("entries") {
+                guard let channel = item["channel"]?.stringValue.flatMap(ChannelID.init),
+                    let peek = item["peek"]?.stringValue, let cents = item["cents"]?.integerValue,
+                    let time = item["time"]?.integerValue
+                else { throw bad("malformed earnings entry") }
+                entries.append(EarningsEntry(channel: channel, peek: peek, cents: cents, time: time))
+            }
+            return .earnings(ref: ref, balanceCents: try integer("balanceCents"), entries: entries)
         default:
             throw bad("not a broker frame type: \(typeName)")
         }

@@ -51,6 +51,8 @@ public struct FrameCodec: Sendable {
                 frame = .viewer(id: id, try decodeViewerRequest(type, &fields))
             case let type where FrameType(rawValue: type).map(FrameType.channelRequests.contains) == true:
                 frame = .channel(id: id, try decodeChannelRequest(type, &fields))
+            case let type where FrameType(rawValue: type).map(FrameType.peekRequests.contains) == true:
+                frame = .peek(id: id, try decodePeekRequest(FrameType(rawValue: type)!, &fields))
             default:
                 throw ProtocolError(.unknownType, "unknown frame type \"\(Self.printable(type))\"")
             }
@@ -61,6 +63,46 @@ public struct FrameCodec: Sendable {
         } catch {
             return Decoded(frame: .failure(ProtocolError(.internalError, "unexpected decoding failure")), id: id,
                            type: type)
+        }
+    }
+
+    private func decodePeekRequest(_ type: FrameType, _ fields: inout FrameFields) throws(ProtocolError)
+        -> PeekRequest
+    {
+        func peekID() throws(ProtocolError) -> String {
+            let id = try fields.requiredString("peek", maxBytes: 32)
+            guard id.hasPrefix("pk_"), id.utf8.count == 25, Base64URL.decode(String(id.dropFirst(3)))?.count == 16
+            else { throw ProtocolError(.invalidField, "\"peek\" is not a peek id") }
+            return id
+        }
+        switch type {
+        case .peekRequest:
+            let channel = try fields.channel()
+            let key = try fields.base64("viewerKey", length: 32)
+            return .request(channel: channel, viewerKey: Base64URL.decode(key)!)
+        case .peekConfirm, .peekStatus:
+            let channel = try fields.channel()
+            let peek = try peekID()
+            let token = try fields.requiredString("token", maxBytes: 64)
+            return type == .peekConfirm ? .confirm(channel: channel, peek: peek, token: token)
+                : .status(channel: channel, peek: peek, token: token)
+        case .peekRefuse:
+            return .refuse(channel: try fields.channel(), peek: try peekID())
+        case .peekGrant:
+            let channel = try fields.channel()
+            let peek = try peekID()
+            guard let object = try fields.optionalObject("grant") else {
+                throw ProtocolError(.missingField, "missing field \"grant\"")
+            }
+            guard let grant = PeekGrant(json: .object(object)) else {
+                throw ProtocolError(.invalidField, "\"grant\" must hold epoch, sender, ephemeralKey (32 bytes), "
+                                    + "nonce (12), ciphertext (48) and signature (64)")
+            }
+            return .grant(channel: channel, peek: peek, grant: grant)
+        default:
+            let limit = try fields.optionalInteger("limit") ?? 50
+            guard (1...500).contains(limit) else { throw ProtocolError(.invalidField, "\"limit\" must be 1 to 500") }
+            return .earnings(limit: Int(limit))
         }
     }
 
@@ -298,6 +340,14 @@ public struct FrameCodec: Sendable {
             return Self.encode(type: "directory", ref: ref, fields)
         case .indicators(let ref, let channels):
             return Self.encode(type: "indicators", ref: ref, ["channels": .array(channels.map(\.json))])
+        case .peek(let ref, let view):
+            return Self.encode(type: "peek", ref: ref, ["peek": view.json])
+        case .peekUpdate(let view):
+            return Self.encode(type: "peek.update", ref: nil, ["peek": view.json])
+        case .earnings(let ref, let balance, let entries):
+            return Self.encode(type: "earnings", ref: ref, [
+                "balanceCents": .number(Double(balance)), "entries": .array(entries.map(\.json)),
+            ])
         case .welcome(let ref, let agent, let token, let expiresAt):
             var object: [String: JSONValue] = [
                 "type": "welcome", "agent": agent.json, "token": .string(token),

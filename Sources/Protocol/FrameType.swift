@@ -27,6 +27,13 @@ public enum FrameType: String, CaseIterable, Sendable {
     case channelUnsubscribe = "channel.unsubscribe"
     case history
     case channelListing = "channel.listing"
+    case peekRequest = "peek.request"
+    case peekConfirm = "peek.confirm"
+    case peekStatus = "peek.status"
+    case peekRefuse = "peek.refuse"
+    case peekGrant = "peek.grant"
+    /// Both ways: the request and its answer.
+    case earnings
     // Broker → client.
     case pong
     case error
@@ -41,6 +48,8 @@ public enum FrameType: String, CaseIterable, Sendable {
     case messages
     case directory
     case indicators
+    case peek
+    case peekUpdate = "peek.update"
 
     public enum Direction: Sendable {
         case fromClient, fromBroker, both
@@ -48,17 +57,21 @@ public enum FrameType: String, CaseIterable, Sendable {
 
     /// Requests of viewers (public indicators; no login needed).
     public static let viewerRequests: Set<FrameType> = [.directoryList, .indicatorsSubscribe, .indicatorsUnsubscribe]
-    /// What an unauthenticated connection may send: login, ping and the viewer requests.
-    public static let beforeAuthentication: Set<FrameType> = viewerRequests.union([.ping, .auth])
-    /// Channel, key and message requests: the client's types that are neither login nor viewer ones.
+    /// Peek requests: the viewer's (no login needed) and the members'.
+    public static let peekRequests: Set<FrameType> = [.peekRequest, .peekConfirm, .peekStatus, .peekRefuse, .peekGrant,
+                                                      .earnings]
+    /// What an unauthenticated connection may send: login, ping, the viewer requests and the viewer's peek requests.
+    public static let beforeAuthentication: Set<FrameType> = viewerRequests.union([.ping, .auth, .peekRequest,
+                                                                                   .peekConfirm, .peekStatus])
+    /// Channel, key and message requests: the client's types that are neither login, viewer nor peek ones.
     public static let channelRequests: Set<FrameType> = Set(allCases.filter { $0.direction != .fromBroker })
-        .subtracting(beforeAuthentication)
+        .subtracting(beforeAuthentication).subtracting(peekRequests)
 
     public var direction: Direction {
         switch self {
-        case .channelKeys: .both
+        case .channelKeys, .earnings: .both
         case .pong, .error, .hello, .welcome, .ok, .channel, .channels, .messageAck, .subscribed, .channelEvent,
-             .messages, .directory, .indicators:
+             .messages, .directory, .indicators, .peek, .peekUpdate:
             .fromBroker
         default: .fromClient
         }

@@ -13,13 +13,14 @@ extension ClientFrame {
             case .unsubscribe: .indicatorsUnsubscribe
             }
         case .channel(_, let request): request.type
+        case .peek(_, let request): request.type
         }
     }
 
     /// The correlation `id`, echoed as the answer's `ref`.
     public var id: String? {
         switch self {
-        case .ping(let id), .auth(let id, _), .viewer(let id, _), .channel(let id, _): id
+        case .ping(let id), .auth(let id, _), .viewer(let id, _), .channel(let id, _), .peek(let id, _): id
         }
     }
 
@@ -30,6 +31,7 @@ extension ClientFrame {
         case .auth(_, let credentials): .auth(id: id, credentials)
         case .viewer(_, let request): .viewer(id: id, request)
         case .channel(_, let request): .channel(id: id, request)
+        case .peek(_, let request): .peek(id: id, request)
         }
     }
 }
@@ -57,6 +59,20 @@ extension ChannelRequest {
     }
 }
 
+extension PeekRequest {
+    /// The request's `type` on the wire.
+    public var type: FrameType {
+        switch self {
+        case .request: .peekRequest
+        case .confirm: .peekConfirm
+        case .status: .peekStatus
+        case .refuse: .peekRefuse
+        case .grant: .peekGrant
+        case .earnings: .earnings
+        }
+    }
+}
+
 extension ServerFrame {
     /// The frame's `type` on the wire.
     public var type: FrameType {
@@ -75,6 +91,9 @@ extension ServerFrame {
         case .messages: .messages
         case .directory: .directory
         case .indicators: .indicators
+        case .peek: .peek
+        case .peekUpdate: .peekUpdate
+        case .earnings: .earnings
         }
     }
 
@@ -84,9 +103,9 @@ extension ServerFrame {
         case .pong(let ref, _), .error(_, let ref), .welcome(let ref, _, _, _), .ok(let ref), .channel(let ref, _),
              .channels(let ref, _, _), .keys(let ref, _, _, _, _, _), .messageAck(let ref, _, _, _),
              .subscribed(let ref, _, _, _, _), .messages(let ref, _, _, _), .directory(let ref, _, _),
-             .indicators(let ref, _):
+             .indicators(let ref, _), .peek(let ref, _), .earnings(let ref, _, _):
             ref
-        case .hello, .channelEvent:
+        case .hello, .channelEvent, .peekUpdate:
             nil
         }
     }

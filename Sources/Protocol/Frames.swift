@@ -8,6 +8,8 @@ public enum ClientFrame: Equatable, Sendable {
     case channel(id: String?, ChannelRequest)
     /// A viewer's request for public indicators.
     case viewer(id: String?, ViewerRequest)
+    /// A peek request: a viewer's (request, confirm, status) or a member's (refuse, grant, earnings).
+    case peek(id: String?, PeekRequest)
 }
 
 /// How an agent proves who it is.
@@ -44,6 +46,12 @@ public enum ServerFrame: Equatable, Sendable {
     case messages(ref: String?, channel: ChannelID, [StoredMessage], next: Int64?)
     case directory(ref: String?, [ChannelIndicators], next: Int?)
     case indicators(ref: String?, [ChannelIndicators])
+    /// A peek as its viewer sees it: the answer to a viewer's peek request, and sent again on every change.
+    case peek(ref: String?, PeekView)
+    /// A peek of one of the agent's channels changed (pending, awaiting a grant, active, ended…).
+    case peekUpdate(PeekView)
+    /// An agent's balance and latest entries, newest first.
+    case earnings(ref: String?, balanceCents: Int64, entries: [EarningsEntry])
 }
 
 /// Why a frame was refused: a stable code and a human-readable message.

@@ -146,9 +146,10 @@ import Testing
             #expect(!fitting.isEmpty, "\(text) fits none of \(candidates.map(\.name))")
             for candidate in fitting where candidate.fields == sent { matchedGolden.insert(candidate.name) }
         }
-        // Every client frame type but the viewer's (the SDK is an agent) was sent...
+        // Every client frame type but the viewer's (the SDK is an agent) was sent... The peek requests are left out
+        // until the SDK makes them (issue 11: refusals, grants and earnings).
         let agentTypes = Set(FrameType.allCases.filter { $0.direction != .fromBroker })
-            .subtracting(FrameType.viewerRequests)
+            .subtracting(FrameType.viewerRequests).subtracting(FrameType.peekRequests)
         #expect(sentTypes == agentTypes, "missing: \(agentTypes.subtracting(sentTypes).map(\.rawValue).sorted())")
         // ...and each of their golden frames was matched exactly (every optional field sent at least once).
         let expected = Set(agentTypes.flatMap { goldenFields[$0] ?? [] }.map(\.name))

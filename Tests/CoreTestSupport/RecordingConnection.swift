@@ -148,22 +148,5 @@ extension ServerFrame {
     }
 
     /// `hello`, `welcome`, `messages`… as on the wire.
-    package var typeName: String {
-        switch self {
-        case .pong: "pong"
-        case .error: "error"
-        case .hello: "hello"
-        case .welcome: "welcome"
-        case .ok: "ok"
-        case .channel: "channel"
-        case .channels: "channels"
-        case .keys: "channel.keys"
-        case .messageAck: "message.ack"
-        case .subscribed: "subscribed"
-        case .channelEvent: "channel.event"
-        case .messages: "messages"
-        case .directory: "directory"
-        case .indicators: "indicators"
-        }
-    }
+    package var typeName: String { type.rawValue }
 }

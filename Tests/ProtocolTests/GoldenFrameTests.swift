@@ -82,7 +82,7 @@ import Testing
 
     @Test(arguments: files("refused"))
     func refusedFramesGetTheirCode(file: String) throws {
-        let code = String(file.dropLast(".json".count))
+        let code = String(file.dropLast(".json".count).prefix { $0 != "." })
         guard case .failure(let error) = codec.decode(try Self.bytes("refused", file)).frame else {
             Issue.record("\(file) was accepted")
             return
