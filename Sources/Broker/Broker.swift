@@ -22,6 +22,7 @@ final class Broker {
     private let keyStore: SigningKeyStore
     private let registry: PrometheusCollectorRegistry
     private let metrics = BrokerMetrics()
+    private let payments: any PaymentGateway
     /// Made by `start()`, once the bound port (and so the default issuer) is known.
     private var router: FrameRouter?
 
@@ -42,7 +43,10 @@ final class Broker {
         stores = Stores(channels: ChannelStore(redis: redis, limits: channelLimits), feeds: ChannelFeeds(redis: redis),
                         agents: AgentStore(redis: redis), indicators: IndicatorStore(redis: redis),
                         rateLimits: RateLimiter(redis: redis), signingKeys: SigningKeyDirectory(redis: redis),
+                        peeks: PeekStore(redis: redis), peekNotifier: PeekNotices(redis: redis),
                         isHealthy: { [redis] in redis.isHealthy })
+        // Without a Stripe key, peeks are paid in the sandbox.
+        payments = SandboxPaymentGateway(store: SandboxPayments(redis: redis), clock: clock)
         server = WebSocketServer(
             loop: loop,
             configuration: .init(host: configuration.host, port: configuration.port, limits: configuration.limits,
@@ -65,8 +69,13 @@ final class Broker {
         core.indicatorRate = configuration.indicatorRate
         core.viewerConnectionsPerAddress = configuration.viewerConnectionsPerAddress
         core.viewerFramesPerSecond = configuration.viewerFramesPerSecond
+        core.peekTerms.refusalWindowMilliseconds = Int64(configuration.peekRefusalWindowSeconds * 1000)
+        core.peekTerms.grantWindowMilliseconds = Int64(configuration.peekGrantWindowSeconds * 1000)
+        core.peekTerms.durationMilliseconds = Int64(configuration.peekDurationSeconds * 1000)
+        core.peekTerms.paymentWindowMilliseconds = Int64(configuration.peekPaymentWindowSeconds * 1000)
+        core.webhookSecrets = configuration.stripeWebhookSecrets
         let router = FrameRouter(
-            configuration: core, clock: clock, stores: stores, keyStore: keyStore, metrics: metrics,
+            configuration: core, clock: clock, stores: stores, keyStore: keyStore, metrics: metrics, payments: payments,
             staticFiles: StaticFiles.bundled().responses,
             metricsPage: { [registry] in
                 HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",

@@ -45,6 +45,14 @@ public struct BrokerCommand: ParsableCommand {
     @Option(help: BrokerSettings.indicatorRate.help) var indicatorRate: Double?
     @Option(help: BrokerSettings.viewerConnectionsPerAddress.help) var viewerConnectionsPerAddress: Int?
     @Option(help: BrokerSettings.viewerFramesPerSecond.help) var viewerFramesPerSecond: Double?
+    @Option(help: BrokerSettings.stripeSecretKey.help) var stripeSecretKey: String?
+    @Option(help: BrokerSettings.stripePublishableKey.help) var stripePublishableKey: String?
+    @Option(help: BrokerSettings.stripeWebhookSecrets.help) var stripeWebhookSecret: String?
+    @Option(help: BrokerSettings.stripeAPIBase.help) var stripeAPIBase: String?
+    @Option(help: BrokerSettings.peekRefusalWindow.help) var peekRefusalWindow: Double?
+    @Option(help: BrokerSettings.peekGrantWindow.help) var peekGrantWindow: Double?
+    @Option(help: BrokerSettings.peekDuration.help) var peekDuration: Double?
+    @Option(help: BrokerSettings.peekPaymentWindow.help) var peekPaymentWindow: Double?
     @Flag(help: BrokerSettings.rotateSigningKey.help) var rotateSigningKey = false
 
     public init() {}
@@ -87,6 +95,17 @@ public struct BrokerCommand: ParsableCommand {
         c.viewerConnectionsPerAddress = try S.viewerConnectionsPerAddress.resolve(viewerConnectionsPerAddress, env)
         c.viewerFramesPerSecond = try S.viewerFramesPerSecond.resolve(viewerFramesPerSecond, env)
         c.rotateSigningKey = try S.rotateSigningKey.resolve(rotateSigningKey ? true : nil, env)
+        c.stripeSecretKey = try S.stripeSecretKey.resolve(stripeSecretKey, env)
+        c.stripePublishableKey = try S.stripePublishableKey.resolve(stripePublishableKey, env)
+        c.stripeWebhookSecrets = try S.stripeWebhookSecrets.resolve(parsed(stripeWebhookSecret, S.stripeWebhookSecrets), env)
+        c.stripeAPIBase = try S.stripeAPIBase.resolve(stripeAPIBase, env)
+        c.peekRefusalWindowSeconds = try S.peekRefusalWindow.resolve(peekRefusalWindow, env)
+        c.peekGrantWindowSeconds = try S.peekGrantWindow.resolve(peekGrantWindow, env)
+        c.peekDurationSeconds = try S.peekDuration.resolve(peekDuration, env)
+        c.peekPaymentWindowSeconds = try S.peekPaymentWindow.resolve(peekPaymentWindow, env)
+        if c.stripeSecretKey != nil, c.stripeWebhookSecrets.isEmpty {
+            throw ValidationError("with a Stripe secret key, set the webhook secret too (AGENTCHAT_STRIPE_WEBHOOK_SECRET)")
+        }
         guard c.limits.maxOutboundQueueBytes >= c.limits.maxMessageBytes else {
             throw ValidationError("max queue bytes must be at least max message bytes")
         }

@@ -39,6 +39,14 @@ struct BrokerConfiguration: Sendable {
     var indicatorRate = S.indicatorRate.defaultValue!
     var viewerConnectionsPerAddress = S.viewerConnectionsPerAddress.defaultValue!
     var viewerFramesPerSecond = S.viewerFramesPerSecond.defaultValue!
+    var stripeSecretKey: String?
+    var stripePublishableKey: String?
+    var stripeWebhookSecrets = S.stripeWebhookSecrets.defaultValue!
+    var stripeAPIBase = S.stripeAPIBase.defaultValue!
+    var peekRefusalWindowSeconds = S.peekRefusalWindow.defaultValue!
+    var peekGrantWindowSeconds = S.peekGrantWindow.defaultValue!
+    var peekDurationSeconds = S.peekDuration.defaultValue!
+    var peekPaymentWindowSeconds = S.peekPaymentWindow.defaultValue!
     /// Seconds to wait for WebSocket clients to take their 1001 close before the server stops anyway.
     var shutdownGraceSeconds = 3.0
 }

@@ -149,6 +149,32 @@ enum BrokerSettings {
     static let viewerFramesPerSecond = Setting<Double>(
         "AGENTCHAT_VIEWER_FRAMES_PER_SECOND", "Frames per second a viewer may send", default: 10,
         range: 0.1...1_000_000)
+    static let stripeSecretKey = Setting<String>(
+        "AGENTCHAT_STRIPE_SECRET_KEY",
+        "Stripe secret key (sk_…); without it peeks are paid in the local sandbox. Prefer the variable: flags show in ps",
+        default: nil, shown: "none: sandbox")
+    static let stripePublishableKey = Setting<String>(
+        "AGENTCHAT_STRIPE_PUBLISHABLE_KEY", "Stripe publishable key (pk_…) for the viewer page's Payment Element",
+        default: nil)
+    static let stripeWebhookSecrets = Setting<[String]>(
+        "AGENTCHAT_STRIPE_WEBHOOK_SECRET",
+        "Stripe webhook signing secret(s), whsec_…, comma-separated (two during a rotation)", default: [],
+        shown: "none",
+        parse: { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } })
+    static let stripeAPIBase = Setting<String>(
+        "AGENTCHAT_STRIPE_API_BASE", "Stripe API base URL", default: "https://api.stripe.com")
+    static let peekRefusalWindow = Setting<Double>(
+        "AGENTCHAT_PEEK_REFUSAL_WINDOW", "Seconds a channel's agents have to refuse a paid peek", default: 60,
+        range: 0.1...3600)
+    static let peekGrantWindow = Setting<Double>(
+        "AGENTCHAT_PEEK_GRANT_WINDOW",
+        "Seconds to wait for a member's grant after the refusal window; then the payment is cancelled", default: 300,
+        range: 0.1...86400)
+    static let peekDuration = Setting<Double>(
+        "AGENTCHAT_PEEK_DURATION", "Seconds an active peek lasts", default: 600, range: 1...86400)
+    static let peekPaymentWindow = Setting<Double>(
+        "AGENTCHAT_PEEK_PAYMENT_WINDOW", "Seconds a viewer has to authorise a peek's payment", default: 900,
+        range: 1...86400)
     static let rotateSigningKey = Setting<Bool>(
         "AGENTCHAT_ROTATE_SIGNING_KEY",
         "Start a new token signing key; tokens signed by the old one stay valid (variable: 1)", default: false,

@@ -1,0 +1,164 @@
+import AgentChatCrypto
+import AgentChatProtocol
+import Foundation
+import Testing
+import TestSupport
+import WebSocketClient
+
+/// Paid peeks end to end over real sockets and a real Redis, two brokers, the sandbox gateway (no Stripe key):
+/// the viewer on one broker, the channel's agents on the other.
+@Suite(.serialized) struct PeekTests {
+    static let windows = ["--peek-refusal-window", "1", "--peek-grant-window", "1.5", "--peek-duration", "2"]
+
+    private func listedChannel(_ owner: RawSession, members: [DID] = []) throws -> String {
+        let id = try #require(owner.createChannel(members: members)["id"]?.stringValue)
+        try owner.publishKeys(id)
+        let listed = try owner.request(["type": "channel.listing", "channel": .string(id), "listed": true,
+                                        "title": "peekable", "topic": "t"])
+        #expect(listed["type"] == "ok")
+        return id
+    }
+
+    /// Requests a peek and confirms it in the sandbox; answers the peek view after the confirmation.
+    private func requestAndPay(_ viewer: ViewerSession, channel: String, viewerKey: [UInt8]) throws
+        -> (peek: String, token: String, view: JSONValue)
+    {
+        let requested = try viewer.request(["type": "peek.request", "channel": .string(channel),
+                                            "viewerKey": .string(Base64URL.encode(viewerKey))])
+        #expect(requested["type"] == "peek", "\(requested)")
+        let view = try #require(requested["peek"])
+        #expect(view["phase"] == "awaiting_payment" && view["sandbox"] == true && view["priceCents"] == 500)
+        let peek = try #require(view["id"]?.stringValue)
+        let token = try #require(view["token"]?.stringValue)
+        #expect(view["clientSecret"]?.stringValue?.isEmpty == false)
+        let confirmed = try viewer.request(["type": "peek.confirm", "channel": .string(channel),
+                                            "peek": .string(peek), "token": .string(token)])
+        return (peek, token, try #require(confirmed["peek"]))
+    }
+
+    /// The next `peek` frame of the viewer whose phase is `phase`.
+    private func viewerSees(_ viewer: ViewerSession, _ phase: String, timeout: Double = 15) throws -> JSONValue {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let frame = try JSONParser.parse(viewer.client.receiveText(timeout: max(0.1, deadline.timeIntervalSinceNow)))
+            if frame["type"] == "peek", frame["peek"]?["phase"]?.stringValue == phase { return frame["peek"]! }
+        }
+        throw FixtureError.timeout("no peek frame in phase \(phase)")
+    }
+
+    private func memberSees(_ member: RawSession, _ phase: String) throws -> JSONValue {
+        while true {
+            let frame = try member.next("peek.update", timeout: 15)
+            if frame["peek"]?["phase"]?.stringValue == phase { return frame["peek"]! }
+        }
+    }
+
+    @Test func aRefusedPeekCapturesTheFeeAndSharesIt() throws {
+        let cluster = try ClusterFixture(Self.windows + ["--peek-refusal-window", "30"])
+        let alice = try RawSession(agent: TestAgent(name: "alice"), port: cluster.first.port)
+        let bob = try RawSession(agent: TestAgent(name: "bob"), port: cluster.first.port)
+        let channel = try listedChannel(alice, members: [bob.did])
+        let viewer = try ViewerSession(port: cluster.second.port)
+        let (peek, _, view) = try requestAndPay(viewer, channel: channel, viewerKey: SecureRandom.bytes(32))
+        #expect(view["phase"] == "pending", "the sandbox authorises at once: \(view)")
+        // Both members are told on the other broker, with the deadline and the viewer's key.
+        let pending = try memberSees(bob, "pending")
+        #expect(pending["id"]?.stringValue == peek && pending["deadline"]?.integerValue != nil)
+        #expect(pending["token"] == nil && pending["clientSecret"] == nil, "viewer-only fields stay with the viewer")
+        _ = try memberSees(alice, "pending")
+        // A non-member cannot refuse; a member can, once.
+        let carol = try RawSession(agent: TestAgent(name: "carol"), port: cluster.first.port)
+        let stranger = try carol.request(["type": "peek.refuse", "channel": .string(channel), "peek": .string(peek)])
+        #expect(stranger["code"] == "not_found")
+        let refused = try bob.request(["type": "peek.refuse", "channel": .string(channel), "peek": .string(peek)])
+        #expect(refused["type"] == "ok", "\(refused)")
+        let outcome = try viewerSees(viewer, "refused")
+        #expect(outcome["capturedCents"] == 100)
+        let again = try alice.request(["type": "peek.refuse", "channel": .string(channel), "peek": .string(peek)])
+        #expect(again["code"] == "peek_not_refusable")
+        // 100 cents: 30 to the platform, 70 between the two members (35 each).
+        let earnings = try bob.request(["type": "earnings", "limit": 10])
+        #expect(earnings["type"] == "earnings" && earnings["balanceCents"] == 35, "\(earnings)")
+        #expect(earnings["entries"]?.arrayValue?.first?["peek"]?.stringValue == peek)
+    }
+
+    @Test func withoutARefusalOrAGrantNothingIsCharged() throws {
+        let cluster = try ClusterFixture(Self.windows)
+        let alice = try RawSession(agent: TestAgent(name: "alice"), port: cluster.first.port)
+        let channel = try listedChannel(alice)
+        let viewer = try ViewerSession(port: cluster.second.port)
+        let (_, _, view) = try requestAndPay(viewer, channel: channel, viewerKey: SecureRandom.bytes(32))
+        #expect(view["phase"] == "pending")
+        _ = try memberSees(alice, "awaiting_grant")
+        let cancelled = try viewerSees(viewer, "cancelled")
+        #expect(cancelled["capturedCents"] == 0 && cancelled["reason"] == "no grant")
+        let earnings = try alice.request(["type": "earnings"])
+        #expect(earnings["balanceCents"] == 0)
+    }
+
+    @Test func aGrantedPeekIsPaidAndReadsTheChannelUntilItEnds() throws {
+        let cluster = try ClusterFixture(Self.windows + ["--peek-grant-window", "30"])
+        let alice = try RawSession(agent: TestAgent(name: "alice"), port: cluster.first.port)
+        let channel = try listedChannel(alice)
+        let epoch = try #require(alice.describe(channel)["channel"]?["epoch"]?.integerValue)
+        _ = try alice.send(channel, epoch: epoch)
+        let viewerKey = SecureRandom.bytes(32)
+        let viewer = try ViewerSession(port: cluster.second.port)
+        let (peek, token, _) = try requestAndPay(viewer, channel: channel, viewerKey: viewerKey)
+        _ = try memberSees(alice, "awaiting_grant")
+        // A grant signed for another viewer key is refused; the right one is taken.
+        let grant = { (key: [UInt8]) -> JSONValue in
+            let ephemeral = SecureRandom.bytes(32), nonce = SecureRandom.bytes(12), ciphertext = SecureRandom.bytes(48)
+            let signed = PeekGrant.signedBytes(channel: ChannelID(channel)!, peek: peek, viewerKey: key, epoch: epoch,
+                                               ephemeralKey: ephemeral, nonce: nonce, ciphertext: ciphertext)
+            return PeekGrant(epoch: epoch, sender: alice.did, ephemeralKey: ephemeral, nonce: nonce,
+                             ciphertext: ciphertext, signature: alice.agent.signing.sign(signed)).json
+        }
+        let wrong = try alice.request(["type": "peek.grant", "channel": .string(channel), "peek": .string(peek),
+                                       "grant": grant(SecureRandom.bytes(32))])
+        #expect(wrong["code"] == "invalid_field")
+        let granted = try alice.request(["type": "peek.grant", "channel": .string(channel), "peek": .string(peek),
+                                         "grant": grant(viewerKey)])
+        #expect(granted["type"] == "ok", "\(granted)")
+        let active = try viewerSees(viewer, "active")
+        #expect(active["capturedCents"] == 500 && active["grant"]?["sender"]?.stringValue == alice.did.description)
+        // The viewer reads the recent history and what is sent while the peek is active.
+        var offsets: [Int64] = []
+        let deadline = Date().addingTimeInterval(10)
+        _ = try alice.send(channel, epoch: epoch)
+        while offsets.count < 2, Date() < deadline {
+            let frame = try JSONParser.parse(viewer.client.receiveText(timeout: 5))
+            if frame["type"] == "messages" {
+                offsets += (frame["messages"]?.arrayValue ?? []).compactMap { $0["offset"]?.integerValue }
+            }
+        }
+        #expect(offsets == [1, 2])
+        _ = try viewerSees(viewer, "ended")
+        // After a reconnect the viewer can still ask how it went.
+        let later = try ViewerSession(port: cluster.first.port)
+        let status = try later.request(["type": "peek.status", "channel": .string(channel), "peek": .string(peek),
+                                        "token": .string(token)])
+        #expect(status["peek"]?["phase"] == "ended")
+        let wrongToken = try later.request(["type": "peek.status", "channel": .string(channel),
+                                            "peek": .string(peek), "token": "nope"])
+        #expect(wrongToken["code"] == "not_found")
+        // 500 cents, one member: 350 to Alice.
+        let earnings = try alice.request(["type": "earnings"])
+        #expect(earnings["balanceCents"] == 350)
+    }
+
+    @Test func peeksNeedAListedChannelAndAKey() throws {
+        let fixture = try BrokerFixture()
+        let alice = try RawSession(agent: TestAgent(name: "alice"), port: fixture.port)
+        let unlisted = try #require(alice.createChannel()["id"]?.stringValue)
+        let viewer = try ViewerSession(port: fixture.port)
+        let refused = try viewer.request(["type": "peek.request", "channel": .string(unlisted),
+                                          "viewerKey": .string(Base64URL.encode(SecureRandom.bytes(32)))])
+        #expect(refused["code"] == "not_found")
+        let badKey = try viewer.request(["type": "peek.request", "channel": .string(unlisted), "viewerKey": "abc"])
+        #expect(badKey["code"] == "invalid_field")
+        let notLoggedIn = try viewer.request(["type": "peek.refuse", "channel": .string(unlisted),
+                                              "peek": .string("pk_" + Base64URL.encode(SecureRandom.bytes(16)))])
+        #expect(notLoggedIn["code"] == "not_authenticated")
+    }
+}
