@@ -38,6 +38,13 @@ package final class CoreHarness {
     package let indicatorStore: InMemoryIndicatorStore
     package let rateLimiter: InMemoryRateLimiter
     package let signingKeys: InMemorySigningKeyDirectory
+    package let peekStore: InMemoryPeekStore
+    package let peekNotifier: InMemoryPeekNotifier
+    package let sandboxPayments: InMemorySandboxPayments
+    /// The sandbox gateway of the harness's router; `secondBroker()` makes others over the same stores.
+    package let sandbox: SandboxPaymentGateway
+    package let stores: Stores
+    private let keyStore: SigningKeyStore
     package let metrics: TestMetrics
     package let router: FrameRouter
     package let configuration: FrameRouter.Configuration
@@ -55,22 +62,34 @@ package final class CoreHarness {
         indicatorStore = InMemoryIndicatorStore(clock: clock, channels: channelStore)
         rateLimiter = InMemoryRateLimiter(clock: clock)
         signingKeys = InMemorySigningKeyDirectory(clock: clock)
+        peekStore = InMemoryPeekStore(clock: clock)
+        peekNotifier = InMemoryPeekNotifier(clock: clock)
+        sandboxPayments = InMemorySandboxPayments(clock: clock)
+        sandbox = SandboxPaymentGateway(store: sandboxPayments, clock: clock)
         metrics = TestMetrics()
         keyDirectory = FileManager.default.temporaryDirectory
             .appendingPathComponent("agentchat-core-\(UUID().uuidString)")
-        let keyStore: SigningKeyStore
         do {
             keyStore = try SigningKeyStore(directory: keyDirectory.path, now: clock.unixMilliseconds)
         } catch {
             preconditionFailure("could not make a signing key store: \(error)")
         }
-        let stores = Stores(channels: channelStore, feeds: feeds, agents: agents, indicators: indicatorStore,
-                            rateLimits: rateLimiter, signingKeys: signingKeys,
-                            isHealthy: { [channelStore] in channelStore.isAvailable })
+        stores = Stores(channels: channelStore, feeds: feeds, agents: agents, indicators: indicatorStore,
+                        rateLimits: rateLimiter, signingKeys: signingKeys, peeks: peekStore, peekNotifier: peekNotifier,
+                        isHealthy: { [channelStore] in channelStore.isAvailable })
         router = FrameRouter(configuration: configuration, clock: clock, stores: stores, keyStore: keyStore,
-                             metrics: BrokerMetrics(factory: metrics),
+                             metrics: BrokerMetrics(factory: metrics), payments: sandbox,
                              logger: Logger(label: "agentchat.test", factory: { _ in SwiftLogNoOpLogHandler() }))
         clock.runUntilIdle()
+    }
+
+    /// Another broker on the same stores (its own sandbox gateway over the same sandbox store), as several broker
+    /// processes on one Redis.
+    package func secondBroker() -> FrameRouter {
+        FrameRouter(configuration: configuration, clock: clock, stores: stores, keyStore: keyStore,
+                    metrics: BrokerMetrics(factory: metrics),
+                    payments: SandboxPaymentGateway(store: sandboxPayments, clock: clock),
+                    logger: Logger(label: "agentchat.test", factory: { _ in SwiftLogNoOpLogHandler() }))
     }
 
     deinit {
@@ -80,7 +99,8 @@ package final class CoreHarness {
 
     /// Every twin fails with `.unavailable` (false), or works again (true).
     package func setStoresAvailable(_ available: Bool) {
-        for store in [channelStore, agents, indicatorStore, rateLimiter, signingKeys, feeds] as [InMemoryStore] {
+        for store in [channelStore, agents, indicatorStore, rateLimiter, signingKeys, feeds, peekStore, peekNotifier,
+                      sandboxPayments] as [InMemoryStore] {
             store.setAvailable(available)
         }
     }
