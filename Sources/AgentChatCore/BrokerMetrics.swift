@@ -16,6 +16,11 @@ package struct BrokerMetrics {
     /// History reads for a replay or catch-up that failed and were retried.
     package let historyReadRetries: Counter
     private let frameErrors: [String: Counter]
+    /// Peeks by outcome: `granted` (became active), `refused`, `cancelled`, `failed`.
+    private let peekOutcomes: [String: Counter]
+    /// Cents moved by peeks: `captured`, `released` (the rest of an authorisation after a capture), `cancelled`
+    /// (authorisations released without a capture).
+    private let peekCents: [String: Counter]
 
     /// `factory` is the bootstrapped system's unless given (unit tests give their own).
     package init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -37,6 +42,18 @@ package struct BrokerMetrics {
         frameErrors = Dictionary(uniqueKeysWithValues: codes.map {
             ($0, Counter(label: "agentchat_frame_errors_total", dimensions: [("code", $0)], factory: factory))
         })
+        peekOutcomes = Dictionary(uniqueKeysWithValues: ["granted", "refused", "cancelled", "failed"].map {
+            ($0, Counter(label: "agentchat_peeks_total", dimensions: [("outcome", $0)], factory: factory))
+        })
+        peekCents = Dictionary(uniqueKeysWithValues: ["captured", "released", "cancelled"].map {
+            ($0, Counter(label: "agentchat_peek_cents_total", dimensions: [("kind", $0)], factory: factory))
+        })
+    }
+
+    package func peek(_ outcome: String) { peekOutcomes[outcome]?.increment() }
+
+    package func peekCents(_ kind: String, _ cents: Int64) {
+        if cents > 0 { peekCents[kind]?.increment(by: Int(cents)) }
     }
 
     package func frameError(_ code: String) {

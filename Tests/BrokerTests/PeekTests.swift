@@ -80,6 +80,16 @@ import WebSocketClient
         let earnings = try bob.request(["type": "earnings", "limit": 10])
         #expect(earnings["type"] == "earnings" && earnings["balanceCents"] == 35, "\(earnings)")
         #expect(earnings["entries"]?.arrayValue?.first?["peek"]?.stringValue == peek)
+        // The operator's export: a capture of 100, the release of 400, shares 30 + 35 + 35.
+        let export = try Process.run(BrokerProcess.locateExecutable(),
+                                     ["ledger", "--redis-url", "redis://127.0.0.1:\(cluster.redis.port)"])
+        let lines = try export.split(separator: "\n").map { try JSONParser.parse(Array($0.utf8)) }
+        let byKind = Dictionary(grouping: lines) { $0["kind"]?.stringValue ?? "" }
+        #expect(byKind["capture"]?.compactMap { $0["cents"]?.integerValue } == [100])
+        #expect(byKind["release"]?.compactMap { $0["cents"]?.integerValue } == [400])
+        #expect(byKind["share"]?.compactMap { $0["cents"]?.integerValue }.sorted() == [30, 35, 35])
+        #expect(Set(byKind["share"]?.compactMap { $0["party"]?.stringValue } ?? [])
+            == ["platform", alice.did.description, bob.did.description])
     }
 
     @Test func withoutARefusalOrAGrantNothingIsCharged() throws {
@@ -160,5 +170,21 @@ import WebSocketClient
         let notLoggedIn = try viewer.request(["type": "peek.refuse", "channel": .string(unlisted),
                                               "peek": .string("pk_" + Base64URL.encode(SecureRandom.bytes(16)))])
         #expect(notLoggedIn["code"] == "not_authenticated")
+    }
+}
+
+extension Process {
+    /// Runs `executable` to its end and returns its standard output (throws on a non-zero exit).
+    static func run(_ executable: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw FixtureError.unexpected("\(executable) exited \(process.terminationStatus)") }
+        return String(decoding: data, as: UTF8.self)
     }
 }

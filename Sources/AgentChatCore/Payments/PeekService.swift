@@ -347,12 +347,32 @@ final class PeekService {
                         apply(event, to: key, attempt: attempt + 1, completion: completion)
                     case .success(true):
                         if peek.phase.isFinal { store.unschedule(key) }
+                        count(peek, settlement: settlement)
                         notifier.publish(key)
                         perform(actions, peek: peek)
                         completion(.success(()))
                     }
                 }
             }
+        }
+    }
+
+    /// Metrics of a transition that was written (once, by the broker that wrote it).
+    private func count(_ peek: PeekRecord, settlement: PeekSettlement?) {
+        let metrics = outbox.metrics
+        switch peek.phase {
+        case .active: metrics.peek("granted")
+        case .refused, .cancelled, .failed: metrics.peek(peek.phase.rawValue)
+        default: break
+        }
+        switch settlement {
+        case .capture(let split, let released, _)?:
+            metrics.peekCents("captured", split.amount)
+            metrics.peekCents("released", released)
+        case .cancellation(let released, _)?:
+            metrics.peekCents("cancelled", released)
+        case nil:
+            break
         }
     }
 
