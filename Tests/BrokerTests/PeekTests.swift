@@ -46,10 +46,13 @@ import WebSocketClient
         throw FixtureError.timeout("no peek frame in phase \(phase)")
     }
 
-    private func memberSees(_ member: RawSession, _ phase: String) throws -> JSONValue {
+    /// The next `peek.update` of the member in `phase` (of `peek`, when given).
+    private func memberSees(_ member: RawSession, _ phase: String, peek: String? = nil) throws -> JSONValue {
         while true {
             let frame = try member.next("peek.update", timeout: 15)
-            if frame["peek"]?["phase"]?.stringValue == phase { return frame["peek"]! }
+            if frame["peek"]?["phase"]?.stringValue == phase, peek == nil || frame["peek"]?["id"]?.stringValue == peek {
+                return frame["peek"]!
+            }
         }
     }
 
@@ -155,6 +158,75 @@ import WebSocketClient
         // 500 cents, one member: 350 to Alice.
         let earnings = try alice.request(["type": "earnings"])
         #expect(earnings["balanceCents"] == 350)
+    }
+
+    /// The broker that holds a peek's viewer, its timers and its capture is killed with SIGKILL, during the refusal
+    /// window and just after the grant (while capturing); the other broker finishes every peek, each with exactly
+    /// one outcome, and the ledger balances.
+    @Test func killingTheBrokerOfAPeekLeavesItToTheOther() throws {
+        var first: BrokerProcess?
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let common = ["--redis-url", "redis://127.0.0.1:\(redis.port)", "--issuer", "agentchat-test",
+                      "--peek-refusal-window", "1", "--peek-grant-window", "30", "--peek-duration", "1"]
+        let second = try BrokerProcess(extraArguments: common)
+        defer { second.stop() }
+        let alice = try RawSession(agent: TestAgent(name: "alice"), port: second.port)
+        let channel = try listedChannel(alice)
+        let epoch = try #require(alice.describe(channel)["channel"]?["epoch"]?.integerValue)
+        var peeks: [(id: String, token: String)] = []
+        for round in 0..<4 {
+            first = try BrokerProcess(extraArguments: common)
+            let viewer = try ViewerSession(port: first!.port)
+            let viewerKey = SecureRandom.bytes(32)
+            let (peek, token, _) = try requestAndPay(viewer, channel: channel, viewerKey: viewerKey)
+            peeks.append((peek, token))
+            if round % 2 == 0 {
+                // Killed during the refusal window: its claim on nothing is lost; the other broker's sweep moves on.
+                first!.kill()
+                _ = try memberSees(alice, "awaiting_grant", peek: peek)
+                try grant(alice, channel: channel, peek: peek, epoch: epoch, viewerKey: viewerKey)
+            } else {
+                // Killed while capturing: the grant goes to the broker that is then killed.
+                let member = try RawSession(agent: alice.agent, port: first!.port, register: false)
+                _ = try memberSees(member, "awaiting_grant", peek: peek)
+                try grant(member, channel: channel, peek: peek, epoch: epoch, viewerKey: viewerKey)
+                first!.kill()
+            }
+            first!.stop()
+        }
+        // Every peek ends (`ended` after its second), granted and captured once.
+        let viewer = try ViewerSession(port: second.port)
+        for (peek, token) in peeks {
+            var phase = ""
+            let deadline = Date().addingTimeInterval(60)
+            while phase != "ended", Date() < deadline {
+                let status = try viewer.request(["type": "peek.status", "channel": .string(channel),
+                                                 "peek": .string(peek), "token": .string(token)])
+                phase = status["peek"]?["phase"]?.stringValue ?? ""
+                if phase != "ended" { Thread.sleep(forTimeInterval: 0.3) }
+            }
+            #expect(phase == "ended", "\(peek)")
+        }
+        let export = try Process.run(BrokerProcess.locateExecutable(),
+                                     ["ledger", "--redis-url", "redis://127.0.0.1:\(redis.port)"])
+        let lines = try export.split(separator: "\n").map { try JSONParser.parse(Array($0.utf8)) }
+        let captures = lines.filter { $0["kind"] == "capture" }
+        #expect(captures.count == peeks.count && Set(captures.compactMap { $0["peek"]?.stringValue }).count == peeks.count)
+        #expect(captures.allSatisfy { $0["cents"] == 500 })
+        let shares = lines.filter { $0["kind"] == "share" }.compactMap { $0["cents"]?.integerValue }.reduce(0, +)
+        #expect(shares == 500 * Int64(peeks.count))
+    }
+
+    private func grant(_ member: RawSession, channel: String, peek: String, epoch: Int64, viewerKey: [UInt8]) throws {
+        let ephemeral = SecureRandom.bytes(32), nonce = SecureRandom.bytes(12), ciphertext = SecureRandom.bytes(48)
+        let signed = PeekGrant.signedBytes(channel: ChannelID(channel)!, peek: peek, viewerKey: viewerKey, epoch: epoch,
+                                           ephemeralKey: ephemeral, nonce: nonce, ciphertext: ciphertext)
+        let grant = PeekGrant(epoch: epoch, sender: member.did, ephemeralKey: ephemeral, nonce: nonce,
+                              ciphertext: ciphertext, signature: member.agent.signing.sign(signed)).json
+        let answer = try member.request(["type": "peek.grant", "channel": .string(channel), "peek": .string(peek),
+                                         "grant": grant])
+        if answer["type"] != "ok" { Issue.record("grant refused: \(answer)") }
     }
 
     @Test func peeksNeedAListedChannelAndAKey() throws {
