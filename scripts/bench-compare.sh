@@ -2,23 +2,25 @@
 # Old and new broker side by side (`make bench-compare`, issue 10): the release broker of BASELINE (a git revision)
 # and the release broker of this tree, measured by the same harness in one run as targets agentchat-baseline and
 # agentchat, each with its own redis-server set up identically, on broadcast (1 publisher → 1,000 subscribers,
-# 256-byte payloads: ramp to the maximum sustained rate, then fixed rates) and rooms (100 rooms of 10: ramp, then a
-# separate run at one fixed rate per member). The two targets alternate within every run and their order flips from
+# 256-byte payloads) and rooms (100 rooms of 10, every member publishing): for each, the harness's ramp to the maximum
+# sustained rate, then a run at a fixed rate (the same work for both builds, measured even where a loaded machine
+# keeps the ramp from passing its first step). The two targets alternate within every run and their order flips from
 # one repetition to the next (new, old; old, new; …), so that the machine's noise falls on both. Writes
 # OUT_DIR/compare-<UTC stamp>.md (tables to paste into docs/BENCHMARKS.md, with the machine, the commands and the
-# load average before, between repetitions and after) and OUT_DIR/compare-<UTC stamp>/ (every run's JSON, the
-# summary JSON, the log).
+# load average before, between repetitions and after), OUT_DIR/compare-<UTC stamp>.json (every figure: median, runs,
+# ratio) and OUT_DIR/compare-<UTC stamp>/ (every run's JSON and the log).
 #
 # The baseline is built once per commit, in release, in a temporary git worktree (detached, under TMPDIR, removed
 # afterwards); the broker binary and its resource bundle are kept in BENCH_CACHE/broker-<commit>/ (default
 # ~/.cache/agentchat-bench, shared by every worktree of the repository), so a second run does not rebuild it.
 #
 # Environment: BASELINE (default 386fb75), REPEAT (repetitions; medians are reported; default 3), SUBSCRIBERS (1000),
-# PAYLOAD (256), BROADCAST_FIXED_RATES (msg/s to 1,000 subscribers, each measured where the target sustained it;
-# default "100 280": 100k and 280k deliveries/s), ROOMS (connections, default 1000 = 100 rooms of 10),
+# PAYLOAD (256), BROADCAST_FIXED_RATES (msg/s to the 1,000 subscribers, one run each; default 280: 280k
+# deliveries/s, the issue 6 comparison point; empty for none), ROOMS (connections, default 1000 = 100 rooms of 10),
 # ROOMS_FIXED_RATE (msg/s per member, default 4: 4k msg/s, 36k deliveries/s; empty for none), FIXED_SECONDS (the
-# rooms fixed step, default 5), STEP_SECONDS (ramp steps, default 2), BROADCAST_START_RATE (20), ROOMS_START_RATE
-# (1), MAX_SECONDS (bound on each ramp, default 240), OUT_DIR (default loadtest/benchmarks), BENCH_CACHE,
+# fixed-rate step, default 5), STEP_SECONDS (ramp steps, default 2), BROADCAST_START_RATE (20), ROOMS_START_RATE
+# (1), P99_LIMIT (ms, what a step may not exceed to pass, default 50), MAX_SECONDS (bound on each ramp, default
+# 240), RAMPS=0 (fixed rates only), OUT_DIR (default loadtest/benchmarks), BENCH_CACHE,
 # SKIP_BUILD=1 (use the release broker and harness as built), NICE_BUILD=0 (builds at normal priority; default: nice
 # 19), REPORT_FROM=<a compare-… directory> (no runs: only the tables again).
 set -euo pipefail
@@ -29,7 +31,7 @@ BASELINE=${BASELINE:-386fb75}
 REPEAT=${REPEAT:-3}
 SUBSCRIBERS=${SUBSCRIBERS:-1000}
 PAYLOAD=${PAYLOAD:-256}
-BROADCAST_FIXED_RATES=${BROADCAST_FIXED_RATES-100 280}
+BROADCAST_FIXED_RATES=${BROADCAST_FIXED_RATES-280}
 ROOMS=${ROOMS:-1000}
 ROOMS_FIXED_RATE=${ROOMS_FIXED_RATE-4}
 FIXED_SECONDS=${FIXED_SECONDS:-5}
@@ -37,6 +39,8 @@ STEP_SECONDS=${STEP_SECONDS:-2}
 BROADCAST_START_RATE=${BROADCAST_START_RATE:-20}
 ROOMS_START_RATE=${ROOMS_START_RATE:-1}
 MAX_SECONDS=${MAX_SECONDS:-240}
+P99_LIMIT=${P99_LIMIT:-50}
+RAMPS=${RAMPS:-1}
 OUT_DIR=${OUT_DIR:-loadtest/benchmarks}
 BENCH_CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentchat-bench}
 NICE=()
@@ -104,8 +108,6 @@ LOG=$RES/bench.log
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 lt() { echo "\$ agentchat-loadtest $*" >> "$LOG"; "$LT" "$@" 2>&1 | tee -a "$LOG"; }
-fixed_args=()
-for r in $BROADCAST_FIXED_RATES; do fixed_args+=(--extra-rate "$r"); done
 
 if [ -z "${REPORT_FROM:-}" ]; then
     export AGENTCHAT_BASELINE_BROKER=$OLD_BROKER
@@ -119,24 +121,30 @@ if [ -z "${REPORT_FROM:-}" ]; then
         targets=()
         for t in "${order[@]}"; do targets+=(--target "$t"); done
         echo "== run $i of $REPEAT: ${order[*]}" | tee -a "$LOG"
-        lt run --workload broadcast "${targets[@]}" --broker-binary "$NEW_BROKER" --connections "$SUBSCRIBERS" \
-            --payload "$PAYLOAD" --start-rate "$BROADCAST_START_RATE" --step-seconds "$STEP_SECONDS" \
-            --max-seconds "$MAX_SECONDS" "${fixed_args[@]}" --results "$RES"
-        lt run --workload rooms "${targets[@]}" --broker-binary "$NEW_BROKER" --connections "$ROOMS" \
-            --payload "$PAYLOAD" --start-rate "$ROOMS_START_RATE" --max-rate 200 --step-seconds "$STEP_SECONDS" \
-            --max-seconds "$MAX_SECONDS" --results "$RES"
+        common=("${targets[@]}" --broker-binary "$NEW_BROKER" --payload "$PAYLOAD" --p99-limit "$P99_LIMIT")
+        if [ "$RAMPS" = 1 ]; then
+            lt run --workload broadcast "${common[@]}" --connections "$SUBSCRIBERS" --start-rate "$BROADCAST_START_RATE" \
+                --step-seconds "$STEP_SECONDS" --max-seconds "$MAX_SECONDS" --results "$RES"
+        fi
+        # Fixed rates: one step at exactly the rate (start = max), repeated once if it fails, for each target.
+        for r in $BROADCAST_FIXED_RATES; do
+            lt run --workload broadcast "${common[@]}" --connections "$SUBSCRIBERS" --start-rate "$r" --max-rate "$r" \
+                --no-fractions --step-seconds "$FIXED_SECONDS" --results "$RES/fixed"
+        done
+        if [ "$RAMPS" = 1 ]; then
+            lt run --workload rooms "${common[@]}" --connections "$ROOMS" --start-rate "$ROOMS_START_RATE" --max-rate 200 \
+                --step-seconds "$STEP_SECONDS" --max-seconds "$MAX_SECONDS" --results "$RES"
+        fi
         if [ -n "$ROOMS_FIXED_RATE" ]; then
-            # One step at exactly this rate (start = max) for each target.
-            lt run --workload rooms "${targets[@]}" --broker-binary "$NEW_BROKER" --connections "$ROOMS" \
-                --payload "$PAYLOAD" --start-rate "$ROOMS_FIXED_RATE" --max-rate "$ROOMS_FIXED_RATE" --no-fractions \
-                --step-seconds "$FIXED_SECONDS" --results "$RES/fixed"
+            lt run --workload rooms "${common[@]}" --connections "$ROOMS" --start-rate "$ROOMS_FIXED_RATE" \
+                --max-rate "$ROOMS_FIXED_RATE" --no-fractions --step-seconds "$FIXED_SECONDS" --results "$RES/fixed"
         fi
         echo "load average: $(load)" | tee -a "$LOG"
     done
     echo "load average after: $(load)" | tee -a "$LOG"
 fi
 
-"$LT" compare --results "$RES" --markdown "$RES/tables.md" --json "$RES/summary.json" \
+"$LT" compare --results "$RES" --markdown "$RES/tables.md" --json "${MD%.md}.json" \
     --old-label "old ($OLD_DESC)" --new-label "new ($NEW_DESC)" >/dev/null
 
 loads=$(grep -h '^load average' "$LOG" | sed 's/.*: //' | paste -sd';' | sed 's/;/; /g')
@@ -152,15 +160,18 @@ loads=$(grep -h '^load average' "$LOG" | sed 's/.*: //' | paste -sd';' | sed 's/
     echo
     echo '```sh'
     echo "make bench-compare BASELINE=$BASELINE   # = scripts/bench-compare.sh; per repetition, both targets:"
-    grep -h '^\$ agentchat-loadtest' "$LOG" | head -n "$([ -n "$ROOMS_FIXED_RATE" ] && echo 3 || echo 2)" \
-        | sed -e 's/^\$ //' -e "s| --broker-binary [^ ]*||" -e "s| --results [^ ]*||" \
-              -e 's/--target agentchat-baseline --target agentchat\|--target agentchat --target agentchat-baseline/--target agentchat --target agentchat-baseline/'
+    # The first repetition's commands, without this machine's paths.
+    awk '/^== run 2 /{exit} /^\$ agentchat-loadtest/' "$LOG" \
+        | sed -e 's/^\$ //' -e 's| --broker-binary [^ ]*||' -e 's| --results [^ ]*||' \
+              -e 's/--target agentchat-baseline --target agentchat /--target agentchat --target agentchat-baseline /'
     echo '```'
     echo
-    echo "Rates at a fixed rate are offered messages per second (rooms: all members together). \"at max\": the"
-    echo "highest rate each build sustained (delivered/offered ≥ 0.95, p99 ≤ 50 ms, no loss); CPU shares are of one core over"
-    echo "the step (sending plus draining). new/old > 1 is better for deliveries, worse for latency and CPU."
+    echo "\"at max\": the best step each build sustained in its ramp (delivered/offered ≥ 0.95, p99 ≤ $P99_LIMIT ms, no loss"
+    echo "or duplicate). \"at N msg/s\": a run at that one offered rate (rooms: per member, and all members together),"
+    echo "the same work for both builds, so deliveries per CPU-second compare directly; \"sustained\" says in how many"
+    echo "runs it passed those limits. CPU shares are of one core over the step (sending plus draining). new/old above 1"
+    echo "is better for deliveries and deliveries per CPU-second, worse for latency and CPU."
     echo
     cat "$RES/tables.md"
 } > "$MD"
-echo "bench-compare: $MD (JSON in $RES)"
+echo "bench-compare: $MD, ${MD%.md}.json (medians), $RES (every run)"

@@ -25,8 +25,9 @@ struct CompareCommand: ParsableCommand {
         var name: String
         /// How to show a value.
         var format: (Double) -> String
-        /// Whether a higher value is better (ratios are new/old either way).
         var value: (RunResult) -> Double?
+        /// Instead of the median and the ratio (e.g. "2 of 3" for a yes/no figure).
+        var summary: (([Double]) -> String)? = nil
     }
 
     struct Row: Codable {
@@ -55,8 +56,13 @@ struct CompareCommand: ParsableCommand {
         let dec = JSONDecoder()
         func load(_ dir: String) throws -> [RunResult] {
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
-            return try names.filter { $0.hasSuffix(".json") }.sorted().map {
-                try dec.decode(RunResult.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/" + $0)))
+            return try names.filter { $0.hasSuffix(".json") }.sorted().compactMap { name in
+                let data = try Data(contentsOf: URL(fileURLWithPath: dir + "/" + name))
+                guard let r = try? dec.decode(RunResult.self, from: data) else {
+                    FileHandle.standardError.write(Data("compare: \(dir)/\(name) is not a run's result; skipped\n".utf8))
+                    return nil
+                }
+                return r
             }
         }
         let ramps = try load(results).filter { $0.target == new || $0.target == old }
@@ -72,8 +78,8 @@ struct CompareCommand: ParsableCommand {
             let rs = ramps.filter { $0.workload == workload }
             let fs = fixedRuns.filter { $0.workload == workload }
             guard let any = (rs + fs).first else { continue }
-            for r in rs + fs {
-                runCounts["\(workload)/\(r.target)", default: 0] += 1
+            for (r, kind) in rs.map({ ($0, workload) }) + fs.map({ ($0, workload + "-fixed") }) {
+                runCounts["\(kind)/\(r.target)", default: 0] += 1
                 lost["\(workload)/\(r.target)", default: 0] += r.lost
                 duplicated["\(workload)/\(r.target)", default: 0] += r.duplicated
             }
@@ -81,18 +87,20 @@ struct CompareCommand: ParsableCommand {
             if !rs.isEmpty {
                 figures += Self.atMaximum.map { ($0, rs) }
             }
-            // Fixed rates: the `fixed` steps of the ramp runs, and the single-rate runs; one group per offered rate.
-            var rates: [Double] = []
-            for r in rs { for st in r.steps where st.phase.hasPrefix("fixed") { rates.append(st.offeredMessagesPerSecond) } }
-            for r in fs { if let st = r.steps.last { rates.append(Self.rounded(st.offeredMessagesPerSecond)) } }
-            for rate in Set(rates).sorted() {
-                let fromRamps = rs.contains { $0.steps.contains { $0.phase.hasPrefix("fixed") && $0.offeredMessagesPerSecond == rate } }
-                let step: (RunResult) -> StepResult? = fromRamps
-                    ? { r in r.steps.last { $0.phase.hasPrefix("fixed") && $0.offeredMessagesPerSecond == rate } }
-                    : { r in r.steps.last.flatMap { Self.rounded($0.offeredMessagesPerSecond) == rate ? $0 : nil } }
-                let perMember = workload == "rooms" && any.connections > 0 ? " (\(Report.f(rate / Double(any.connections), 2)) per member)" : ""
-                let label = "at \(Report.k(rate)) msg/s\(perMember)"
-                figures += Self.atStep(label, step).map { ($0, fromRamps ? rs : fs) }
+            // Fixed rates: the `fixed` steps of the ramp runs (one group per rate), and the single-rate runs (one
+            // group per rate asked for: rooms runs report the rate they achieved, sent / seconds).
+            let rampRates = Set(rs.flatMap { r in r.steps.filter { $0.phase.hasPrefix("fixed") }.map(\.offeredMessagesPerSecond) })
+            for rate in rampRates.sorted() {
+                let step = { (r: RunResult) in r.steps.last { $0.phase.hasPrefix("fixed") && $0.offeredMessagesPerSecond == rate } }
+                figures += Self.atStep("at \(Report.k(rate)) msg/s", step).map { ($0, rs) }
+            }
+            let fixedRates = Set(fs.compactMap(Self.askedRate))
+            for rate in fixedRates.sorted() {
+                let runs = fs.filter { Self.askedRate($0) == rate }
+                let label = workload == "rooms"
+                    ? "at \(Report.f(rate, rate < 10 ? 1 : 0)) msg/s per member (\(Report.k(rate * Double(any.connections))) msg/s)"
+                    : "at \(Report.k(rate)) msg/s (\(Report.k(rate * Double(any.connections))) deliveries/s)"
+                figures += Self.atStep(label, Self.fixedStep).map { ($0, runs) }
             }
 
             let title = workload == "broadcast"
@@ -105,14 +113,19 @@ struct CompareCommand: ParsableCommand {
                 let o = runs.filter { $0.target == old }.compactMap(figure.value)
                 let n = runs.filter { $0.target == new }.compactMap(figure.value)
                 let mo = Self.median(o), mn = Self.median(n)
-                let ratio = mo.flatMap { o in mn.map { o > 0 ? $0 / o : .nan } }
+                let ratio = figure.summary != nil ? nil : mo.flatMap { o in mn.map { o > 0 ? $0 / o : .nan } }
                 rows.append(Row(workload: workload, figure: figure.name, old: o, new: n, oldMedian: mo, newMedian: mn,
                                 ratio: ratio))
                 let all = { (v: [Double]) in v.isEmpty ? "—" : v.map(figure.format).joined(separator: ", ") }
-                md += "| \(figure.name) | \(mo.map(figure.format) ?? "—") | \(mn.map(figure.format) ?? "—") | \(Report.f(ratio, 3)) | \(all(o)) | \(all(n)) |\n"
+                let show = { (v: [Double], m: Double?) in figure.summary.map { $0(v) } ?? m.map(figure.format) ?? "—" }
+                md += "| \(figure.name) | \(show(o, mo)) | \(show(n, mn)) | \(Report.f(ratio, 3)) | \(all(o)) | \(all(n)) |\n"
             }
-            let count = { (t: String) in runCounts["\(workload)/\(t)"] ?? 0 }
-            md += "\nMedians of \(count(old)) (\(oldLabel)) and \(count(new)) (\(newLabel)) run(s), each figure on its own; "
+            let count = { (t: String) in
+                [workload, workload + "-fixed"].compactMap { runCounts["\($0)/\(t)"] }.map(String.init).joined(separator: " + ")
+            }
+            md += "\nMedians of \(count(old)) (\(oldLabel)) and \(count(new)) (\(newLabel)) run(s)"
+            md += fs.isEmpty || rs.isEmpty ? ", " : " (ramps + single-rate runs), "
+            md += "each figure on its own; "
             md += "lost / duplicated over all runs: \(oldLabel) \(lost["\(workload)/\(old)"] ?? 0) / \(duplicated["\(workload)/\(old)"] ?? 0), "
             md += "\(newLabel) \(lost["\(workload)/\(new)"] ?? 0) / \(duplicated["\(workload)/\(new)"] ?? 0).\n\n"
             let failedNotes = (rs + fs).flatMap { r in r.notes.filter { $0.hasPrefix("failed") || $0.contains("skipped") }.map { "\(r.target): \($0)" } }
@@ -130,11 +143,15 @@ struct CompareCommand: ParsableCommand {
         print(md, terminator: "")
     }
 
-    /// Rooms runs report the rate they achieved (sent / seconds), not the one asked for: grouped to 2 significant digits.
-    static func rounded(_ x: Double) -> Double {
-        guard x > 0 else { return x }
-        let p = pow(10, floor(log10(x)) - 1)
-        return (x / p).rounded() * p
+    /// The step of a single-rate run: the last that passed, else the first (a retry that failed too ran behind the
+    /// first one's backlog).
+    static func fixedStep(_ r: RunResult) -> StepResult? { r.steps.last(where: \.passed) ?? r.steps.first }
+
+    /// The rate a single-rate run was asked for (its --start-rate; per member for rooms).
+    static func askedRate(_ r: RunResult) -> Double? {
+        let words = r.command.split(separator: " ")
+        guard let i = words.firstIndex(of: "--start-rate"), i + 1 < words.count else { return nil }
+        return Double(words[i + 1])
     }
 
     static func median(_ v: [Double]) -> Double? {
@@ -165,10 +182,15 @@ struct CompareCommand: ParsableCommand {
     }
 
     /// At one fixed offered rate: the same work for both builds, so CPU per delivery compares directly.
-    static func atStep(_ label: String, _ step: @escaping (RunResult) -> StepResult?) -> [Figure] {
-        [
-            Figure(name: "deliveries/s \(label)", format: Report.k) { step($0)?.deliveredPerSecond },
-            Figure(name: "delivered/offered \(label)", format: { Report.f($0, 3) }) { step($0)?.ratio },
+    static func atStep(_ label: String, _ anyStep: @escaping (RunResult) -> StepResult?) -> [Figure] {
+        // Latency and CPU per delivery only where something was delivered.
+        let step = { (r: RunResult) in anyStep(r).flatMap { $0.delivered > 0 ? $0 : nil } }
+        return [
+            Figure(name: "sustained \(label)",
+                   format: { $0 > 0 ? "yes" : "no" }, value: { anyStep($0).map { $0.passed ? 1 : 0 } },
+                   summary: { v in "\(v.filter { $0 > 0 }.count) of \(v.count)" }),
+            Figure(name: "deliveries/s \(label)", format: Report.k) { anyStep($0)?.deliveredPerSecond },
+            Figure(name: "delivered/offered \(label)", format: { Report.f($0, 3) }) { anyStep($0)?.ratio },
             Figure(name: "p50 \(label)", format: ms) { step($0)?.latency.p50 },
             Figure(name: "p99 \(label)", format: ms) { step($0)?.latency.p99 },
             Figure(name: "deliveries per broker CPU-s \(label)", format: Report.k) {
@@ -180,10 +202,10 @@ struct CompareCommand: ParsableCommand {
                 }
             },
             Figure(name: "broker CPU \(label)", format: percent) {
-                step($0).map { $0.brokerCPUSeconds / ($0.windowSeconds ?? $0.seconds) }
+                anyStep($0).map { $0.brokerCPUSeconds / ($0.windowSeconds ?? $0.seconds) }
             },
             Figure(name: "broker+Redis CPU \(label)", format: percent) {
-                step($0).map { ($0.brokerCPUSeconds + $0.auxCPUSeconds) / ($0.windowSeconds ?? $0.seconds) }
+                anyStep($0).map { ($0.brokerCPUSeconds + $0.auxCPUSeconds) / ($0.windowSeconds ?? $0.seconds) }
             },
         ]
     }
