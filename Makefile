@@ -53,9 +53,10 @@ bench: deps
 
 # Old and new broker side by side (issue 10): the release broker of BASELINE (a git revision; built once in a
 # temporary worktree, cached per commit in ~/.cache/agentchat-bench) and this tree's, as targets agentchat-baseline
-# and agentchat of one harness run, alternating; broadcast 1 → 1,000 (256 B) and rooms 100 × 10, REPEAT times
-# (medians; default 3, ~40 min). Writes loadtest/benchmarks/compare-<UTC stamp>.md for docs/BENCHMARKS.md, and the
-# JSON beside it. More variables at the top of scripts/bench-compare.sh.
+# and agentchat of one harness run, alternating; broadcast 1 → 1,000 (256 B) and rooms 100 × 10, each a ramp and a
+# fixed rate, REPEAT times (medians; default 3: ~25 min on a quiet machine, plus ~4 min per release build not yet
+# done). Writes loadtest/benchmarks/compare-<UTC stamp>.md for docs/BENCHMARKS.md and the JSON beside it. More
+# variables at the top of scripts/bench-compare.sh.
 BASELINE ?= 386fb75
 bench-compare: deps
 	SWIFT=$(SWIFT) BASELINE=$(BASELINE) scripts/bench-compare.sh

@@ -76,6 +76,10 @@ build_baseline() {
     rm -rf "$OLD_DIR"
     mv "$OLD_DIR.partial" "$OLD_DIR"
     git worktree remove --force "$tmp/src"
+    # SwiftPM's lock files for that scratch path, left in the temporary directory (named after the path).
+    local locks
+    locks=$(printf %s "$tmp/src/.build" | tr / _)
+    rm -f "${TMPDIR:-/tmp}/$locks"*.lock "/tmp/$locks"*.lock
     rm -rf "$tmp"
     trap - EXIT
 }
