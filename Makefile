@@ -12,7 +12,7 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run test clean bench loadtest-smoke chaos chaos-smoke fuzz sanitize
+.PHONY: deps build run test clean bench bench-compare loadtest-smoke chaos chaos-smoke fuzz sanitize
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
 deps:
@@ -50,6 +50,16 @@ test: deps
 bench: EXTRA_PACKAGES = $(BENCH_PACKAGES)
 bench: deps
 	SWIFT=$(SWIFT) scripts/bench.sh
+
+# Old and new broker side by side (issue 10): the release broker of BASELINE (a git revision; built once in a
+# temporary worktree, cached per commit in ~/.cache/agentchat-bench) and this tree's, as targets agentchat-baseline
+# and agentchat of one harness run, alternating; broadcast 1 → 1,000 (256 B) and rooms 100 × 10, each a ramp and a
+# fixed rate, REPEAT times (medians; default 3: ~25 min on a quiet machine, plus ~4 min per release build not yet
+# done). Writes loadtest/benchmarks/compare-<UTC stamp>.md for docs/BENCHMARKS.md and the JSON beside it. More
+# variables at the top of scripts/bench-compare.sh.
+BASELINE ?= 386fb75
+bench-compare: deps
+	SWIFT=$(SWIFT) BASELINE=$(BASELINE) scripts/bench-compare.sh
 
 # The harness's self-check against Tests/Golden, then a few seconds, 5 agentchat subscribers: exits non-zero on any
 # failed check, lost or duplicated message.

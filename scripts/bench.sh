@@ -72,9 +72,10 @@ done
 echo "load average after: $(load)" | tee -a "$LOG"
 fi
 
-# Keep the figures the page shows: JSON and chart under loadtest/benchmarks/ (results/ is not committed).
+# Keep the figures the page shows: JSON and chart under loadtest/benchmarks/ (results/ is not committed); what
+# `make bench-compare` keeps there (compare-*) stays.
 KEEP=$ROOT/loadtest/benchmarks
-rm -rf "$KEEP"; mkdir -p "$KEEP"
+mkdir -p "$KEEP"; rm -f "$KEEP"/*.json "$KEEP"/*.svg
 cp "$RES"/*.json "$KEEP"/
 "$LT" report --results "$RES" --markdown "$RES/tables.md" --svg "$KEEP/broadcast.svg" \
     --svg-link ../loadtest/benchmarks/broadcast.svg

@@ -14,7 +14,7 @@ struct LoadTest: ParsableCommand {
             in count and time. Results are printed as tables and written as JSON under --results.
             """,
         subcommands: [RunCommand.self, SmokeCommand.self, SelfCheckCommand.self, ChaosCommand.self, ReportCommand.self,
-                      WorkerCommand.self])
+                      CompareCommand.self, WorkerCommand.self])
 }
 
 struct CommonOptions: ParsableArguments {
@@ -30,6 +30,11 @@ struct CommonOptions: ParsableArguments {
     var brokers = 1
     @Option(help: "Command prefix for the agentchat broker, e.g. \"valgrind --tool=callgrind\" for a profile.")
     var brokerWrapper: String?
+    @Option(help: """
+        A second agentchat-broker (an older build), measured as target agentchat-baseline beside agentchat \
+        (default: $AGENTCHAT_BASELINE_BROKER).
+        """)
+    var baselineBroker: String?
 
     var loadtestDirectory: String { Self.loadtestDirectory }
 
@@ -43,14 +48,61 @@ struct CommonOptions: ParsableArguments {
         return dir.lastPathComponent == "loadtest" ? dir.path : FileManager.default.currentDirectoryPath
     }
 
-    func serverOptions(extra: [String]) -> TargetServer.Options {
+    /// The broker binary of the build under test, or with `baseline` the one of agentchat-baseline.
+    func brokerPath(baseline: Bool = false) throws -> String {
+        guard baseline else {
+            return brokerBinary ?? [loadtestDirectory + "/../.build/release/agentchat-broker",
+                                    "./.build/release/agentchat-broker"]
+                .first { FileManager.default.isExecutableFile(atPath: $0) } ?? "agentchat-broker"
+        }
+        let env = ProcessInfo.processInfo.environment["AGENTCHAT_BASELINE_BROKER"].flatMap { $0.isEmpty ? nil : $0 }
+        guard let path = baselineBroker ?? env else {
+            throw ValidationError("target agentchat-baseline needs --baseline-broker PATH (or AGENTCHAT_BASELINE_BROKER)")
+        }
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw ValidationError("baseline broker \(path): not an executable file")
+        }
+        return path
+    }
+
+    func serverOptions(extra: [String], baseline: Bool = false) throws -> TargetServer.Options {
         let base = loadtestDirectory
-        let broker = brokerBinary ?? [base + "/../.build/release/agentchat-broker", "./.build/release/agentchat-broker"]
-            .first { FileManager.default.isExecutableFile(atPath: $0) } ?? "agentchat-broker"
+        let broker = try brokerPath(baseline: baseline)
         return TargetServer.Options(configDirectory: configDir ?? base + "/config", brokerBinary: broker,
                                     brokerArguments: extra,
                                     brokerWrapper: brokerWrapper?.split(separator: " ").map(String.init) ?? [],
                                     brokerCount: brokers)
+    }
+}
+
+/// A target named on the command line: a kind of server and, for agentchat, which broker binary serves it: the build
+/// under test (`agentchat`) or the one at --baseline-broker (`agentchat-baseline`), started in exactly the same way
+/// (same flags, its own redis-server with the same settings). Results carry this name.
+struct TargetChoice: ExpressibleByArgument, Equatable, Sendable {
+    static let baselineName = "agentchat-baseline"
+    var kind: TargetKind
+    var isBaseline = false
+
+    init(_ kind: TargetKind) { self.kind = kind }
+
+    init?(argument: String) {
+        if argument == Self.baselineName {
+            kind = .agentchat
+            isBaseline = true
+        } else if let k = TargetKind(rawValue: argument) {
+            kind = k
+        } else {
+            return nil
+        }
+    }
+
+    var name: String { isBaseline ? Self.baselineName : kind.rawValue }
+    static var allValueStrings: [String] { TargetKind.allCases.map(\.rawValue) + [baselineName] }
+
+    /// The harness names results by kind ("agentchat", "agentchat (2 brokers)"): this target's name in its place.
+    func resultName(_ harnessName: String) -> String {
+        guard isBaseline, harnessName.hasPrefix(kind.rawValue) else { return harnessName }
+        return name + harnessName.dropFirst(kind.rawValue.count)
     }
 }
 
@@ -65,7 +117,11 @@ struct RunCommand: ParsableCommand {
     @OptionGroup var common: CommonOptions
     @Option(help: "broadcast, idle, churn, rooms or indicators.") var workload = "broadcast"
     @Option(help: "rooms: members per room.") var roomSize = 10
-    @Option(help: "Targets (repeat the option; default: all four).") var target: [TargetKind] = []
+    @Option(help: """
+        Targets (repeat the option; default: all four), run one after the other in the order given; \
+        agentchat-baseline is the broker at --baseline-broker.
+        """)
+    var target: [TargetChoice] = []
     @Option(help: "Subscribers (broadcast) or connections (idle).") var connections = 1000
     @Option(help: "Payload bytes (broadcast).") var payload = 256
     @Option(help: "Seconds per rate step.") var stepSeconds = 2.0
@@ -82,14 +138,19 @@ struct RunCommand: ParsableCommand {
     @Option(help: "indicators: the broker's --indicator-rate (updates per second per viewer).") var indicatorRate = 4.0
     @Flag(help: "indicators: viewers subscribe to the directory instead of the channels.") var directory = false
 
+    func validate() throws {
+        if target.contains(where: \.isBaseline) { _ = try common.brokerPath(baseline: true) }
+    }
+
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
         lt_install_cleanup_handler()
         _ = lt_raise_nofile()
         Sodium.initialize()
         // indicators: agentchat only (the peers have nothing like public indicators).
-        let targets = target.isEmpty ? (workload == "indicators" ? [.agentchat] : TargetKind.allCases) : target
-        if workload == "indicators", targets.contains(where: { $0 != .agentchat }) {
+        let targets = target.isEmpty ? (workload == "indicators" ? [.agentchat] : TargetKind.allCases).map(TargetChoice.init)
+            : target
+        if workload == "indicators", targets.contains(where: { $0.kind != .agentchat }) {
             throw ValidationError("indicators: agentchat only; nats, mosquitto and lws-mirror have no equivalent")
         }
         var brokerArguments = brokerBenchArguments
@@ -98,15 +159,19 @@ struct RunCommand: ParsableCommand {
             brokerArguments += ["--viewer-connections-per-address", "1000000", "--indicator-rate", String(indicatorRate)]
         }
         var runs: [RunResult] = []
+        // With a baseline, every agentchat result names its broker binary (both builds are in one run).
+        let comparing = targets.contains(where: \.isBaseline)
         for t in targets {
-            let options = HarnessOptions(target: t, connections: connections, workers: common.workers,
-                                         server: common.serverOptions(extra: brokerArguments),
+            let server = try common.serverOptions(extra: brokerArguments, baseline: t.isBaseline)
+            let options = HarnessOptions(target: t.kind, connections: connections, workers: common.workers,
+                                         server: server,
                                          resultsDirectory: common.results,
                                          command: CommandLine.arguments.dropFirst().joined(separator: " "))
-            FileHandle.standardError.write(Data("== \(workload) \(t.rawValue), \(connections) connections\n".utf8))
+            let binary = t.kind == .agentchat && comparing ? " (\(server.brokerBinary))" : ""
+            FileHandle.standardError.write(Data("== \(workload) \(t.name)\(binary), \(connections) connections\n".utf8))
             let h = try Harness(options: options)
             do {
-                let r: RunResult
+                var r: RunResult
                 if workload == "indicators" {
                     var o = IndicatorsOptions()
                     o.channels = channels; o.channelRate = channelRate; o.holdSeconds = hold; o.directory = directory
@@ -131,6 +196,8 @@ struct RunCommand: ParsableCommand {
                     print(Report.stepTable(r))
                 }
                 h.shutdown()
+                r.target = t.resultName(r.target)
+                if !binary.isEmpty { r.notes.append("broker binary: \(server.brokerBinary)") }
                 let path = try Report.save(r, directory: common.results)
                 FileHandle.standardError.write(Data("wrote \(path)\n".utf8))
                 runs.append(r)
@@ -173,7 +240,7 @@ struct SmokeCommand: ParsableCommand {
         let goldenDirectory = golden ?? SelfCheck.defaultGoldenDirectory
         print("smoke: self-check: \(try SelfCheck.run(golden: goldenDirectory)) checks against \(goldenDirectory): ok")
         let options = HarnessOptions(target: .agentchat, connections: connections, workers: common.workers ?? 1,
-                                     server: common.serverOptions(extra: brokerBenchArguments),
+                                     server: try common.serverOptions(extra: brokerBenchArguments),
                                      resultsDirectory: common.results, command: "smoke")
         let h = try Harness(options: options)
         let r: RunResult
@@ -228,7 +295,7 @@ struct ReportCommand: ParsableCommand {
             newest[key] = sorted[sorted.count / 2]
             repeats[key] = rs.count
         }
-        let order = TargetKind.allCases.map(\.rawValue)
+        let order = TargetKind.allCases.map(\.rawValue).flatMap { $0 == "agentchat" ? [$0, TargetChoice.baselineName] : [$0] }
         func runs(_ w: String) -> [RunResult] {
             newest.values.filter { $0.workload == w }.sorted {
                 (order.firstIndex(of: $0.target) ?? 9) < (order.firstIndex(of: $1.target) ?? 9)
