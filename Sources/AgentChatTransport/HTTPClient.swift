@@ -207,7 +207,7 @@ package final class HTTPClient {
         }
         exchange.headerBlock = headerBlock(for: request)
         if !request.body.isEmpty { exchange.body = OutboundFrame(request.body) }
-        let timeout = max(0.001, request.timeoutSeconds)
+        let timeout = request.timeoutSeconds.isFinite ? min(max(0.001, request.timeoutSeconds), 86_400) : 86_400
         exchange.timer?.start(after: UInt64((timeout * 1000).rounded(.up)))
 
         var info = lws_client_connect_info()
