@@ -101,6 +101,9 @@ let package = Package(
                     dependencies: ["AgentChatClient", "AgentChatCrypto", "AgentChatProtocol", "WebSocketClient",
                                    "TestSupport"]),
         .testTarget(name: "WebSocketClientTests", dependencies: ["WebSocketClient", "TestSupport"]),
+        .testTarget(name: "PaymentsTests",
+                    dependencies: ["AgentChatPayments", "AgentChatTransport", "AgentChatCore", "AgentChatLoop",
+                                   "AgentChatProtocol", "TestSupport", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )
