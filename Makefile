@@ -3,7 +3,8 @@ SWIFT ?= swift
 APT_PACKAGES := pkg-config libwebsockets-dev libwebsockets-evlib-uv libsodium-dev libhiredis-dev libuv1-dev \
 	redis-server
 # What only the tests use: a reference WebSocket server for the client library's own tests, and a headless
-# browser for the viewer page's test.
+# browser for the viewer page's test. (From PyPI, below: selenium for that test, localstripe, a fake Stripe, for
+# the payments tests.)
 TEST_PACKAGES := libwebsockets-test-server chromium chromium-driver
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -38,6 +39,8 @@ test: deps
 	$(SWIFT) build -c release --product agentchat-broker
 	$(PYTHON) -c "import selenium" 2>/dev/null || $(PYTHON) -m pip install -q selenium \
 		|| $(PYTHON) -m pip install -q --break-system-packages selenium
+	$(PYTHON) -c "import localstripe" 2>/dev/null || $(PYTHON) -m pip install -q localstripe \
+		|| $(PYTHON) -m pip install -q --break-system-packages localstripe
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	$(PYTHON) Tests/Browser/test_fake_broker.py

@@ -49,6 +49,10 @@ let package = Package(
                                "CLibWebSocketsShims", "CLibUV",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "DequeModule", package: "swift-collections")]),
+        // Payments on Stripe's REST API over the transport's HTTP client: the `PaymentGateway` the core is handed.
+        .target(name: "AgentChatPayments",
+                dependencies: ["AgentChatCore", "AgentChatTransport", "AgentChatProtocol", "AgentChatLoop",
+                               .product(name: "Logging", package: "swift-log")]),
         // A general Redis client over hiredis: connections, pipelining, pub/sub, scripts, embedded redis-server.
         .target(name: "AgentChatRedis",
                 dependencies: ["AgentChatLoop", "CHiredis", "CHiredisShims",
@@ -100,6 +104,9 @@ let package = Package(
                     dependencies: ["AgentChatClient", "AgentChatCrypto", "AgentChatProtocol", "WebSocketClient",
                                    "TestSupport"]),
         .testTarget(name: "WebSocketClientTests", dependencies: ["WebSocketClient", "TestSupport"]),
+        .testTarget(name: "PaymentsTests",
+                    dependencies: ["AgentChatPayments", "AgentChatTransport", "AgentChatCore", "AgentChatLoop",
+                                   "AgentChatProtocol", "TestSupport", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )

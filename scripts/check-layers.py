@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks the broker's layers from the package description (`swift package describe --type json`):
 
-- AgentChatCore's dependency closure holds no libwebsockets, hiredis or libuv module, nor any target built on them;
+- AgentChatCore's dependency closure holds no libwebsockets, hiredis or libuv module, nor any target built on them
+  (AgentChatPayments among them: the core is handed a PaymentGateway, it never imports Stripe's);
 - only AgentChatTransport (and its shim) imports libwebsockets, only AgentChatRedis (and its shim) hiredis;
 - AgentChatProtocol depends on nothing.
 
@@ -37,7 +38,7 @@ def closure(name, path=()):
 problems = []
 forbidden_in_core = {"CLibWebSockets", "CLibWebSocketsShims", "CHiredis", "CHiredisShims", "CLibUV",
                      "AgentChatLoop", "AgentChatTransport", "AgentChatRedis", "AgentChatPersistence",
-                     "AgentChatBroker"}
+                     "AgentChatPayments", "AgentChatBroker"}
 for dep, route in closure("AgentChatCore").items():
     if dep in forbidden_in_core:
         problems.append("AgentChatCore depends on " + dep + ": " + " -> ".join(route))
