@@ -232,9 +232,8 @@ extension AgentChatClient {
         case "ended":
             if !record.rotationStarted {
                 record.rotationStarted = true
-                let bound = [record.grantedEpoch, record.activeEpoch].compactMap { $0 }.max()
-                let granter = record.grantedEpoch != nil
-                Task { await self.rotateAfterPeek(view, epochBound: bound, granter: granter) }
+                let bound = record.grantedEpoch ?? record.activeEpoch
+                Task { await self.rotateAfterPeek(view, epochBound: bound) }
             }
         default:
             break
@@ -299,16 +298,24 @@ extension AgentChatClient {
         if peekState.records[view.id] != nil { peekState.records[view.id]?.activeEpoch = description.epoch }
     }
 
-    /// After a peek ended: moves the channel to a new epoch (rotate, then publish its keys) unless it moved past
-    /// the granted epoch already. Every member's SDK does this; the one that granted goes first and the others
-    /// wait a moment, then rotate only if the channel is still on an epoch the viewer may hold (at most one
-    /// rotation each, so it converges; key publication tolerates `keys_exist` and `stale_epoch`).
-    private func rotateAfterPeek(_ view: PeekView, epochBound: Int64?, granter: Bool) async {
-        if !granter { try? await Task.sleep(for: .milliseconds(Int.random(in: 300...1500))) }
+    /// After a peek ended: moves the channel to a new epoch (rotate, then publish its keys) unless it has moved past
+    /// the epoch the viewer may hold already. Every member's SDK does this, so they take turns: in the bytewise
+    /// order of their DIDs, 0.4 s apart (at most 4 s), each rotating only if the channel is still on that epoch —
+    /// the granted one when this client granted, else the one seen when the peek was active, else the one at the
+    /// end. Each member rotates at most once per peek, so it converges, usually after one rotation; key
+    /// publication tolerates `keys_exist` and `stale_epoch`.
+    private func rotateAfterPeek(_ view: PeekView, epochBound: Int64?) async {
         do throws(AgentChatError) {
             try await waitForConnection()
-            let before = try await describe(channel: view.channel)
-            if let epochBound, before.epoch > epochBound { return }
+            var current = try await describe(channel: view.channel)
+            let bound = epochBound ?? current.epoch
+            let turn = current.members.map(\.did.description).sorted().firstIndex(of: identity.did.description) ?? 0
+            if turn > 0 {
+                try? await Task.sleep(for: .milliseconds(400 * min(turn, 10) + Int.random(in: 0...100)))
+                try await waitForConnection()
+                current = try await describe(channel: view.channel)
+            }
+            if current.epoch > bound { return }
             try await rotate(channel: view.channel)
             let epoch: Int64
             if let keyed = channelState.sendEpoch[view.channel] {
