@@ -43,7 +43,7 @@ import WebSocketClient
 
     @Test func listenShowsPeeksAndFollowsThePolicyEarningsAndRefuse() async throws {
         let cluster = try await ChannelCluster(
-            brokers: 1, extraArguments: ["--peek-refusal-window", "4", "--peek-grant-window", "3",
+            brokers: 1, extraArguments: ["--peek-refusal-window", "5", "--peek-grant-window", "3",
                                          "--peek-duration", "2"])
         defer { cluster.stop() }
         let root = try makeTemporaryDirectory()
