@@ -13,7 +13,7 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run test clean bench bench-compare loadtest-smoke chaos chaos-smoke fuzz sanitize
+.PHONY: deps build run demo test clean bench bench-compare loadtest-smoke chaos chaos-smoke fuzz sanitize
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
 deps:
@@ -31,6 +31,15 @@ build: deps
 # Starts the broker with its own embedded Redis in ./data; Ctrl-C stops both.
 run: build
 	$$($(SWIFT) build -c release --show-bin-path)/agentchat-broker $(ARGS)
+
+# The broker (release) with its embedded Redis in $(DEMO_DIR)/broker, and two SDK agents (agentchat-demo) talking in
+# a listed channel, granting peeks; open http://127.0.0.1:8080/ to watch and buy a sandbox peek. Ctrl-C stops all
+# of it (scripts/demo.sh). ARGS go to the broker, e.g. ARGS="--peek-refusal-window 10 --peek-duration 60".
+DEMO_DIR ?= demo-data
+demo: build
+	$(SWIFT) build -c release --product agentchat-demo
+	AGENTCHAT_BIN_DIR=$$($(SWIFT) build -c release --show-bin-path) DEMO_DIR=$(DEMO_DIR) DEMO_BROKER_ARGS='$(ARGS)' \
+		scripts/demo.sh
 
 # Also builds what `make run` builds (release), where the compiler has differed from debug.
 test: EXTRA_PACKAGES = $(TEST_PACKAGES)

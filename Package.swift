@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "AgentChatCrypto", targets: ["AgentChatCrypto"]),
         .library(name: "AgentChatClient", targets: ["AgentChatClient"]),
         .executable(name: "agentchat", targets: ["agentchat"]),
+        .executable(name: "agentchat-demo", targets: ["agentchat-demo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -84,6 +85,9 @@ let package = Package(
                           dependencies: ["AgentChatClient", "AgentChatProtocol",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/AgentChatCLI"),
+        // `make demo`: two SDK agents talking in a listed channel, granting peeks.
+        .executableTarget(name: "agentchat-demo", dependencies: ["AgentChatClient", "AgentChatProtocol"],
+                          path: "Sources/agentchat-demo"),
 
         .target(name: "TestSupport", dependencies: ["WebSocketClient", "AgentChatRedis"], path: "Tests/TestSupport"),
         // In-memory twins of the core's stores, a manual clock and a recording connection.

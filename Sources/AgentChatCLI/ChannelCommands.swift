@@ -4,17 +4,24 @@ import ArgumentParser
 import Foundation
 
 extension GlobalOptions {
-    /// Loads the identity, connects and logs in, runs `body`, and closes the client whatever happens.
-    func withClient<T>(autoReconnect: Bool = false,
+    /// Loads the identity and its peek policy (``PeekPolicyFile``; `peekPolicy` overrides its default), calls
+    /// `prepare` (e.g. to subscribe to streams before login), connects and logs in, runs `body`, and closes the
+    /// client whatever happens.
+    func withClient<T>(autoReconnect: Bool = false, peekPolicy: PeekPolicy? = nil,
+                       prepare: (AgentChatClient) async -> Void = { _ in },
                        _ body: (AgentChatClient) async throws(AgentChatError) -> T) async throws -> T
     {
         let path = identityPath
         let server = serverURL
         return try await run { () async throws(AgentChatError) -> T in
             let identity = try AgentIdentity.load(from: path)
+            var policies = try PeekPolicyFile.load(forIdentity: path)
+            if let peekPolicy { policies.defaultPolicy = peekPolicy }
             var configuration = AgentChatClient.Configuration()
             configuration.autoReconnect = autoReconnect
             let client = try AgentChatClient(identity: identity, server: server, configuration: configuration)
+            await policies.apply(to: client)
+            await prepare(client)
             do throws(AgentChatError) {
                 try await client.connect()
                 let result = try await body(client)
@@ -214,12 +221,20 @@ struct Send: AsyncParsableCommand {
 
 struct Listen: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print a channel's messages as they arrive, one per line (reconnects and resumes by itself).")
+        abstract: "Print a channel's messages as they arrive, one per line (reconnects and resumes by itself).",
+        discussion: """
+            Paid peeks of any of your channels are shown on stderr, one line each (with --json, objects with an \
+            "event" field: peek.update, peek.refused, peek.granted, peek.rotated, peek.failed), and handled by the \
+            peek policy (see `agentchat peek policy`).
+            """)
     @OptionGroup var options: GlobalOptions
     @Option(help: "The channel id.") var channel: String
     @Option(help: "Start with the stored messages from this offset on (default: only new messages).")
     var from: Int64?
     @Option(help: "Exit after this many messages.") var count: Int?
+    @Option(help: ArgumentHelp("What to do with paid peeks of your channels this run: grant, refuse or ask "
+                               + "(default: `agentchat peek policy`, else grant).", valueName: "policy"))
+    var peekPolicy: PeekPolicy?
 
     func run() async throws {
         let id = try options.channelID(channel)
@@ -227,7 +242,13 @@ struct Listen: AsyncParsableCommand {
                                                               category: .invalidArgument,
                                                               message: "--count must be at least 1")) }
         let json = options.json
-        try await options.withClient(autoReconnect: true) { client throws(AgentChatError) in
+        // Peeks of any of the agent's channels, and what the SDK did about them: one line each on stderr (JSON
+        // objects with "event" under --json), so that stdout keeps one message per line.
+        let peekPrinter = PeekPrinter(json: json)
+        defer { peekPrinter.stop() }
+        try await options.withClient(autoReconnect: true, peekPolicy: peekPolicy,
+                                     prepare: { client in peekPrinter.start(client.peekEvents()) })
+        { client throws(AgentChatError) in
             let stream = try await client.subscribe(channel: id, since: from.map { max(0, $0 - 1) })
             var received = 0
             for await event in stream {
@@ -253,6 +274,25 @@ struct Listen: AsyncParsableCommand {
             throw AgentChatError.closed
         }
     }
+}
+
+/// Prints peek events on stderr as they come.
+final class PeekPrinter: @unchecked Sendable {
+    private let json: Bool
+    private var task: Task<Void, Never>?
+
+    init(json: Bool) { self.json = json }
+
+    func start(_ events: AsyncStream<PeekEvent>) {
+        let json = json
+        task = Task {
+            for await event in events {
+                FileHandle.standardError.write(Data((peekEventLine(event, json: json) + "\n").utf8))
+            }
+        }
+    }
+
+    func stop() { task?.cancel() }
 }
 
 struct History: AsyncParsableCommand {

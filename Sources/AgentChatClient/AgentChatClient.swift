@@ -56,6 +56,12 @@ public struct Pong: Sendable, Equatable {
 /// as ``AgentChatError/Category/protocolViolation``). Frames the broker sends on its own (without a `ref` this
 /// client is waiting for) go to ``unsolicitedFrames()``.
 ///
+/// Paid peeks: viewers may pay to read a listed channel for a while. The SDK follows a ``PeekPolicy`` per client
+/// (``Configuration/peekPolicy``, default ``PeekPolicy/grant``) and optionally per channel: under `.grant` it
+/// wraps the key of the channel's current epoch for the viewer and sends `peek.grant` once the refusal window has
+/// passed; under `.refuse` it refuses every pending peek; under `.ask` it asks a ``PeekDecider`` (no answer in
+/// time counts as grant). When a peek ends, it moves the channel to a new epoch. See ``peekEvents()``.
+///
 /// Reconnection: once connected, a dropped connection is reopened automatically with ``ReconnectBackoff``
 /// (exponential, full jitter), logging in with the stored session token while it is valid and with a signed
 /// challenge otherwise (also when the broker answers `token_invalid` or `challenge_expired`). ``close()`` is final.
@@ -71,6 +77,11 @@ public actor AgentChatClient {
         public var backoff = ReconnectBackoff()
         /// A stored token is used only if it stays valid at least this many more seconds.
         public var tokenExpiryMargin: Double = 5
+        /// What the SDK does with paid peeks of the agent's channels. Default ``PeekPolicy/grant``: nobody refused
+        /// within the refusal window, so the SDK wraps the channel's current key for the viewer and grants. Change
+        /// it later, or per channel, with ``AgentChatClient/setPeekPolicy(_:)`` and
+        /// ``AgentChatClient/setPeekPolicy(_:for:)``.
+        public var peekPolicy: PeekPolicy = .grant
 
         public init() {}
     }
@@ -110,6 +121,11 @@ public actor AgentChatClient {
     private var isClosed = false
     private nonisolated let states = Broadcaster<ConnectionState>(replaysLatest: true, initial: .disconnected)
     private nonisolated let unsolicited = Broadcaster<ServerFrame>(replaysLatest: false)
+    /// `peek.update` frames, and those plus what the SDK did about them (see `AgentChatClient+Peeks.swift`).
+    nonisolated let peekViews = Broadcaster<PeekView>(replaysLatest: false)
+    nonisolated let peekNews = Broadcaster<PeekEvent>(replaysLatest: false)
+    /// Peek policies and what the client remembers of each peek.
+    var peekState: PeekClientState
     /// Channel keys, subscriptions and counters (see `AgentChatClient+Channels.swift`).
     var channelState = ChannelClientState()
 
@@ -117,6 +133,7 @@ public actor AgentChatClient {
         self.identity = identity
         self.server = server
         self.configuration = configuration
+        self.peekState = PeekClientState(defaultPolicy: configuration.peekPolicy)
     }
 
     /// A client for the broker at `server` (e.g. `http://127.0.0.1:8080`).
@@ -415,6 +432,7 @@ public actor AgentChatClient {
                 }
             } else {
                 routeChannelFrame(frame)
+                routePeekFrame(frame)
                 unsolicited.yield(frame)
             }
         case .undecodable(let error, let ref):
@@ -506,6 +524,8 @@ public actor AgentChatClient {
         await open?.close()
         states.finish()
         unsolicited.finish()
+        peekViews.finish()
+        peekNews.finish()
     }
 
     // MARK: - Helpers

@@ -106,6 +106,13 @@ import Testing
         try await carol.join(channel: channel.id)
         #expect(try await alice.listChannels().map(\.id) == [channel.id])
         try await alice.setListing(channel: channel.id, listed: true, title: "Market makers", topic: "prices, hourly")
+        // Peeks: a refusal, the earnings (answered with a peek awaiting a grant, which the SDK grants by itself).
+        try await alice.refusePeek(channel: channel.id, peek: "pk_FSIvPElWY3B9ipeksb7L2A")
+        let earnings = try await alice.earnings(limit: 20)
+        #expect(earnings.balanceCents == 467 && earnings.entries.map(\.cents) == [117])
+        try await waitUntil("the SDK's grant") {
+            broker.receivedFrames.contains { (try? JSONParser.parse($0))?["type"] == "peek.grant" }
+        }
         let stream = Collector(try await alice.subscribe(channel: channel.id, since: 0,
                                                          historyEpoch: "TVpndIGOm6i1ws_c"))
         try await waitUntil("the replayed message") { stream.values.contains { $0.message != nil } }
@@ -146,10 +153,10 @@ import Testing
             #expect(!fitting.isEmpty, "\(text) fits none of \(candidates.map(\.name))")
             for candidate in fitting where candidate.fields == sent { matchedGolden.insert(candidate.name) }
         }
-        // Every client frame type but the viewer's (the SDK is an agent) was sent... The peek requests are left out
-        // until the SDK makes them (issue 11: refusals, grants and earnings).
+        // Every client frame type but the viewer's (the SDK is an agent: no peek.request, confirm or status) was
+        // sent...
         let agentTypes = Set(FrameType.allCases.filter { $0.direction != .fromBroker })
-            .subtracting(FrameType.viewerRequests).subtracting(FrameType.peekRequests)
+            .subtracting(FrameType.viewerRequests).subtracting([.peekRequest, .peekConfirm, .peekStatus])
         #expect(sentTypes == agentTypes, "missing: \(agentTypes.subtracting(sentTypes).map(\.rawValue).sorted())")
         // ...and each of their golden frames was matched exactly (every optional field sent at least once).
         let expected = Set(agentTypes.flatMap { goldenFields[$0] ?? [] }.map(\.name))
@@ -198,8 +205,41 @@ final class FakeChannels: Sendable {
             })
     }
 
-    /// Answers `frame` from `session`; false for frames that are not channel requests.
+    /// Answers a member's peek request: `ok` to refusals and grants (a grant must verify for the peek's viewer key
+    /// when the peek is one this fake announced), earnings of one share; after the earnings, announces a peek
+    /// awaiting a grant (`pk_…`, viewer key ``peekViewer``), which the SDK grants by itself.
+    private func handlePeek(_ ref: String?, _ request: PeekRequest, _ session: FakeSession) throws {
+        switch request {
+        case .refuse:
+            try session.send(.ok(ref: ref))
+        case .grant(let channel, let peek, let grant):
+            guard peek != Self.announcedPeek
+                || PeekKeyWrap.verify(grant, channel: channel, peek: peek, viewerKey: Self.peekViewer.publicKey)
+            else { return try session.send(.error(ProtocolError(.invalidField, "bad grant"), ref: ref)) }
+            try session.send(.ok(ref: ref))
+        case .earnings:
+            let channel = state.withLock { $0.id }
+            try session.send(.earnings(ref: ref, balanceCents: 467, entries: [
+                EarningsEntry(channel: channel, peek: "pk_FSIvPElWY3B9ipeksb7L2A", cents: 117, time: 1_764_700_000_000),
+            ]))
+            try session.send(.peekUpdate(PeekView(
+                id: Self.announcedPeek, channel: channel, phase: "awaiting_grant",
+                deadline: Int64(Date().timeIntervalSince1970 * 1000) + 300_000, priceCents: 500,
+                refusalFeeCents: 100, capturedCents: 0, viewerKey: Self.peekViewer.publicKey, sandbox: true)))
+        case .request, .confirm, .status:
+            try session.send(.error(ProtocolError(.unknownType, "viewer frame"), ref: ref))
+        }
+    }
+
+    static let announcedPeek = "pk_" + Base64URL.encode(SecureRandom.bytes(16))
+    static let peekViewer = EncryptionKeyPair()
+
+    /// Answers `frame` from `session`; false for frames that are not channel or peek requests.
     func handle(_ frame: ClientFrame, _ session: FakeSession) throws -> Bool {
+        if case .peek(let ref, let request) = frame {
+            try handlePeek(ref, request, session)
+            return true
+        }
         guard case .channel(let ref, let request) = frame else { return false }
         var replies: [ServerFrame] = []
         state.withLock { s in
