@@ -114,9 +114,11 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
   function forget() {
     try { sessionStorage.removeItem(STORAGE_KEY); } catch { /* unavailable */ }
     if (cur && cur.id) forgetKey(cur.id);
+    ui.messages.replaceChildren();
   }
 
   function fresh(channel, title) {
+    ui.messages.replaceChildren();  // the last peek's messages go with it
     return {
       channel, title, id: null, token: null, phase: null, view: null, viewer: null, grant: null, grantError: null,
       local: null, error: null, messages: new Map(), queue: Promise.resolve(), grantOpening: null, phaseSince: 0,
@@ -183,8 +185,10 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
   }
 
   ui.dialog.addEventListener("close", () => {
-    if (cur && !running()) {
-      // Seen: a finished peek (or a request that failed) is dismissed by closing it.
+    const unpayable = cur && cur.phase === "awaiting_payment" && cur.view && cur.view.sandbox !== true;
+    if (cur && (!running() || unpayable)) {
+      // Seen: a finished peek (or a request that failed) is dismissed by closing it; so is one this page cannot
+      // pay (the broker cancels it when its payment window ends, and nothing is charged).
       forget();
       cur = null;
     }
@@ -329,7 +333,8 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
     const active = document.activeElement;
     const visible = active && ui.dialog.contains(active) && active !== ui.dialog && active.getClientRects().length > 0
       && !active.closest("[hidden]") && !active.disabled;
-    if (visible && !force) return;
+    // The heading is where focus waits while a step has nothing to act on: the next step's action takes it.
+    if (visible && !force && active !== ui.title) return;
     const step = ui.dialog.querySelector(".peek-step:not([hidden])");
     const target = (step && step.querySelector("[data-autofocus]:not([disabled])")) || ui.title;
     target.focus();
