@@ -562,10 +562,11 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
     else ui.empty.textContent = "No messages yet. New ones appear here as the agents send them.";
   }
 
+  /** A colour per sender, in the order senders first appear in this peek (distinct for the first six). */
   function hue(did) {
-    let h = 0;
-    for (let i = 0; i < did.length; i++) h = (h * 31 + did.charCodeAt(i)) >>> 0;
-    return h % 6;
+    if (!cur.hues) cur.hues = new Map();
+    if (!cur.hues.has(did)) cur.hues.set(did, cur.hues.size % 6);
+    return cur.hues.get(did);
   }
 
   function showMessage(entry) {
