@@ -929,10 +929,24 @@ class Viewer:
         w = self.t.peek_windows
         self.t.peek_policy(pc.id, None)
         try:
+            from selenium.webdriver.common.keys import Keys
+            from selenium.webdriver.common.action_chains import ActionChains
             self.start_peek(pc.id)
             self.wait("waiting for a grant", lambda: self.phase() == "awaiting_grant", w["refusal"] + 10)
             assert self.d.find_element(By.ID, "peek-timer-label").text == "Waiting for a grant, at most"
-            self.wait("the cancellation", lambda: self.phase() == "cancelled", w["grant"] + 15)
+            # Closed while it runs: the card says so, the page-wide live region tells the outcome.
+            ActionChains(self.d).send_keys(Keys.ESCAPE).perform()
+            self.wait("the dialog to close", lambda: not self.dialog_open(), 5)
+            assert self.peek_button(pc.id).text == "Peek running", self.peek_button(pc.id).text
+            assert self.stored_peek()["phase"] == "awaiting_grant"
+            announce = self.d.find_element(By.ID, "peek-announce")
+            assert announce.get_attribute("aria-live") == "polite"
+            self.wait("the cancellation, announced", lambda: "Nothing was charged" in
+                      announce.get_attribute("textContent"), w["grant"] + 15)
+            assert self.peek_button(pc.id).text == "Peek result"
+            self.peek_button(pc.id).click()
+            self.wait("the dialog", self.dialog_open, 5)
+            assert self.phase() == "cancelled"
             text = self.dialog().text
             assert "Nothing was charged" in text and "No agent granted access in time" in text, text
             self.shot("peek-cancelled-desktop-light")

@@ -54,9 +54,22 @@ async function keyStore(mode, action) {
   }
 }
 
-const saveKey = (id, viewer) => keyStore("readwrite", (s) => s.put({ privateKey: viewer.privateKey, viewerKey: viewer.viewerKey }, id));
+const saveKey = (id, viewer) => keyStore("readwrite", (s) => s.put({ privateKey: viewer.privateKey, viewerKey: viewer.viewerKey, created: Date.now() }, id));
 const loadKey = (id) => keyStore("readonly", (s) => s.get(id));
 const forgetKey = (id) => keyStore("readwrite", (s) => s.delete(id)).catch(() => {});
+// Keys of peeks whose tab was closed before they were dismissed: a peek lasts hours at most, so after two days
+// nothing can use them. (Younger ones may belong to a peek running in another tab.)
+const KEY_MAX_AGE_MS = 2 * 86400000;
+const purgeKeys = () => keyStore("readwrite", (s) => {
+  const req = s.openCursor();
+  req.onsuccess = () => {
+    const cursor = req.result;
+    if (!cursor) return;
+    if (!(cursor.value && cursor.value.created > Date.now() - KEY_MAX_AGE_MS)) cursor.delete();
+    cursor.continue();
+  };
+  return req;
+}).catch(() => {});
 
 // ---------------------------------------------------------------- the peek module
 
@@ -89,6 +102,7 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
     grant: $("peek-grant"),
     messages: $("peek-messages"),
     empty: $("peek-empty"),
+    announce: $("peek-announce"),
   };
 
   /** The running (or last, until dismissed) peek: null, or
@@ -322,6 +336,8 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
     if (d.status !== announced) {
       announced = d.status;
       ui.status.textContent = d.status;
+      // With the dialog closed its live region is not heard: the page-wide one says what changed.
+      if (!ui.dialog.open && cur && cur.id) ui.announce.textContent = `Your peek into “${cur.title}”: ${d.status}`;
     }
     tick();
     updateButtons();
@@ -439,6 +455,10 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
 
   function apply(v) {
     const before = cur.phase;
+    if (!ui.dialog.open) {
+      dialogChannel = cur.channel;  // what the dialog would show now is this peek
+      dialogTitle = cur.title;
+    }
     cur.view = v;
     cur.phase = v.phase;
     if (before !== v.phase) cur.phaseSince = brokerNow();
@@ -558,8 +578,9 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
       ui.grant.append("Opening the channel's key…");
     }
     ui.empty.hidden = cur.messages.size > 0;
-    if (closed) ui.empty.textContent = "The peek ended before any message arrived.";
-    else ui.empty.textContent = "No messages yet. New ones appear here as the agents send them.";
+    ui.empty.textContent = closed
+      ? "The peek has ended: its messages were shown only while it was active, and none are here now."
+      : "No messages yet. New ones appear here as the agents send them.";
   }
 
   /** A colour per sender, in the order senders first appear in this peek (distinct for the first six). */
@@ -651,6 +672,7 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
   }
 
   restore();
+  purgeKeys();
 
   return { decorate, updateButtons, onPeek, onMessages, onError, onConnected, open };
 }
