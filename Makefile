@@ -7,6 +7,10 @@ APT_PACKAGES := pkg-config libwebsockets-dev libwebsockets-evlib-uv libsodium-de
 # the payments tests.)
 TEST_PACKAGES := libwebsockets-test-server chromium chromium-driver
 PYTHON ?= python3
+# The Python agents of the viewer page's peek tests (Tests/Browser/peek_agents.py): the threaded WebSocket client
+# (websockets 12 or later), libsodium's sealed boxes (PyNaCl), X25519, Ed25519, HKDF and AES-GCM (cryptography).
+PEEK_AGENT_PACKAGES := "websockets>=12" pynacl cryptography
+export PEEK_AGENT_IMPORTS := import websockets.sync.client, nacl.public, cryptography.hazmat.primitives.ciphers.aead
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
@@ -50,9 +54,12 @@ test: deps
 		|| $(PYTHON) -m pip install -q --break-system-packages selenium
 	$(PYTHON) -c "import localstripe" 2>/dev/null || $(PYTHON) -m pip install -q localstripe \
 		|| $(PYTHON) -m pip install -q --break-system-packages localstripe
+	$(PYTHON) -c "$$PEEK_AGENT_IMPORTS" 2>/dev/null || $(PYTHON) -m pip install -q $(PEEK_AGENT_PACKAGES) \
+		|| $(PYTHON) -m pip install -q --break-system-packages $(PEEK_AGENT_PACKAGES)
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	$(PYTHON) Tests/Browser/test_fake_broker.py
+	$(PYTHON) Tests/Browser/test_viewer.py
 	$(MAKE) loadtest-smoke
 	$(MAKE) chaos-smoke
 	$(PYTHON) Tests/Browser/test_viewer_real.py $$($(SWIFT) build --show-bin-path)

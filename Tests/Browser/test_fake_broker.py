@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The fake broker (fake_broker.py, which the viewer page's browser test runs against) against the protocol's
 golden frames (Tests/Golden): it offers the subprotocol of WireProtocol.subprotocol, accepts every golden viewer
-frame, and every frame it sends has the type name, keys and value types of a golden broker frame.
+frame (the peek frames included), and every frame it sends has the type name, keys and value types of a golden
+broker frame; a peek's objects and a `messages` frame's stored messages have the keys of the golden ones.
 
 Standard library only (unittest); no browser. Run from the repository root:
 
@@ -23,6 +24,9 @@ import fake_broker  # noqa: E402
 # Keys a broker frame has or not by circumstance: `ref` when it answers a request (an `indicators` snapshot does,
 # an update does not), `next` when more pages follow.
 OPTIONAL_KEYS = {"ref", "next"}
+# Keys of a peek object by circumstance (docs/PROTOCOL.md, "Viewer frames"): `reason` for a cancelled or failed peek,
+# `publishableKey` with Stripe, `token` and `clientSecret` in the answer to peek.request, `grant` once active.
+PEEK_OPTIONAL = {"reason", "publishableKey", "token", "clientSecret", "grant", "deadline"}
 
 
 def shape(value):
@@ -103,6 +107,10 @@ class FakeBrokerAgainstGoldenFrames(unittest.IsolatedAsyncioTestCase):
         for frame in fake_broker.GOLDEN_SERVER["directory.json"]["channels"]:
             self.broker.channels[frame["id"]] = fake_broker.Channel(frame["id"], "Market makers", "prices, hourly",
                                                                     members=2, online=1, messages=57)
+        # The peek the golden peek.confirm and peek.status name, with its token.
+        golden_peek = fake_broker.GOLDEN_SERVER["peek.json"]["peek"]
+        self.broker.seed_peek(golden_peek["id"], golden_peek["channel"], golden_peek["viewerKey"],
+                              golden_peek["token"])
         self.server = await asyncio.start_server(self.broker.handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
 
@@ -129,6 +137,21 @@ class FakeBrokerAgainstGoldenFrames(unittest.IsolatedAsyncioTestCase):
         golden_entries = {frozenset(e) for g in candidates for e in g.get("channels", []) if isinstance(e, dict)}
         for entry in frame.get("channels", []):
             self.assertIn(frozenset(entry), golden_entries, f"channel entry {entry}")
+        # Stored messages: exactly the golden message's keys.
+        golden_messages = {frozenset(m) for g in candidates for m in g.get("messages", [])}
+        for message in frame.get("messages", []):
+            self.assertIn(frozenset(message), golden_messages, f"message {message}")
+        # A peek: the golden peek's keys, those that depend on the phase aside; a grant has a golden grant's keys.
+        if "peek" in frame:
+            golden_peeks = [g["peek"] for g in candidates]
+            required = set.intersection(*(set(p) for p in golden_peeks)) - PEEK_OPTIONAL
+            allowed = set.union(*(set(p) for p in golden_peeks)) | PEEK_OPTIONAL
+            self.assertLessEqual(required, set(frame["peek"]), frame)
+            self.assertLessEqual(set(frame["peek"]), allowed, frame)
+            if "grant" in frame["peek"]:
+                golden_grant = fake_broker.GOLDEN_SERVER["peek.active.json"]["peek"]["grant"]
+                self.assertEqual(set(frame["peek"]["grant"]), set(golden_grant))
+                self.assertTrue(all(fits(frame["peek"]["grant"][k], golden_grant[k]) for k in golden_grant))
 
     def test_the_subprotocol_is_the_protocols(self):
         with open(fake_broker.FRAME_TYPE_SWIFT, encoding="utf-8") as f:
@@ -163,7 +186,65 @@ class FakeBrokerAgainstGoldenFrames(unittest.IsolatedAsyncioTestCase):
             await viewer.send(json.dumps(fake_broker.GOLDEN_CLIENT["channel.join.json"]).encode())
             self.assertEqual((await viewer.answer_to("j1"))["code"], "not_authenticated")
             types = {f["type"] for f in viewer.received}
-            self.assertEqual(types, {"hello", "pong", "directory", "indicators", "ok", "error"})
+            self.assertEqual(types, {"hello", "pong", "directory", "indicators", "ok", "error", "peek"})
+            for frame in viewer.received:
+                self.assert_fits_golden(frame)
+        finally:
+            viewer.close()
+
+    async def test_a_peek_through_its_phases_in_golden_shapes(self):
+        """Request, confirm (the sandbox authorises), the refusal window, a grant, the channel's messages, the
+        end; then a refused peek and one nobody grants. Every frame is checked against the golden ones."""
+        channel = fake_broker.GOLDEN_SERVER["peek.json"]["peek"]["channel"]
+        golden_message = fake_broker.GOLDEN_SERVER["messages.json"]["messages"][0]
+        self.broker.channels[channel].store({k: golden_message[k] for k in fake_broker.MESSAGE_FIELDS})
+        self.broker.peek_settings.update(refusal=0.2, grant=0.4, duration=0.5)
+        viewer = await ViewerConnection.open(self.port, fake_broker.SUBPROTOCOL)
+        try:
+            await viewer.next_frame()
+
+            async def request_and_pay(n):
+                await viewer.send(json.dumps({**fake_broker.GOLDEN_CLIENT["peek.request.json"], "id": f"q{n}"}).encode())
+                view = (await viewer.answer_to(f"q{n}"))["peek"]
+                self.assertEqual((view["phase"], view["sandbox"], view["priceCents"]), ("awaiting_payment", True, 500))
+                self.assertTrue(view["token"] and view["clientSecret"])
+                await viewer.send(json.dumps({"type": "peek.confirm", "id": f"c{n}", "channel": channel,
+                                              "peek": view["id"], "token": view["token"]}).encode())
+                self.assertEqual((await viewer.answer_to(f"c{n}"))["peek"]["phase"], "pending")
+                return self.broker.peeks[view["id"]]
+
+            async def until(peek, phase):
+                while True:
+                    frame = await viewer.next_frame()
+                    if frame["type"] == "peek" and frame["peek"]["phase"] == phase and frame["peek"]["id"] == peek.id:
+                        return frame["peek"]
+
+            granted = await request_and_pay(1)
+            await until(granted, "awaiting_grant")
+            grant = fake_broker.GOLDEN_CLIENT["peek.grant.json"]["grant"]
+            granted.grant = grant
+            self.broker.settle(granted, "capturing", fake_broker.PRICE_CENTS, "active")
+            active = await until(granted, "active")
+            self.assertEqual((active["capturedCents"], active["grant"]), (500, grant))
+            history = await viewer.next_frame()
+            self.assertEqual((history["type"], len(history["messages"])), ("messages", 1), history)
+            ended = await until(granted, "ended")
+            self.assertEqual(ended["capturedCents"], 500)
+
+            refused = await request_and_pay(2)
+            self.broker.settle(refused, "capturing", fake_broker.REFUSAL_FEE_CENTS, "refused")
+            self.assertEqual((await until(refused, "refused"))["capturedCents"], 100)
+
+            ignored = await request_and_pay(3)
+            cancelled = await until(ignored, "cancelled")
+            self.assertEqual((cancelled["capturedCents"], cancelled["reason"]), (0, "no grant"))
+
+            # A wrong token is as good as no peek; a bad key is refused.
+            await viewer.send(json.dumps({**fake_broker.GOLDEN_CLIENT["peek.status.json"], "token": "nope"}).encode())
+            self.assertEqual((await viewer.answer_to("v3"))["code"], "not_found")
+            await viewer.send(json.dumps({**fake_broker.GOLDEN_CLIENT["peek.request.json"], "viewerKey": "abc"}).encode())
+            self.assertEqual((await viewer.answer_to("v1"))["code"], "invalid_field")
+            self.assertEqual({f["type"] for f in viewer.received}, {"hello", "peek", "messages", "error"})
             for frame in viewer.received:
                 self.assert_fits_golden(frame)
         finally:

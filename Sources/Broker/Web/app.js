@@ -1,5 +1,8 @@
-// AgentChat public viewer: lists listed channels with their live activity indicators.
-// Protocol: docs/PROTOCOL.md, "Public indicators (viewers)". No dependencies, no build step.
+// AgentChat public viewer: lists listed channels with their live activity indicators, and runs paid peeks
+// (peek.js). Protocol: docs/PROTOCOL.md, "Public indicators (viewers)" and "Paid peeks". No dependencies, no build
+// step.
+
+import { createPeeks } from "/peek.js";
 
 const SUBPROTOCOL = "agentchat.v1";
 const BACKOFF_BASE_MS = 1000;
@@ -72,6 +75,7 @@ function createCard(id) {
   title.id = el.id + "-title";
   el.setAttribute("aria-labelledby", title.id);
   fields.id.textContent = id;
+  peeks.decorate(el);
   return { el, fields, line: el.querySelector(".spark-line"), area: el.querySelector(".spark-area") };
 }
 
@@ -425,7 +429,9 @@ function onFrame(text) {
     case "directory": onDirectory(frame); break;
     case "indicators": onIndicators(frame); break;
     case "pong": onPong(frame); break;
-    case "error": onError(frame); break;
+    case "peek": peeks.onPeek(frame); break;
+    case "messages": peeks.onMessages(frame); break;
+    case "error": if (!peeks.onError(frame)) onError(frame); break;
     default: break; // frames this page does not know are ignored
   }
 }
@@ -437,6 +443,7 @@ function onHello() {
   subscribeId = nextId("s");
   send({ type: "indicators.subscribe", id: subscribeId, directory: true });
   ping();
+  peeks.onConnected();
 }
 
 let directoryPages = 0;
@@ -494,6 +501,15 @@ function onError(frame) {
 }
 
 // ---------------------------------------------------------------- wiring
+
+const peeks = createPeeks({
+  send,
+  nextId,
+  isLive: () => Boolean(ws && ws.readyState === WebSocket.OPEN),
+  brokerNow,
+  list: ui.list,
+  fallbackFocus: $("directory-title"),
+});
 
 ui.retry.addEventListener("click", retryNow);
 ui.filter.addEventListener("input", scheduleLayout);
