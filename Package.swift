@@ -66,7 +66,7 @@ let package = Package(
         // The composition root: command line, configuration, logging and metrics, the wiring; the viewer page.
         .target(name: "AgentChatBroker",
                 dependencies: ["AgentChatCore", "AgentChatTransport", "AgentChatPersistence", "AgentChatRedis",
-                               "AgentChatLoop", "AgentChatCrypto", "AgentChatProtocol",
+                               "AgentChatPayments", "AgentChatLoop", "AgentChatCrypto", "AgentChatProtocol",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "Metrics", package: "swift-metrics"),
                                .product(name: "Prometheus", package: "swift-prometheus"),

@@ -310,6 +310,23 @@ package final class WebSocketServer {
         return String(cString: buffer)
     }
 
+    /// A header libwebsockets has no token for, as lws keeps it (`name` lower-case, without the colon); the
+    /// spelling Stripe sends is tried too.
+    static func customHeader(_ wsi: OpaquePointer, _ name: String) -> String? {
+        let spellings = [name + ":", name.split(separator: "-").map { $0.prefix(1).uppercased() + $0.dropFirst() }
+            .joined(separator: "-") + ":"]
+        for spelling in spellings {
+            let length = spelling.withCString { Int(lws_hdr_custom_length(wsi, $0, Int32(spelling.utf8.count))) }
+            guard length > 0, length <= 8192 else { continue }
+            var buffer = [CChar](repeating: 0, count: length + 1)
+            let copied = spelling.withCString {
+                lws_hdr_custom_copy(wsi, &buffer, Int32(buffer.count), $0, Int32(spelling.utf8.count))
+            }
+            if copied >= 0 { return String(cString: buffer) }
+        }
+        return nil
+    }
+
     static func peerAddress(_ wsi: OpaquePointer) -> String {
         var buffer = [CChar](repeating: 0, count: 64)
         guard lws_get_peer_simple(wsi, &buffer, buffer.count) != nil else { return "unknown" }
@@ -491,6 +508,8 @@ package final class WebSocketServer {
                               ("authorization", WSI_TOKEN_HTTP_AUTHORIZATION)] {
             if let value = Self.header(wsi, token) { request.headers[name] = value }
         }
+        // The payment webhook's signature (no libwebsockets token).
+        if let value = Self.customHeader(wsi, "stripe-signature") { request.headers["stripe-signature"] = value }
         request.remoteAddress = Self.peerAddress(wsi)
         let exchange = HTTPExchange(id: id, wsi: wsi, request: request, expectedBodyBytes: expected)
         exchanges[id] = exchange

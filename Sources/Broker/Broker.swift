@@ -1,6 +1,7 @@
 import AgentChatCore
 import AgentChatCrypto
 import AgentChatLoop
+import AgentChatPayments
 import AgentChatPersistence
 import AgentChatProtocol
 import AgentChatRedis
@@ -23,11 +24,13 @@ final class Broker {
     private let registry: PrometheusCollectorRegistry
     private let metrics = BrokerMetrics()
     private let payments: any PaymentGateway
+    /// The outbound HTTPS client Stripe is called through (nil with the sandbox).
+    private let httpClient: HTTPClient?
     /// Made by `start()`, once the bound port (and so the default issuer) is known.
     private var router: FrameRouter?
 
     init(loop: EventLoop, configuration: BrokerConfiguration, redisEndpoint: RedisEndpoint,
-         keyStore: SigningKeyStore, logger: Logger, registry: PrometheusCollectorRegistry)
+         keyStore: SigningKeyStore, logger: Logger, registry: PrometheusCollectorRegistry) throws
     {
         loop.preconditionInEventLoop()
         self.loop = loop
@@ -45,8 +48,19 @@ final class Broker {
                         rateLimits: RateLimiter(redis: redis), signingKeys: SigningKeyDirectory(redis: redis),
                         peeks: PeekStore(redis: redis), peekNotifier: PeekNotices(redis: redis),
                         isHealthy: { [redis] in redis.isHealthy })
-        // Without a Stripe key, peeks are paid in the sandbox.
-        payments = SandboxPaymentGateway(store: SandboxPayments(redis: redis), clock: clock)
+        // Stripe when a secret key is configured; otherwise peeks are paid in the sandbox.
+        if let secretKey = configuration.stripeSecretKey {
+            let client = HTTPClient(loop: loop, logger: Logger(label: "agentchat.http-client"))
+            httpClient = client
+            payments = try StripeGateway(
+                client: client,
+                configuration: .init(secretKey: secretKey, publishableKey: configuration.stripePublishableKey,
+                                     baseURL: configuration.stripeAPIBase),
+                logger: Logger(label: "agentchat.stripe"))
+        } else {
+            httpClient = nil
+            payments = SandboxPaymentGateway(store: SandboxPayments(redis: redis), clock: clock)
+        }
         server = WebSocketServer(
             loop: loop,
             configuration: .init(host: configuration.host, port: configuration.port, limits: configuration.limits,
@@ -59,6 +73,7 @@ final class Broker {
     /// Starts listening and connects to Redis (in the background, retrying). Returns the bound port.
     func start() throws -> Int {
         try server.start()
+        try httpClient?.start()
         var core = FrameRouter.Configuration()
         core.limits = configuration.limits
         core.issuer = configuration.issuer ?? "http://\(configuration.host):\(server.boundPort)"
@@ -94,9 +109,12 @@ final class Broker {
         logger.info("shutting down", metadata: ["connections": "\(server.connectionCount)"])
         router?.stop()
         server.shutdown(grace: configuration.shutdownGraceSeconds) { [self] in
-            redis.close()
-            logger.info("stopped")
-            completion()
+            let finish = { [self] in
+                redis.close()
+                logger.info("stopped")
+                completion()
+            }
+            if let httpClient { httpClient.shutdown(completion: finish) } else { finish() }
         }
     }
 }

@@ -165,7 +165,7 @@ public struct BrokerCommand: ParsableCommand {
         let started: (LoopBound<Broker>, Int)
         do {
             started = try await loop.submit {
-                let broker = Broker(loop: loop, configuration: configuration, redisEndpoint: endpoint,
+                let broker = try Broker(loop: loop, configuration: configuration, redisEndpoint: endpoint,
                                     keyStore: keyStore, logger: logger, registry: registry)
                 let port = try broker.start()
                 return (LoopBound(broker, loop: loop), port)

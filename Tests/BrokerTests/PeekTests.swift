@@ -229,6 +229,64 @@ import WebSocketClient
         if answer["type"] != "ok" { Issue.record("grant refused: \(answer)") }
     }
 
+    /// The whole flow against localstripe (a stateful fake of Stripe) through the broker's Stripe client: the
+    /// PaymentIntent is created by the broker, confirmed as the page would (a test card), found authorised when the
+    /// viewer says it confirmed (localstripe sends no `amount_capturable_updated`), refused, and 100 cents captured.
+    @Test func aRefusalCapturesTheFeeOnStripe() throws {
+        let stripe = try LocalStripe()
+        defer { stripe.stop() }
+        let port = try #require(URL(string: stripe.baseURL)?.port)
+        let cluster = try ClusterFixture(Self.windows + [
+            "--peek-refusal-window", "30", "--stripe-secret-key", "sk_test_peeks", "--stripe-webhook-secret",
+            "whsec_test_peeks", "--stripe-api-base", stripe.baseURL,
+        ])
+        let alice = try RawSession(agent: TestAgent(name: "alice"), port: cluster.first.port)
+        let channel = try listedChannel(alice)
+        let viewer = try ViewerSession(port: cluster.second.port)
+        let requested = try viewer.request(["type": "peek.request", "channel": .string(channel),
+                                            "viewerKey": .string(Base64URL.encode(SecureRandom.bytes(32)))])
+        let view = try #require(requested["peek"], "\(requested)")
+        #expect(view["sandbox"] == false && view["phase"] == "awaiting_payment")
+        let secret = try #require(view["clientSecret"]?.stringValue)
+        let intent = try #require(secret.components(separatedBy: "_secret_").first)
+        // What Stripe.js does on the page.
+        let auth = ("Authorization", "Bearer sk_test_peeks")
+        let form = ("Content-Type", "application/x-www-form-urlencoded")
+        let method = try HTTPProbe.request(port: port, method: "POST", path: "/v1/payment_methods", headers: [auth, form],
+                                           body: Array("type=card&card[number]=4242424242424242&card[exp_month]=12&card[exp_year]=2034&card[cvc]=123".utf8))
+        let pm = try #require(JSONParser.parse(method.body)["id"]?.stringValue, "\(method)")
+        _ = try HTTPProbe.request(port: port, method: "POST", path: "/v1/payment_intents/\(intent)", headers: [auth, form],
+                                  body: Array("payment_method=\(pm)".utf8))
+        let confirmedAtStripe = try HTTPProbe.request(port: port, method: "POST",
+                                                      path: "/v1/payment_intents/\(intent)/confirm", headers: [auth])
+        #expect(try JSONParser.parse(confirmedAtStripe.body)["status"] == "requires_capture")
+        let confirmed = try viewer.request(["type": "peek.confirm", "channel": .string(channel),
+                                            "peek": view["id"]!, "token": view["token"]!])
+        #expect(confirmed["peek"]?["phase"] == "pending", "\(confirmed)")
+        _ = try memberSees(alice, "pending")
+        let refused = try alice.request(["type": "peek.refuse", "channel": .string(channel), "peek": view["id"]!])
+        #expect(refused["type"] == "ok")
+        let outcome = try viewerSees(viewer, "refused")
+        #expect(outcome["capturedCents"] == 100)
+        let atStripe = try JSONParser.parse(HTTPProbe.request(port: port, path: "/v1/payment_intents/\(intent)",
+                                                              headers: [auth]).body)
+        #expect(atStripe["status"] == "succeeded")
+        // A webhook with a bad signature changes nothing; a signed one for an unknown intent is acknowledged.
+        let body = Array(#"{"id":"evt_1","type":"payment_intent.canceled","data":{"object":{"id":"pi_x","metadata":{}}}}"#.utf8)
+        let bad = try HTTPProbe.request(port: cluster.first.port, method: "POST",
+                                        path: "/api/v1/payments/stripe/webhook",
+                                        headers: [("Stripe-Signature", "t=1,v1=00"), ("Content-Type", "application/json")],
+                                        body: body)
+        #expect(bad.status == 400)
+        let now = Int64(Date().timeIntervalSince1970)
+        let signed = try HTTPProbe.request(port: cluster.first.port, method: "POST",
+                                           path: "/api/v1/payments/stripe/webhook",
+                                           headers: [("Stripe-Signature",
+                                                      StripeTestSignature.header(body, now, "whsec_test_peeks")),
+                                                     ("Content-Type", "application/json")], body: body)
+        #expect(signed.status == 200)
+    }
+
     @Test func peeksNeedAListedChannelAndAKey() throws {
         let fixture = try BrokerFixture()
         let alice = try RawSession(agent: TestAgent(name: "alice"), port: fixture.port)
@@ -258,5 +316,13 @@ extension Process {
         process.waitUntilExit()
         guard process.terminationStatus == 0 else { throw FixtureError.unexpected("\(executable) exited \(process.terminationStatus)") }
         return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// Stripe's signature, computed here independently of the broker's verifier.
+enum StripeTestSignature {
+    static func header(_ body: [UInt8], _ time: Int64, _ secret: String) -> String {
+        let mac = HMACSHA256.authenticate(Array("\(time).".utf8) + body, key: Array(secret.utf8))
+        return "t=\(time),v1=" + mac.map { String(format: "%02x", $0) }.joined()
     }
 }
