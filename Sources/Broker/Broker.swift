@@ -89,9 +89,13 @@ final class Broker {
         core.peekTerms.durationMilliseconds = Int64(configuration.peekDurationSeconds * 1000)
         core.peekTerms.paymentWindowMilliseconds = Int64(configuration.peekPaymentWindowSeconds * 1000)
         core.webhookSecrets = configuration.stripeWebhookSecrets
+        var site = StaticFiles.bundled()
+        if configuration.stripeSecretKey != nil, configuration.stripePublishableKey != nil {
+            site.policy = StaticFiles.stripeContentSecurityPolicy
+        }
         let router = FrameRouter(
             configuration: core, clock: clock, stores: stores, keyStore: keyStore, metrics: metrics, payments: payments,
-            staticFiles: StaticFiles.bundled().responses,
+            staticFiles: site.responses,
             metricsPage: { [registry] in
                 HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
                              body: registry.emitToBuffer())

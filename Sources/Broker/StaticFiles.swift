@@ -12,6 +12,16 @@ struct StaticFiles {
     static let contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         + "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
+    /// With Stripe configured the page loads Stripe.js for the Payment Element; Stripe's documented origins are
+    /// allowed then, and only then.
+    static let stripeContentSecurityPolicy = "default-src 'none'; script-src 'self' https://js.stripe.com; "
+        + "style-src 'self'; img-src 'self' data: https://*.stripe.com; "
+        + "connect-src 'self' https://api.stripe.com; frame-src https://js.stripe.com https://hooks.stripe.com; "
+        + "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+    /// The policy every page response carries.
+    var policy = StaticFiles.contentSecurityPolicy
+
     private(set) var files: [String: File] = [:]
 
     /// Loads every file of the bundled `Web` directory; `/` serves `index.html`.
@@ -51,7 +61,7 @@ struct StaticFiles {
         // HTML is revalidated every time so a new release is picked up; the other files may be cached briefly.
         response.cacheControl = file.contentType.hasPrefix("text/html") ? "no-cache" : "public, max-age=300"
         response.extraHeaders = [
-            ("Content-Security-Policy", Self.contentSecurityPolicy), ("Referrer-Policy", "no-referrer"),
+            ("Content-Security-Policy", policy), ("Referrer-Policy", "no-referrer"),
             ("X-Frame-Options", "DENY"), ("Cross-Origin-Opener-Policy", "same-origin"),
         ]
         return response

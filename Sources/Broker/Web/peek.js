@@ -121,6 +121,7 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
     try {
       sessionStorage.setItem(STORAGE_KEY, JSON.stringify({
         channel: cur.channel, title: cur.title, id: cur.id, token: cur.token, phase: cur.phase,
+        clientSecret: cur.clientSecret || null,
       }));
     } catch { /* storage unavailable: the peek lives as long as the page */ }
   }
@@ -231,6 +232,52 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
     pay();
   });
 
+  // Stripe's Payment Element, when the broker takes real payments (it serves a CSP that allows js.stripe.com
+  // then, and only then). Stripe.js is loaded on first use; the card data never touches this page or the broker.
+  let stripeJS = null;
+  let card = null; // { peek, stripe, elements }
+  function loadStripe() {
+    if (!stripeJS) {
+      stripeJS = new Promise((resolve, reject) => {
+        const script = document.createElement("script");
+        script.src = "https://js.stripe.com/v3/";
+        script.onload = () => (window.Stripe ? resolve(window.Stripe) : reject(new Error("Stripe.js did not load")));
+        script.onerror = () => { stripeJS = null; reject(new Error("Stripe.js could not be loaded")); };
+        document.head.appendChild(script);
+      });
+    }
+    return stripeJS;
+  }
+  function cardError(text) {
+    const el = $("peek-card-error");
+    el.textContent = text || "";
+    el.hidden = !text;
+  }
+  function mountCard() {
+    if (!cur || (card && card.peek === cur.id)) return;
+    const peek = cur.id;
+    card = { peek };
+    cardError("");
+    loadStripe().then((Stripe) => {
+      if (!cur || cur.id !== peek) return;
+      const stripe = Stripe(cur.view.publishableKey);
+      const elements = stripe.elements({ clientSecret: cur.clientSecret });
+      elements.create("payment").mount("#peek-card-element");
+      card = { peek, stripe, elements };
+    }).catch(() => {
+      card = null;
+      cardError("Stripe's card form could not be loaded. Nothing has been charged; try again later.");
+    });
+  }
+  $("peek-card-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!card || !card.stripe || !cur || cur.id !== card.peek) return;
+    cardError("");
+    const result = await card.stripe.confirmPayment({ elements: card.elements, redirect: "if_required" });
+    if (result.error) { cardError(result.error.message || "The card was not authorised."); return; }
+    pay();
+  });
+
   /** The step the dialog shows now, its status sentence (announced) and its timer. */
   function describe() {
     const { price, fee } = prices();
@@ -240,13 +287,19 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
     if (cur.local === "requesting") return { step: "working", status: "Preparing the payment…", working: "Preparing the payment…" };
     if (cur.local === "error") return { step: "outcome", status: cur.error.title, outcome: cur.error };
     if (cur.local === "resuming") return { step: "working", status: "Resuming your peek…", working: "Resuming your peek…" };
-    if (cur.local === "confirming") return { step: "working", status: "Authorising the payment in the sandbox…", working: "Authorising the payment in the sandbox…" };
+    if (cur.local === "confirming") {
+      const how = cur.view && cur.view.sandbox === true ? "in the sandbox" : "with your card";
+      return { step: "working", status: `Authorising the payment ${how}…`, working: `Authorising the payment ${how}…` };
+    }
     const v = cur.view || {};
     const captured = Number.isSafeInteger(v.capturedCents) ? v.capturedCents : 0;
     switch (cur.phase) {
       case "awaiting_payment":
         if (v.sandbox === true) {
           return { step: "sandbox", status: `Sandbox payment: authorise ${dollars(price)}; no real money moves.`, timer: "Pay within" };
+        }
+        if (typeof v.publishableKey === "string" && v.publishableKey.startsWith("pk_") && cur.clientSecret) {
+          return { step: "card", status: `Card payment: authorise ${dollars(price)}.`, timer: "Pay within" };
         }
         return { step: "no-card", status: "Card payments are not configured on this broker. Nothing has been charged." };
       case "pending":
@@ -331,6 +384,7 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
     }
     ui.pay.disabled = !isLive();
     if (d.step === "reading") renderGrant(d.closed);
+    if (d.step === "card") mountCard();
     ui.timer.dataset.label = d.timer || "";
     ui.dialog.dataset.closed = String(Boolean(d.closed));
     if (d.status !== announced) {
@@ -442,6 +496,7 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
       if (typeof v.token !== "string" || v.channel !== cur.channel) return;
       cur.id = v.id;
       cur.token = v.token;
+      cur.clientSecret = typeof v.clientSecret === "string" ? v.clientSecret : null;
       cur.local = null;
       if (cur.viewer) saveKey(cur.id, cur.viewer).catch((err) => console.warn("peek: key not kept", err));
     } else if (v.id !== cur.id || v.channel !== cur.channel) {
@@ -655,6 +710,7 @@ export function createPeeks({ send, nextId, isLive, brokerNow, list, fallbackFoc
     cur = fresh(saved.channel, typeof saved.title === "string" ? saved.title : saved.channel);
     cur.id = saved.id;
     cur.token = saved.token;
+    cur.clientSecret = typeof saved.clientSecret === "string" ? saved.clientSecret : null;
     cur.phase = typeof saved.phase === "string" ? saved.phase : null;
     cur.local = "resuming";
     const peek = cur;
