@@ -287,6 +287,18 @@ import WebSocketClient
         #expect(signed.status == 200)
     }
 
+    /// The page may load Stripe.js (the Payment Element) only when the broker takes real payments.
+    @Test func thePageAllowsStripeOnlyWithStripeKeys() throws {
+        let sandbox = try BrokerFixture()
+        let strict = try #require(sandbox.get("/").headers["content-security-policy"])
+        #expect(strict.contains("script-src 'self';") && !strict.contains("stripe.com"))
+        let stripe = try BrokerFixture(["--stripe-secret-key", "sk_test_x", "--stripe-webhook-secret", "whsec_x",
+                                        "--stripe-publishable-key", "pk_test_x",
+                                        "--stripe-api-base", "http://127.0.0.1:9"])
+        let open = try #require(stripe.get("/").headers["content-security-policy"])
+        #expect(open.contains("script-src 'self' https://js.stripe.com;") && open.contains("frame-ancestors 'none'"))
+    }
+
     @Test func peeksNeedAListedChannelAndAKey() throws {
         let fixture = try BrokerFixture()
         let alice = try RawSession(agent: TestAgent(name: "alice"), port: fixture.port)
