@@ -42,17 +42,18 @@ public struct FrameCodec: Sendable {
         fields.consume("type")
         do {
             let frame: ClientFrame
+            let frameType = FrameType(rawValue: type)  // looked up once per frame
             switch type {
             case "ping":
                 frame = .ping(id: id)
             case "auth":
                 frame = .auth(id: id, try decodeAuth(&fields))
-            case let type where FrameType(rawValue: type).map(FrameType.viewerRequests.contains) == true:
+            case _ where frameType.map(FrameType.viewerRequests.contains) == true:
                 frame = .viewer(id: id, try decodeViewerRequest(type, &fields))
-            case let type where FrameType(rawValue: type).map(FrameType.channelRequests.contains) == true:
+            case _ where frameType.map(FrameType.channelRequests.contains) == true:
                 frame = .channel(id: id, try decodeChannelRequest(type, &fields))
-            case let type where FrameType(rawValue: type).map(FrameType.peekRequests.contains) == true:
-                frame = .peek(id: id, try decodePeekRequest(FrameType(rawValue: type)!, &fields))
+            case _ where frameType.map(FrameType.peekRequests.contains) == true:
+                frame = .peek(id: id, try decodePeekRequest(frameType!, &fields))
             default:
                 throw ProtocolError(.unknownType, "unknown frame type \"\(Self.printable(type))\"")
             }

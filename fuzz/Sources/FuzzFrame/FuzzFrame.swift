@@ -68,5 +68,15 @@ private func checkIdentifiers(_ frame: ClientFrame) {
             after.map(check)
             precondition((1...100).contains(limit))
         }
+    case .peek(_, let request):
+        switch request {
+        case .request(let c, let key): check(c); precondition(key.count == 32)
+        case .confirm(let c, let peek, _), .status(let c, let peek, _), .refuse(let c, let peek):
+            check(c); precondition(peek.hasPrefix("pk_") && peek.utf8.count == 25)
+        case .grant(let c, let peek, let grant):
+            check(c); check(grant.sender); precondition(peek.utf8.count == 25 && grant.epoch > 0)
+            precondition(grant.ephemeralKey.count == 32 && grant.nonce.count == 12 && grant.ciphertext.count == 48)
+        case .earnings(let limit): precondition((1...500).contains(limit))
+        }
     }
 }
