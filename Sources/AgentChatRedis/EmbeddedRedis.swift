@@ -212,7 +212,7 @@ public final class EmbeddedRedis: Sendable {
     /// Swift concurrency and Dispatch worker threads block almost every signal, and redis-server does not unblock
     /// them, so a server started from a test or an async context would ignore SIGTERM (observed: `SigBlk` had
     /// SIGTERM set and `stop()` always fell through to SIGKILL after the grace period).
-    private static func runWithSignalsUnblocked(_ process: Process) -> (any Error)? {
+    public static func runWithSignalsUnblocked(_ process: Process) -> (any Error)? {
         let outcome = Mutex<(any Error)?>(nil)
         let done = DispatchSemaphore(value: 0)
         let thread = Thread {

@@ -285,6 +285,22 @@ import WebSocketClient
                                                       StripeTestSignature.header(body, now, "whsec_test_peeks")),
                                                      ("Content-Type", "application/json")], body: body)
         #expect(signed.status == 200)
+        // An event of this peek, delivered twice: applied once (the peek is final; nothing changes), the repeat
+        // recognised by its id.
+        let peekID = try #require(view["id"]?.stringValue)
+        let event = Array(#"{"id":"evt_peek_1","type":"payment_intent.succeeded","data":{"object":{"id":"\#(intent)","amount_received":100,"status":"succeeded","metadata":{"peek":"\#(peekID)","channel":"\#(channel)"}}}}"#.utf8)
+        var answers: [String] = []
+        for _ in 0..<2 {
+            let delivered = try HTTPProbe.request(
+                port: cluster.second.port, method: "POST", path: "/api/v1/payments/stripe/webhook",
+                headers: [("Stripe-Signature", StripeTestSignature.header(event, now, "whsec_test_peeks")),
+                          ("Content-Type", "application/json")], body: event)
+            #expect(delivered.status == 200)
+            answers.append(String(decoding: delivered.body, as: UTF8.self))
+        }
+        #expect(!answers[0].contains("duplicate") && answers[1].contains("\"duplicate\":true"), "\(answers)")
+        let earnings = try alice.request(["type": "earnings"])
+        #expect(earnings["balanceCents"] == 70, "captured once: \(earnings)")
     }
 
     /// The page may load Stripe.js (the Payment Element) only when the broker takes real payments.

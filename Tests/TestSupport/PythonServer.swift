@@ -36,7 +36,7 @@ public final class PythonServer: Sendable {
         child.standardInput = FileHandle.nullDevice
         child.standardOutput = log
         child.standardError = log
-        if let error = Self.runWithSignalsUnblocked(child) {
+        if let error = EmbeddedRedis.runWithSignalsUnblocked(child) {  // a child of a test thread would ignore SIGTERM
             try? FileManager.default.removeItem(atPath: directory)
             throw PythonServerError("cannot run \(python): \(error)")
         }
@@ -122,22 +122,6 @@ public final class PythonServer: Sendable {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
             }
         }
-    }
-
-    /// As `EmbeddedRedis` does: a child started from a test thread inherits a mask that blocks SIGTERM.
-    private static func runWithSignalsUnblocked(_ process: Process) -> (any Error)? {
-        let outcome = Mutex<(any Error)?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        let thread = Thread {
-            var empty = sigset_t()
-            sigemptyset(&empty)
-            pthread_sigmask(SIG_SETMASK, &empty, nil)
-            do { try process.run() } catch { outcome.withLock { $0 = error } }
-            done.signal()
-        }
-        thread.start()
-        done.wait()
-        return outcome.withLock { $0 }
     }
 }
 
