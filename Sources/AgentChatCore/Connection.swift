@@ -19,8 +19,7 @@ package protocol Connection: AnyObject {
     func send(_ frame: OutboundFrame)
     func close(_ code: CloseCode, _ reason: String)
     /// Runs `body` once, when the queue has drained to a quarter of its limit or less: how replies paced by the
-    /// reader (replays, history) wait for room. Called only while frames are queued. Dropped if the connection
-    /// closes first.
+    /// reader (replays, history) wait for room. Dropped if the connection closes first.
     func whenDrained(_ body: @escaping () -> Void)
 }
 

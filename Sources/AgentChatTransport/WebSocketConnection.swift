@@ -37,6 +37,7 @@ final class WebSocketConnection: Connection {
         self.remoteAddress = remoteAddress
         assembler = InboundAssembler(maxBytes: limits.maxMessageBytes)
         queue = OutboundQueue(maxBytes: limits.maxOutboundQueueBytes)
+        gatherBytes = min(Self.maxGatherBytes, limits.maxMessageBytes + 4096)
         lastHeard = SystemTime.monotonicSeconds()
     }
 
@@ -48,18 +49,30 @@ final class WebSocketConnection: Connection {
     var queueLimit: Int { queue.maxBytes }
 
     /// Runs `body` once, from a writeable callback, when the queue has drained to a quarter of its limit or less:
-    /// how replies that are paced by the reader (replays, history) wait for room. Call it only while frames are
-    /// queued (an empty queue has room now). Dropped if the connection closes first.
+    /// how replies that are paced by the reader (replays, history) wait for room. Dropped if the connection closes
+    /// first.
     func whenDrained(_ body: @escaping () -> Void) {
         drainHandlers.append(body)
-        if let wsi, !queue.isEmpty { lws_callback_on_writable(wsi) }
+        if let wsi { lws_callback_on_writable(wsi) }
     }
 
     private var drainHandlers: [() -> Void] = []
 
-    /// Queues one frame. A connection whose queue passes its byte limit is closed with 4008 (slow consumer).
+    /// Sends one frame: at once when nothing is waiting to be written (one `send()` and no writeable round trip —
+    /// which would cost two `epoll_ctl` calls and a loop turn per frame), else after the frames already queued. A
+    /// connection whose queue passes its byte limit is closed with 4008 (slow consumer).
+    ///
+    /// A direct write the kernel does not take in full is kept by libwebsockets (its partial buffer, at most one
+    /// frame) and finished from the writeable callback it arranges; every later frame queues behind it.
     func send(_ frame: OutboundFrame) {
         guard let wsi, pendingClose == nil else { return }
+        if queue.isEmpty, !pingDue, !writeFailed, lws_partial_buffered(wsi) == 0 {
+            if Self.write(frame, to: wsi) < 0 {
+                writeFailed = true
+                lws_callback_on_writable(wsi)
+            }
+            return
+        }
         let wasEmpty = queue.isEmpty
         switch queue.enqueue(frame) {
         case .queued:
@@ -68,6 +81,13 @@ final class WebSocketConnection: Connection {
             queue.removeAll()
             close(.slowConsumer, "outbound queue full; reconnect and resume from your last offset")
         }
+    }
+
+    /// A direct write failed (the socket is unusable): the next writeable callback closes the connection.
+    private var writeFailed = false
+
+    private static func write(_ frame: OutboundFrame, to wsi: OpaquePointer) -> Int32 {
+        lws_write(wsi, frame.payload, frame.count, frame.isBinary ? lwsWriteBinary : lwsWriteText)
     }
 
     /// Sends a WebSocket ping from the next writeable callback.
@@ -103,33 +123,33 @@ final class WebSocketConnection: Connection {
     /// The writeable callback: performs a pending close, or writes queued frames until the socket would block.
     /// Returns the value for libwebsockets (-1 closes the connection).
     func writeable() -> Int32 {
-        guard let wsi else { return -1 }
+        guard let wsi, !writeFailed else { return -1 }
         if pingDue {
             pingDue = false
             // A payload, because libwebsockets 4.1 does not report an empty pong (LWS_CALLBACK_RECEIVE_PONG).
             let ping = OutboundFrame(Array("ka".utf8))
             if lws_write(wsi, ping.payload, ping.count, lwsWritePing) < 0 { return -1 }
-            if lws_send_pipe_choked(wsi) != 0 {
-                lws_callback_on_writable(wsi)
-                return 0
-            }
         }
-        while let frame = queue.dequeue() {
-            let mode = frame.isBinary ? lwsWriteBinary : lwsWriteText
-            if lws_write(wsi, frame.payload, frame.count, mode) < 0 { return -1 }
-            if lws_send_pipe_choked(wsi) != 0 { break }
+        // Until the kernel stops taking bytes (libwebsockets then keeps the rest and calls back when it can send
+        // again). Several queued frames go out in one `send()`.
+        while !queue.isEmpty, lws_partial_buffered(wsi) == 0 {
+            if queue.frames.count > 1 {
+                if writeGathered(to: wsi) < 0 { return -1 }
+            } else if let frame = queue.dequeue(), Self.write(frame, to: wsi) < 0 {
+                return -1
+            }
         }
         if !drainHandlers.isEmpty, pendingClose == nil, queue.queuedBytes <= queue.maxBytes / 4 {
             let handlers = drainHandlers
             drainHandlers = []
             for handler in handlers { handler() }
         }
-        if !queue.isEmpty {
+        if !queue.isEmpty || lws_partial_buffered(wsi) != 0 {
             lws_callback_on_writable(wsi)
             return 0
         }
         if let pendingClose {
-            if lws_send_pipe_choked(wsi) != 0 {
+            if lws_partial_buffered(wsi) != 0 {
                 lws_callback_on_writable(wsi)
                 return 0
             }
@@ -144,6 +164,33 @@ final class WebSocketConnection: Connection {
         return 0
     }
 
+    /// Writes the first queued frames, up to `gatherBytes`, with one `send()`: each framed here as libwebsockets
+    /// frames a server message (FIN, opcode, unmasked length), the whole written raw.
+    private func writeGathered(to wsi: OpaquePointer) -> Int32 {
+        var frames: [OutboundFrame] = []
+        var total = 0
+        while let next = queue.frames.first, frames.isEmpty || total + next.count + 10 <= gatherBytes {
+            frames.append(queue.dequeue()!)
+            total += WebSocketFrameHeader.size(payload: next.count) + next.count
+        }
+        let headroom = OutboundFrame.headroom
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: headroom + total, alignment: 16)
+        defer { buffer.deallocate() }
+        var at = headroom
+        for frame in frames {
+            at += WebSocketFrameHeader.write(payload: frame.count, binary: frame.isBinary, to: buffer.baseAddress! + at)
+            (buffer.baseAddress! + at).copyMemory(from: frame.payload, byteCount: frame.count)
+            at += frame.count
+        }
+        let start = (buffer.baseAddress! + headroom).assumingMemoryBound(to: UInt8.self)
+        return lws_write(wsi, start, total, lwsWriteRaw) < 0 ? -1 : 0
+    }
+
+    /// Most bytes gathered into one write: what libwebsockets passes to one `send()` (the protocol's
+    /// `tx_packet_size`, set by `WebSocketServer`), so that none of it is copied into its partial buffer up front.
+    private let gatherBytes: Int
+    static let maxGatherBytes = 256 * 1024
+
     /// Called from the CLOSED callback: the connection is gone.
     func detach() {
         wsi = nil
@@ -157,3 +204,30 @@ private let lwsWriteText = agentchat_lws_write_text()
 private let lwsWriteBinary = agentchat_lws_write_binary()
 private let lwsWritePing = agentchat_lws_write_ping()
 private let lwsWriteClose = agentchat_lws_write_close()
+/// Bytes passed to the socket as they are (`LWS_WRITE_RAW`, which is `LWS_WRITE_HTTP`).
+private let lwsWriteRaw = LWS_WRITE_HTTP
+
+/// The header of an unmasked server-to-client WebSocket frame carrying one whole message (RFC 6455 §5.2).
+enum WebSocketFrameHeader {
+    static func size(payload count: Int) -> Int { count < 126 ? 2 : count < 65_536 ? 4 : 10 }
+
+    /// Writes the header for a `count`-byte text or binary message at `to`; returns its size.
+    static func write(payload count: Int, binary: Bool, to: UnsafeMutableRawPointer) -> Int {
+        let bytes = to.assumingMemoryBound(to: UInt8.self)
+        bytes[0] = 0x80 | (binary ? 0x2 : 0x1)
+        switch count {
+        case ..<126:
+            bytes[1] = UInt8(count)
+            return 2
+        case ..<65_536:
+            bytes[1] = 126
+            bytes[2] = UInt8(count >> 8)
+            bytes[3] = UInt8(count & 0xFF)
+            return 4
+        default:
+            bytes[1] = 127
+            for i in 0..<8 { bytes[2 + i] = UInt8((UInt64(count) >> (8 * UInt64(7 - i))) & 0xFF) }
+            return 10
+        }
+    }
+}

@@ -95,6 +95,7 @@ struct BadRequestCase: Sendable, CustomTestStringConvertible {
     /// answer closes its connection.
     @Test func aSecondRequestOnTheConnectionIsNotServed() throws {
         let fixture = try BrokerFixture()
+        _ = try fixture.waitForHealth(200)  // 503 until the broker's Redis connection is up
         let pipelined = "GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/9.9\r\nHost: x\r\n\r\n"
         let raw = try HTTPProbe.rawExchange(port: fixture.port, bytes: Array(pipelined.utf8), timeout: 20)
         let first = try HTTPProbe.parse(raw)
@@ -153,6 +154,7 @@ struct BadRequestCase: Sendable, CustomTestStringConvertible {
 
     @Test func wellFormedRequestsStillWork() throws {
         let fixture = try BrokerFixture()
+        _ = try fixture.waitForHealth(200)  // 503 until the broker's Redis connection is up
         let split = try HTTPProbe.rawExchange(port: fixture.port,
                                               bytes: Array("GET /health HTTP/1.0\r\nHost: x\r\n\r\n".utf8),
                                               timeout: 20)
