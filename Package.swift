@@ -100,7 +100,7 @@ let package = Package(
         .testTarget(name: "CryptoTests", dependencies: ["AgentChatCrypto", "AgentChatProtocol"]),
         .testTarget(name: "CoreTests",
                     dependencies: ["AgentChatCore", "CoreTestSupport", "AgentChatProtocol", "AgentChatCrypto"]),
-        .testTarget(name: "RedisTests", dependencies: ["AgentChatRedis", "AgentChatLoop", "TestSupport"]),
+        .testTarget(name: "RedisTests", dependencies: ["AgentChatRedis", "AgentChatPersistence", "AgentChatLoop", "TestSupport"]),
         .testTarget(name: "BrokerTests",
                     dependencies: ["AgentChatBroker", "AgentChatCore", "AgentChatTransport", "TestSupport",
                                    "WebSocketClient", "AgentChatProtocol", "AgentChatCrypto"]),

@@ -107,9 +107,14 @@ package final class ChannelStore: ChannelStoring {
     /// KEYS: meta, members, log, dedup, rate. ARGV: sender, epoch, item prefix, item suffix, now, max count,
     /// oldest allowed ms, dedup window ms, feed channel. Stores, trims, remembers the client id, counts activity,
     /// publishes. Answers the offset and whether the channel is listed.
+    ///
+    /// The hot path (every message): the meta field `oldestAt` is a lower bound on the time of the oldest kept
+    /// entry (entries only ever leave from the front), so the log is looked at for the age trim only once that
+    /// bound is older than the limit; the activity counter's expiry is set once per second (when the second's
+    /// field is new), not on every message.
     static let append = RedisScript(name: "channel_append", source: """
         if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
-        local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch')
+        local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch', 'listed', 'oldestAt')
         local epoch = tonumber(meta[1])
         if tonumber(ARGV[2]) ~= epoch or tonumber(meta[2]) ~= epoch then return {'stale_epoch', epoch} end
         local existing = redis.call('GET', KEYS[4])
@@ -117,19 +122,28 @@ package final class ChannelStore: ChannelStoring {
         local offset = redis.call('HINCRBY', KEYS[1], 'seq', 1)
         local item = ARGV[3] .. offset .. ARGV[4]
         redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[6], '0-' .. offset, 'm', item, 't', ARGV[5])
-        -- Age trim: look at the oldest entry only (usually it is young enough), drop at most 100 a call.
         local oldest = tonumber(ARGV[7])
-        for _ = 1, 100 do
-          local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
-          if first == nil or tonumber(first[2][4]) >= oldest then break end
-          redis.call('XDEL', KEYS[3], first[1])
+        local oldestAt = tonumber(meta[4])
+        if oldestAt == nil or oldestAt < oldest then
+          -- Age trim: drop at most 100 entries a call, then remember the time of the oldest one kept.
+          oldestAt = tonumber(ARGV[5])
+          for _ = 1, 100 do
+            local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
+            if first == nil then break end
+            oldestAt = tonumber(first[2][4])
+            if oldestAt >= oldest then break end
+            redis.call('XDEL', KEYS[3], first[1])
+          end
+          redis.call('HSET', KEYS[1], 'lastActivity', ARGV[5], 'oldestAt', oldestAt)
+        else
+          redis.call('HSET', KEYS[1], 'lastActivity', ARGV[5])
         end
         redis.call('SET', KEYS[4], offset, 'PX', ARGV[8])
-        redis.call('HSET', KEYS[1], 'lastActivity', ARGV[5])
-        redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[5]) / 1000), 1)
-        redis.call('PEXPIRE', KEYS[5], 120000)
+        if redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[5]) / 1000), 1) == 1 then
+          redis.call('PEXPIRE', KEYS[5], 120000)
+        end
         redis.call('PUBLISH', ARGV[9], item)
-        return {'ok', offset, redis.call('HGET', KEYS[1], 'listed') == '1' and 1 or 0}
+        return {'ok', offset, meta[3] == '1' and 1 or 0}
         """)
 
     /// KEYS: meta, members, log. ARGV: did. Membership, epochs, latest and first retained offsets.

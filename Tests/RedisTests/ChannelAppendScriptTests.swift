@@ -1,0 +1,74 @@
+import AgentChatLoop
+import AgentChatRedis
+import Testing
+import TestSupport
+
+@testable import AgentChatPersistence
+
+/// The message append script (`ChannelStore.append`) on a real Redis: its hot-path shortcuts keep the history
+/// limits exact.
+@Suite(.serialized) struct ChannelAppendScriptTests {
+
+    /// Appends one item at `now` (ms) with history limits `maxCount` and `maxAge` (ms); returns the script's reply.
+    private func append(_ scripts: OnLoop<RedisScripts>, now: Int64, maxCount: Int = 1000, maxAge: Int64,
+                        id: String) async throws -> RedisValue {
+        let arguments: [RedisArgument] = ["did:key:alice", "1", "{\"offset\":", RedisArgument(",\"id\":\"\(id)\"}"),
+                                          RedisArgument(now), RedisArgument(maxCount), RedisArgument(now - maxAge),
+                                          "300000", "feed"]
+        let keys: [RedisArgument] = ["meta", "members", "log", RedisArgument("dedup:\(id)"), "rate"]
+        let result = try await scripts.loop.submitAndWait { complete in
+            scripts.value.call(ChannelStore.append.name, keys: keys, arguments: arguments) { complete(.success($0)) }
+        }
+        return try result.get()
+    }
+
+    @Test func ageTrimDropsExactlyTheEntriesOlderThanTheLimitAndCountTrimStillApplies() async throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let loop = EventLoop.startThread()
+        let (connection, scripts) = try await loop.submit {
+            let connection = RedisConnection(loop: loop, endpoint: server.endpoint)
+            let scripts = RedisScripts(connection: connection)
+            scripts.register(ChannelStore.append)
+            connection.start()
+            return (OnLoop(loop: loop, connection), OnLoop(loop: loop, scripts))
+        }
+        defer {
+            loop.execute { scripts.release() }
+            shutDown(loop, closing: [connection])
+        }
+        try await waitConnected(connection)
+        try await eventually("script loaded", on: loop) { scripts.value.sha(of: ChannelStore.append.name) != nil }
+        _ = try await send(connection, ["HSET", "meta", "epoch", "1", "keyedEpoch", "1"])
+        _ = try await send(connection, ["SADD", "members", "did:key:alice"])
+
+        func offsets() async throws -> [String] {
+            guard case .array(let entries) = try await send(connection, ["XRANGE", "log", "-", "+"]) else { return [] }
+            return entries.compactMap { entry -> String? in
+                guard case .array(let parts) = entry, case .bulk(let id)? = parts.first else { return nil }
+                return String(decoding: id, as: UTF8.self)
+            }
+        }
+
+        // Ages 1 s apart under a 2.5 s limit: each append keeps the entries of the last 2.5 s.
+        for (index, now) in [10_000, 11_000, 12_000, 13_000, 14_000].enumerated() {
+            let reply = try await append(scripts, now: Int64(now), maxAge: 2_500, id: "m\(index)")
+            guard case .array(let fields) = reply else { Issue.record("reply \(reply)"); return }
+            #expect(fields.first == .bulk(Array("ok".utf8)))
+            #expect(fields.dropFirst().first == .integer(Int64(index + 1)))
+        }
+        #expect(try await offsets() == ["0-3", "0-4", "0-5"])
+        // A long pause: everything before the new one goes, in one append.
+        _ = try await append(scripts, now: 60_000, maxAge: 2_500, id: "m5")
+        #expect(try await offsets() == ["0-6"])
+        // Many within the limit: nothing goes by age; the count limit trims from the front, and the age trim
+        // afterwards still sees the true oldest entry.
+        for index in 0..<10 { _ = try await append(scripts, now: 60_100 + Int64(index), maxCount: 4, maxAge: 2_500, id: "n\(index)") }
+        #expect(try await offsets() == ["0-13", "0-14", "0-15", "0-16"])
+        _ = try await append(scripts, now: 62_608, maxCount: 4, maxAge: 2_500, id: "late")
+        #expect(try await offsets() == ["0-15", "0-16", "0-17"])  // 14 (60,107 ms) is older than 60,108
+        // The activity counter expires (set once for its second's first message).
+        guard case .integer(let ttl) = try await send(connection, ["PTTL", "rate"]) else { Issue.record("no ttl"); return }
+        #expect(ttl > 0 && ttl <= 120_000)
+    }
+}
