@@ -8,14 +8,26 @@ import Logging
 /// Tokens are signed with this broker's active key from `SigningKeyStore` (its data directory). Every broker
 /// publishes its public keys to Redis, so a token one broker issued is accepted by all; a `kid` this broker does
 /// not hold is looked up there once and cached.
+///
+/// A reconnect with a token costs no signature check when this broker process issued or checked that token before:
+/// verified tokens are remembered by a BLAKE2b digest of their whole text (so any changed byte is a different entry
+/// and gets the full check), with their claims, whose times, issuer and audience are checked again on every use.
+/// The answer to a token login carries the same token while at least half of its lifetime is left and the
+/// broker's active key signed it (no signing either), a fresh one otherwise.
 final class Authenticator {
+    /// How many verified tokens are remembered (about 150 bytes each); expired ones are dropped when it is full, and
+    /// all of them if that is not enough.
+    static let verifiedTokenLimit = 100_000
+
     static let audience = WireProtocol.subprotocol
 
     let issuer: String
     let tokenLifetimeSeconds: Int64
     private let signer: JWSSigner
+    private let activeKeyID: KeyID
     private let localKeys: [KeyID: [UInt8]]
     private var remoteKeys: [KeyID: [UInt8]] = [:]
+    private var verifiedTokens: [TokenDigest: JWS.Claims] = [:]
     private let agents: any AgentDirectory
     private let directory: any SigningKeyDirectoring
     private let clock: any BrokerClock
@@ -31,6 +43,7 @@ final class Authenticator {
         self.clock = clock
         self.logger = logger
         signer = JWSSigner(key: keyStore.active.keyPair)
+        activeKeyID = keyStore.active.keyID
         localKeys = keyStore.verificationKeys(now: clock.unixMilliseconds)
         directory.whenConnected { [weak self] in self?.publishKeys() }
     }
@@ -53,7 +66,22 @@ final class Authenticator {
         let now = clock.unixMilliseconds / 1000
         let claims = JWS.Claims(issuer: issuer, audience: Self.audience, subject: did, now: now,
                                 lifetime: tokenLifetimeSeconds)
-        return (signer.sign(claims), claims.expiresAt * 1000)
+        let token = signer.sign(claims)
+        remember(token, claims)
+        return (token, claims.expiresAt * 1000)
+    }
+
+    /// The token for the answer to a login with `presented`: the same token while at least half of its lifetime
+    /// is left and it is signed with this broker's active key, else a fresh one.
+    func sessionToken(for did: DID, presented: String) -> (token: String, expiresAt: Int64) {
+        let now = clock.unixMilliseconds / 1000
+        if let claims = verifiedTokens[TokenDigest(presented)], claims.subject == did,
+            Self.keyID(of: presented) == activeKeyID,
+            claims.expiresAt - now >= (claims.expiresAt - claims.issuedAt) / 2
+        {
+            return (presented, claims.expiresAt * 1000)
+        }
+        return issueToken(for: did)
     }
 
     /// Checks a challenge signature, then that the DID is registered.
@@ -75,11 +103,23 @@ final class Authenticator {
     private func verifyToken(_ token: String, fetchUnknownKey: Bool,
                              completion: @escaping (Result<AgentProfile, ProtocolError>) -> Void)
     {
+        let now = clock.unixMilliseconds / 1000
+        let digest = TokenDigest(token)
+        if let claims = verifiedTokens[digest] {
+            do {
+                try JWSVerifier(keys: { _ in nil }).check(claims, now: now, expectedIssuer: issuer,
+                                                          expectedAudience: Self.audience)
+            } catch {
+                verifiedTokens[digest] = nil
+                return completion(.failure(ProtocolError(.tokenInvalid, error.code)))
+            }
+            return profile(of: claims.subject, completion: completion)
+        }
         let keys = localKeys.merging(remoteKeys) { local, _ in local }
         let verifier = JWSVerifier(keys: { keys[$0] })
         do {
-            let claims = try verifier.verify(token, now: clock.unixMilliseconds / 1000, expectedIssuer: issuer,
-                                             expectedAudience: Self.audience)
+            let claims = try verifier.verify(token, now: now, expectedIssuer: issuer, expectedAudience: Self.audience)
+            remember(token, claims)
             profile(of: claims.subject, completion: completion)
         } catch where error.code == "token_unknown_kid" && fetchUnknownKey {
             guard let kid = Self.keyID(of: token) else {
@@ -102,6 +142,15 @@ final class Authenticator {
         }
     }
 
+    private func remember(_ token: String, _ claims: JWS.Claims) {
+        if verifiedTokens.count >= Self.verifiedTokenLimit {
+            let now = clock.unixMilliseconds / 1000
+            verifiedTokens = verifiedTokens.filter { $0.value.expiresAt > now }
+            if verifiedTokens.count >= Self.verifiedTokenLimit { verifiedTokens.removeAll(keepingCapacity: true) }
+        }
+        verifiedTokens[TokenDigest(token)] = claims
+    }
+
     private func profile(of did: DID, completion: @escaping (Result<AgentProfile, ProtocolError>) -> Void) {
         agents.profile(did) { result in
             switch result {
@@ -119,5 +168,19 @@ final class Authenticator {
             let kid = json["kid"]?.stringValue, kid.utf8.count <= 64
         else { return nil }
         return KeyID(rawValue: kid)
+    }
+}
+
+/// 16 bytes of BLAKE2b over a token's text: the key under which a verified token is remembered.
+private struct TokenDigest: Hashable {
+    let high: UInt64
+    let low: UInt64
+
+    init(_ token: String) {
+        let bytes = Hash.blake2b(Array(token.utf8), count: 16)
+        var high: UInt64 = 0, low: UInt64 = 0
+        for i in 0..<8 { high = high << 8 | UInt64(bytes[i]); low = low << 8 | UInt64(bytes[i + 8]) }
+        self.high = high
+        self.low = low
     }
 }

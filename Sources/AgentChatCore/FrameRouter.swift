@@ -236,9 +236,11 @@ package final class FrameRouter: ConnectionHandler {
     private func authenticate(_ session: Session, id: String?, _ credentials: AuthCredentials) {
         let action = session.auth.authReceived(credentials, now: clock.unixMilliseconds,
                                                nextChallenge: authenticator.newChallenge())
+        var presentedToken: String?
+        if case .verifyToken(let token) = action { presentedToken = token }
         let finish: (Result<AgentProfile, ProtocolError>) -> Void = { [weak self, weak session] result in
             guard let self, let session, session.isOpen else { return }
-            finishAuthentication(session, id: id, result)
+            finishAuthentication(session, id: id, presentedToken: presentedToken, result)
         }
         switch action {
         case .verifySignature(let did, let signature, let challenge):
@@ -250,13 +252,16 @@ package final class FrameRouter: ConnectionHandler {
         }
     }
 
-    private func finishAuthentication(_ session: Session, id: String?, _ result: Result<AgentProfile, ProtocolError>) {
+    private func finishAuthentication(_ session: Session, id: String?, presentedToken: String?,
+                                      _ result: Result<AgentProfile, ProtocolError>)
+    {
         switch result {
         case .success(let profile):
             session.auth.verified(profile.did)
             presence.connected(profile.did)
             peeks?.agentAuthenticated(session, did: profile.did)
-            let (token, expiresAt) = authenticator.issueToken(for: profile.did)
+            let (token, expiresAt) = presentedToken.map { authenticator.sessionToken(for: profile.did, presented: $0) }
+                ?? authenticator.issueToken(for: profile.did)
             logger.debug("agent authenticated", metadata: ["session": "\(session.id)", "did": "\(profile.did)"])
             outbox.send(.welcome(ref: id, agent: profile, token: token, expiresAt: expiresAt), to: session)
         case .failure(let error):

@@ -56,12 +56,20 @@ public struct JWSVerifier: Sendable {
         }
 
         let claims = try Self.parseClaims(try Self.parseObject(payloadBytes, what: "payload"))
+        try check(claims, now: now, expectedIssuer: expectedIssuer, expectedAudience: expectedAudience)
+        return claims
+    }
+
+    /// The checks of ``verify(_:now:expectedIssuer:expectedAudience:)`` after the signature: times (with the
+    /// leeway), issuer and audience. For claims whose signature was checked earlier (a cache of verified tokens).
+    public func check(_ claims: JWS.Claims, now: Int64, expectedIssuer: String, expectedAudience: String)
+        throws(JWSError)
+    {
         if now >= claims.expiresAt &+ leeway { throw JWSError.expired.with("exp \(claims.expiresAt), now \(now)") }
         if claims.notBefore > now &+ leeway { throw JWSError.notYetValid.with("nbf \(claims.notBefore), now \(now)") }
         if claims.issuedAt > now &+ leeway { throw JWSError.issuedInFuture.with("iat \(claims.issuedAt), now \(now)") }
         guard claims.issuer == expectedIssuer else { throw JWSError.wrongIssuer.with("iss \"\(claims.issuer)\"") }
         guard claims.audience.contains(expectedAudience) else { throw JWSError.wrongAudience }
-        return claims
     }
 
     /// Checks every header field and returns the public key its `kid` names.

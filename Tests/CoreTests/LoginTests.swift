@@ -47,6 +47,47 @@ import Testing
         #expect(sameProfile.did == alice.did)
     }
 
+    @Test func aTokenLoginKeepsItsTokenUntilHalfItsLifetimeThenGetsAFreshOneAndExpiredOrAlteredTokensAreRefused()
+        throws
+    {
+        let alice = h.makeAgent("alice")
+        let lifetime = Int64(h.configuration.tokenLifetimeSeconds)
+        let expiry = h.clock.unixMilliseconds / 1000 * 1000 + lifetime * 1000
+        let (_, token) = h.login(alice)
+
+        // Early in its life the token logs in and comes back unchanged (no new signature).
+        h.clock.advance(by: UInt64(lifetime * 1000 / 4))
+        let early = h.request(.auth(id: "t1", .token(token)), on: h.open())
+        guard case .welcome("t1", _, let same, let sameExpiry)? = early.first else {
+            Issue.record("expected a welcome, got \(early)")
+            return
+        }
+        #expect(same == token)
+        #expect(sameExpiry == expiry)
+
+        // One byte of its signature changed: a different token, checked in full and refused.
+        var altered = Array(token.utf8)
+        altered[altered.count - 2] = altered[altered.count - 2] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
+        let forged = h.request(.auth(id: "t2", .token(String(decoding: altered, as: UTF8.self))), on: h.open())
+        #expect(forged.first?.errorCode == .tokenInvalid)
+
+        // Past half its lifetime it still logs in, and the answer carries a fresh token with a later expiry.
+        h.clock.advance(by: UInt64(lifetime * 1000 / 2))
+        let late = h.request(.auth(id: "t3", .token(token)), on: h.open())
+        guard case .welcome("t3", _, let fresh, let freshExpiry)? = late.first else {
+            Issue.record("expected a welcome, got \(late)")
+            return
+        }
+        #expect(fresh != token)
+        #expect(freshExpiry == h.clock.unixMilliseconds / 1000 * 1000 + lifetime * 1000)
+
+        // At its expiry the old token is refused, remembered or not; the fresh one still works.
+        h.clock.advance(by: UInt64(lifetime * 1000 / 4) + 1000)
+        let expired = h.request(.auth(id: "t4", .token(token)), on: h.open())
+        #expect(expired.first?.errorCode == .tokenInvalid)
+        #expect(h.request(.auth(id: "t5", .token(fresh)), on: h.open()).map(\.typeName) == ["welcome"])
+    }
+
     @Test func aBadSignatureIsRefusedWithAFreshChallengeAndTheNewOneWorks() throws {
         let alice = h.makeAgent("alice")
         let mallory = h.makeAgent("mallory")
