@@ -150,6 +150,7 @@ public struct BrokerCommand: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         if let worker {
             guard worker.watchSupervisor() else { throw ValidationError("the supervisor is gone") }
+            worker.takeSupervisorsName()
             // The supervisor did the one-time work: it fixed the port, runs the embedded Redis, made the keys.
             configuration.port = worker.port
             configuration.sharesPort = true

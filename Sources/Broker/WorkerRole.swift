@@ -68,6 +68,13 @@ struct WorkerRole: Sendable {
         return true
     }
 
+    /// Names the process like its supervisor in `ps -o comm`, `top` and `pgrep` (spawned as `/proc/self/exe`, it
+    /// would be called `exe`). Writing `/proc/self/comm` renames the main thread, which names the process.
+    func takeSupervisorsName() {
+        let name = String((CommandLine.arguments.first ?? "agentchat-broker").split(separator: "/").last ?? "")
+        try? String(name.utf8.prefix(15))?.write(toFile: "/proc/self/comm", atomically: false, encoding: .utf8)
+    }
+
     /// Tells the supervisor this worker listens on `port`.
     func reportReady(port: Int) {
         let line = Array("ready \(port)\n".utf8)
