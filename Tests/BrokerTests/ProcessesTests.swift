@@ -12,11 +12,11 @@ final class ProcessesFixture {
     let redis: RedisServer
     let broker: BrokerProcess
 
-    init(processes: String = "2") throws {
+    init(processes: String = "2", _ extraArguments: [String] = []) throws {
         redis = try RedisServer()
         do {
             broker = try BrokerProcess(extraArguments: ["--redis-url", "redis://127.0.0.1:\(redis.port)",
-                                                        "--processes", processes])
+                                                        "--processes", processes] + extraArguments)
         } catch {
             redis.stop()
             throw error
@@ -140,6 +140,67 @@ final class ProcessesFixture {
         #expect(try fixture.broker.waitForExit(timeout: 60) == 0)
         for pid in workers { #expect(!ProcessTree.isAlive(pid)) }
         #expect(fixture.broker.stderr.contains("all workers stopped"))
+    }
+
+    /// Connections the workers accept themselves go through the same head gate and request checks as those
+    /// libwebsockets accepts with one process: the same answers, whichever worker takes the connection.
+    @Test func workersAnswerMalformedRequestsLikeOneProcess() throws {
+        let fixture = try ProcessesFixture(processes: "2", ["--max-body-bytes", "1024"])
+        try fixture.eventually("/health 200") { try fixture.healthy() }
+        let h2c = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            + "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        let cases = BadRequestCase.all + [
+            BadRequestCase("an h2c upgrade", h2c, 400, "upgrade_not_supported"),
+            BadRequestCase("a chunked body",
+                           "POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                           400, "unsupported_transfer_encoding"),
+            BadRequestCase("a body over the cap",
+                           "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413,
+                           "body_too_large"),
+        ]
+        for request in cases {
+            // Twice each: the two connections may well land on different workers.
+            for _ in 0..<2 {
+                let response = try HTTPProbe.parse(HTTPProbe.rawExchange(port: fixture.broker.port,
+                                                                         bytes: request.bytes, timeout: 20))
+                #expect(response.status == request.status, "\(request.name)")
+                #expect(try errorCode(response) == request.code, "\(request.name)")
+                #expect(response.headers["connection"]?.lowercased() == "close", "\(request.name)")
+            }
+        }
+        #expect(try fixture.healthy())
+    }
+
+    @Test func workersStopWhenTheSupervisorIsKilled() throws {
+        let fixture = try ProcessesFixture()
+        let workers = fixture.workers
+        #expect(workers.count == 2)
+        kill(fixture.broker.pid, SIGKILL)
+        for pid in workers { try fixture.eventually("worker \(pid) to exit") { !ProcessTree.isAlive(pid) } }
+    }
+
+    /// Without --redis-url the supervisor runs the one embedded Redis and makes the signing key once; the workers
+    /// use both.
+    @Test func theSupervisorDoesTheOneTimeWork() throws {
+        let broker = try BrokerProcess(extraArguments: ["--processes", "2"])
+        defer { broker.stop() }
+        let children = ProcessTree.children(of: broker.pid)
+        let workers = ProcessTree.children(of: broker.pid, named: "agentchat-broker")
+        #expect(workers.count == 2 && children.count == 3)  // and redis-server
+        var healthy = false
+        for _ in 0..<600 where !healthy {
+            healthy = (try? HTTPProbe.request(port: broker.port, path: "/health").status) == 200
+            if !healthy { usleep(50_000) }
+        }
+        #expect(healthy)
+        let keys = try FileManager.default.contentsOfDirectory(atPath: broker.dataDirectory + "/keys")
+        #expect(keys.filter { $0.hasSuffix(".json") }.count == 1)
+        // An agent registered through one worker logs in on whichever the next connection reaches.
+        let session = try RawSession(agent: TestAgent(name: "solo"), port: broker.port)
+        #expect(try session.request(["type": "channel.list"])["type"] == "channels")
+        broker.terminate()
+        #expect(try broker.waitForExit(timeout: 60) == 0)
+        for pid in children { #expect(!ProcessTree.isAlive(pid)) }
     }
 
     @Test func autoStartsOneWorkerPerOnlineCPU() throws {
