@@ -6,8 +6,8 @@ import Synchronization
 
 /// Runs the broker as `count` worker processes on one port (`--processes`). The supervisor serves nothing itself:
 /// it spawns each worker (`/proc/self/exe` with the same arguments and a `WorkerRole` in its environment), waits for
-/// every `ready <port>` on their channels, restarts a worker that dies (0.5 s, doubling to 30 s; back to 0.5 s once
-/// a worker has run 30 s), and on `stop()` sends them SIGTERM and waits (SIGKILL after `stopGrace`).
+/// every `ready <port>` on their channels, restarts a worker that dies (`RestartBackoff`: 0.5 s, doubling to 30 s),
+/// and on `stop()` sends them SIGTERM and waits (SIGKILL after `stopGrace`).
 ///
 /// Threads: one dedicated thread owns the workers (spawns, reads their channels, reaps them) for the whole life of
 /// the supervisor. It must live that long: `PR_SET_PDEATHSIG`, which the workers set, fires when the *thread* that
@@ -86,7 +86,7 @@ final class Supervisor: Sendable {
         var isReady = false
         var startedAt = 0.0
         var restartAt: Double?
-        var delay = 0.5
+        var backoff = RestartBackoff()
     }
 
     private func superviseWorkers() {
@@ -130,13 +130,12 @@ final class Supervisor: Sendable {
                     state.withLock { $0.stopRequested = true }
                     continue
                 }
-                let lived = SystemTime.monotonicSeconds() - workers[i].startedAt
-                if lived >= 30 { workers[i].delay = 0.5 }
-                workers[i].restartAt = SystemTime.monotonicSeconds() + workers[i].delay
+                let exitedAt = SystemTime.monotonicSeconds()
+                let delay = workers[i].backoff.delay(afterRunning: exitedAt - workers[i].startedAt)
+                workers[i].restartAt = exitedAt + delay
                 logger.warning("worker exited; restarting it",
                                metadata: ["worker": "\(workers[i].index)", "workerPID": "\(pid)", "status": "\(reason)",
-                                          "delay": "\(workers[i].delay)"])
-                workers[i].delay = min(workers[i].delay * 2, 30)
+                                          "delay": "\(delay)"])
             }
             if !announced, !stopping, workers.allSatisfy(\.isReady) {
                 announced = true
@@ -253,8 +252,7 @@ final class Supervisor: Sendable {
 
     private func scheduleRetry(_ worker: inout Worker, _ why: String) {
         logger.error("cannot start a worker", metadata: ["worker": "\(worker.index)", "error": "\(why)"])
-        worker.restartAt = SystemTime.monotonicSeconds() + worker.delay
-        worker.delay = min(worker.delay * 2, 30)
+        worker.restartAt = SystemTime.monotonicSeconds() + worker.backoff.delay(afterRunning: 0)
     }
 
     private static func describe(_ status: Int32) -> String {

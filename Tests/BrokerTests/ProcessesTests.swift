@@ -223,6 +223,17 @@ final class ProcessesFixture {
     }
 }
 
+@Suite struct RestartBackoffTests {
+    @Test func doublesToThirtySecondsAndResetsAfterAHealthyRun() {
+        var backoff = RestartBackoff()
+        let crashLoop = (0..<9).map { _ in backoff.delay(afterRunning: 1) }
+        #expect(crashLoop == [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
+        // A worker that ran 30 s or more was healthy: the next restart is quick again.
+        #expect(backoff.delay(afterRunning: 45) == 0.5)
+        #expect(backoff.delay(afterRunning: 0) == 1)
+    }
+}
+
 @Suite struct ProcessesSettingTests {
     @Test func processesResolveFromFlagVariableAndAuto() throws {
         #expect(try BrokerCommand.parse([]).resolvedConfiguration(environment: [:]).processes == 1)
