@@ -291,7 +291,8 @@ struct SupervisorService: Service, CustomStringConvertible {
 
     func run() async throws {
         try await supervisor.start()
-        FileHandle.standardOutput.write(Data(announcement.utf8))
+        // Not when SIGTERM came while the workers were starting: nobody should connect now.
+        if !Task.isShuttingDownGracefully { FileHandle.standardOutput.write(Data(announcement.utf8)) }
         try? await gracefulShutdown()
         await supervisor.stop()
     }
