@@ -30,6 +30,8 @@ let package = Package(
         // checked against the installed headers by the C compiler.
         .target(name: "CLibWebSocketsShims", dependencies: ["CLibWebSockets"]),
         .target(name: "CHiredisShims", dependencies: ["CHiredis", "CLibUV"]),
+        // prctl (variadic, so not imported): the supervisor's workers ask to be stopped when it dies.
+        .target(name: "CProcessShims"),
 
         // The one event loop (libuv) and the loop-bound types built on it.
         .target(name: "AgentChatLoop", dependencies: ["CLibUV", .product(name: "Logging", package: "swift-log")]),
@@ -67,6 +69,7 @@ let package = Package(
         .target(name: "AgentChatBroker",
                 dependencies: ["AgentChatCore", "AgentChatTransport", "AgentChatPersistence", "AgentChatRedis",
                                "AgentChatPayments", "AgentChatLoop", "AgentChatCrypto", "AgentChatProtocol",
+                               "CProcessShims",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "Metrics", package: "swift-metrics"),
                                .product(name: "Prometheus", package: "swift-prometheus"),

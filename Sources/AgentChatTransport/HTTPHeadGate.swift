@@ -12,9 +12,10 @@ import Logging
 ///
 /// How a connection gets here: libwebsockets accepts it and offers it to `LWS_CALLBACK_FILTER_NETWORK_CONNECTION`;
 /// the server `take`s a duplicate of the descriptor and refuses it there, so libwebsockets closes its own copy and
-/// forgets the connection. Reading: the head is first peeked (`MSG_PEEK`), so when it arrives in one piece (the usual
-/// case) libwebsockets later reads it from the socket itself; a head that arrives in pieces is consumed and handed
-/// over with the connection (`lws_adopt_socket_readbuf`).
+/// forgets the connection. In a worker of several processes (`--processes`) the server's `SharedListener` accepts
+/// instead and `take`s each connection the same way. Reading: the head is first peeked (`MSG_PEEK`), so when it
+/// arrives in one piece (the usual case) libwebsockets later reads it from the socket itself; a head that arrives in
+/// pieces is consumed and handed over with the connection (`lws_adopt_socket_readbuf`).
 ///
 /// C pointer ownership: each held connection owns one `uv_poll_t`, allocated here and freed in its close callback.
 /// Its `data` holds the gate unretained: every handle is closed (so no callback comes) before the gate is released.

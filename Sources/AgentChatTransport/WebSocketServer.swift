@@ -27,10 +27,16 @@ package final class WebSocketServer {
         /// Seconds a connection the broker decided to close (4008, 4001, 1001...) may take to go; then the socket is
         /// dropped, whether or not the close frame could be written.
         package var closeGraceSeconds: Int = 5
+        /// Other processes listen on the same port (`--processes`): libwebsockets gets no listener, and a
+        /// `SharedListener` (`SO_REUSEPORT`) accepts and hands each connection to the same head gate as libwebsockets'
+        /// own accepted connections go through.
+        package var sharesPort = false
 
         package init(host: String, port: Int, limits: Limits, receiveBufferBytes: Int = 1024,
-                     pingIntervalSeconds: Int = 30, pingTimeoutSeconds: Int = 10, closeGraceSeconds: Int = 5)
+                     pingIntervalSeconds: Int = 30, pingTimeoutSeconds: Int = 10, closeGraceSeconds: Int = 5,
+                     sharesPort: Bool = false)
         {
+            self.sharesPort = sharesPort
             self.host = host
             self.port = port
             self.limits = limits
@@ -66,6 +72,8 @@ package final class WebSocketServer {
     private var keepAliveTimer: LoopTimer?
     /// Every new connection waits here until the head of its first request is known good (see `HTTPHeadGate`).
     private let gate: HTTPHeadGate
+    /// The shared listening socket when `configuration.sharesPort`; nil otherwise (libwebsockets listens).
+    private var listener: SharedListener?
 
     package init(loop: EventLoop, configuration: Configuration, logger: Logger) {
         loop.preconditionInEventLoop()
@@ -120,7 +128,7 @@ package final class WebSocketServer {
         precondition(agentchat_lws_pre() <= OutboundFrame.headroom,
                      "LWS_PRE (\(agentchat_lws_pre())) is larger than OutboundFrame.headroom")
         var info = lws_context_creation_info()
-        info.port = Int32(configuration.port)
+        info.port = configuration.sharesPort ? Int32(CONTEXT_PORT_NO_LISTEN_SERVER) : Int32(configuration.port)
         info.protocols = UnsafePointer(protocols)
         info.options = UInt64(LWS_SERVER_OPTION_LIBUV) | UInt64(LWS_SERVER_OPTION_VALIDATE_UTF8)
         if !configuration.host.contains(":") { info.options |= UInt64(LWS_SERVER_OPTION_DISABLE_IPV6) }
@@ -144,7 +152,16 @@ package final class WebSocketServer {
         }
         context = created
         contextSlot.pointee = created
-        if let vhost = lws_get_vhost_by_name(created, "default") {
+        if configuration.sharesPort {
+            do {
+                listener = try SharedListener(loop: loop, host: configuration.host, port: configuration.port,
+                                              logger: logger) { [unowned self] fd in acceptShared(fd) }
+                boundPort = listener?.port ?? 0
+            } catch {
+                destroyContextNow()
+                throw error
+            }
+        } else if let vhost = lws_get_vhost_by_name(created, "default") {
             boundPort = Int(lws_get_vhost_listen_port(vhost))
         }
         guard boundPort > 0 else {
@@ -188,6 +205,8 @@ package final class WebSocketServer {
         guard !isShuttingDown else { return }
         isShuttingDown = true
         keepAliveTimer = nil
+        listener?.close()
+        listener = nil
         gate.closeAll()
         for connection in connections.values { connection.close(.goingAway, "broker shutting down") }
         let deadline = SystemTime.monotonicSeconds() + grace
@@ -215,6 +234,8 @@ package final class WebSocketServer {
     }
 
     private func destroyContextNow() {
+        listener?.close()
+        listener = nil
         gate.closeAll()
         if let context { lws_context_destroy(context) }
         context = nil
@@ -331,6 +352,13 @@ package final class WebSocketServer {
         var buffer = [CChar](repeating: 0, count: 64)
         guard lws_get_peer_simple(wsi, &buffer, buffer.count) != nil else { return "unknown" }
         return String(cString: buffer)
+    }
+
+    /// A connection accepted by the shared listener: the same path as one libwebsockets accepted and offered to
+    /// `LWS_CALLBACK_FILTER_NETWORK_CONNECTION` (the gate keeps a duplicate, the original is closed).
+    private func acceptShared(_ fd: Int32) {
+        if !gate.take(fd) { logger.warning("could not hold a new connection", metadata: ["errno": "\(errno)"]) }
+        _ = Glibc.close(fd)
     }
 
     /// Hands a connection whose request head passed `HTTPRequestHeadValidator` to libwebsockets, with the bytes

@@ -66,7 +66,8 @@ final class Broker {
             configuration: .init(host: configuration.host, port: configuration.port, limits: configuration.limits,
                                  receiveBufferBytes: configuration.receiveBufferBytes,
                                  pingIntervalSeconds: configuration.pingIntervalSeconds,
-                                 pingTimeoutSeconds: configuration.pingTimeoutSeconds),
+                                 pingTimeoutSeconds: configuration.pingTimeoutSeconds,
+                                 sharesPort: configuration.sharesPort),
             logger: logger)
     }
 

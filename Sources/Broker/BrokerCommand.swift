@@ -23,6 +23,7 @@ public struct BrokerCommand: ParsableCommand {
     // Each option's help, variable, default and range are described once, in `BrokerSettings`.
     @Option(help: BrokerSettings.host.help) var host: String?
     @Option(help: BrokerSettings.port.help) var port: Int?
+    @Option(help: BrokerSettings.processes.help) var processes: String?
     @Option(help: BrokerSettings.redisURL.help) var redisURL: String?
     @Option(help: BrokerSettings.dataDirectory.help) var dataDir: String?
     @Option(help: BrokerSettings.appendFsync.help) var appendfsync: String?
@@ -62,15 +63,18 @@ public struct BrokerCommand: ParsableCommand {
     {
         typealias S = BrokerSettings
         /// A string flag parsed like its variable.
-        func parsed<T>(_ flag: String?, _ setting: Setting<T>) throws -> T? {
+        func parsed<T>(_ flag: String?, _ setting: Setting<T>, flag name: String? = nil) throws -> T? {
             guard let flag else { return nil }
-            guard let value = setting.parse(flag) else { throw ValidationError("\(flag) is not a valid value") }
+            guard let value = setting.parse(flag) else {
+                throw ValidationError("\(name.map { "\($0): " } ?? "")\(flag) is not a valid value")
+            }
             return value
         }
         let env = environment
         var c = BrokerConfiguration()
         c.host = try S.host.resolve(host, env)
         c.port = try S.port.resolve(port, env)
+        c.processes = try S.processes.resolve(parsed(processes, S.processes, flag: "--processes"), env)
         c.redisURL = try S.redisURL.resolve(redisURL, env)
         c.dataDirectory = try S.dataDirectory.resolve(dataDir, env)
         c.appendFsync = try S.appendFsync.resolve(parsed(appendfsync, S.appendFsync), env)
@@ -113,29 +117,55 @@ public struct BrokerCommand: ParsableCommand {
     }
 
     /// Runs the broker until SIGTERM or SIGINT. (Not `run()`: the executable calls this from its async top level.)
+    /// With `--processes` > 1 this process becomes the `Supervisor` of that many workers, each of which runs this
+    /// same function with a `WorkerRole` in its environment.
     public func serve() async throws {
-        let configuration = try resolvedConfiguration()
+        let environment = ProcessInfo.processInfo.environment
+        var configuration = try resolvedConfiguration(environment: environment)
+        let worker = WorkerRole(environment: environment)
+        let supervises = worker == nil && configuration.processes > 1
+        // With several processes every log line says which one wrote it.
+        let processMetadata: Logger.Metadata =
+            if let worker { ["process": "\(worker.index)", "pid": "\(getpid())"] }
+            else if supervises { ["process": "supervisor", "pid": "\(getpid())"] }
+            else { [:] }
         let level = configuration.logLevel
         switch configuration.logFormat {
         case .text:
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)
                 handler.logLevel = level
+                handler.metadata = processMetadata
                 return handler
             }
         case .json:
             LoggingSystem.bootstrap { label in
                 var handler = JSONLogHandler(label: label)
                 handler.logLevel = level
+                handler.metadata = processMetadata
                 return handler
             }
         }
         let logger = Logger(label: "agentchat.broker")
         signal(SIGPIPE, SIG_IGN)
+        if let worker {
+            guard worker.watchSupervisor() else { throw ValidationError("the supervisor is gone") }
+            worker.takeSupervisorsName()
+            // The supervisor did the one-time work: it fixed the port, runs the embedded Redis, made the keys.
+            configuration.port = worker.port
+            configuration.sharesPort = true
+            if let url = worker.redisURL { configuration.redisURL = url }
+            configuration.rotateSigningKey = false
+        }
         LibWebSocketsLog.route(to: Logger(label: "agentchat.lws"))
 
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        if let worker {
+            // Each worker has its own /metrics; this says which one answered a scrape.
+            Gauge(label: "agentchat_process", dimensions: [("index", "\(worker.index)"), ("pid", "\(getpid())")])
+                .record(1)
+        }
 
         var services: [any Service] = []
         let endpoint: RedisEndpoint
@@ -152,20 +182,50 @@ public struct BrokerCommand: ParsableCommand {
             logger.info("embedded redis started", metadata: ["dataDir": "\(configuration.dataDirectory)"])
         }
 
-        try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o700])
-        let keyStore = try SigningKeyStore(directory: configuration.dataDirectory + "/keys",
+        let keyStore: SigningKeyStore
+        do {
+            try FileManager.default.createDirectory(atPath: configuration.dataDirectory,
+                                                    withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+            keyStore = try SigningKeyStore(directory: configuration.dataDirectory + "/keys",
                                            now: Int64(Date().timeIntervalSince1970 * 1000))
-        if configuration.rotateSigningKey {
-            _ = try keyStore.rotate(now: Int64(Date().timeIntervalSince1970 * 1000))
-            logger.info("rotated the token signing key", metadata: ["kid": "\(keyStore.active.keyID)"])
+            if configuration.rotateSigningKey {
+                _ = try keyStore.rotate(now: Int64(Date().timeIntervalSince1970 * 1000))
+                logger.info("rotated the token signing key", metadata: ["kid": "\(keyStore.active.keyID)"])
+            }
+        } catch {
+            embedded?.stop()
+            throw error
+        }
+        let hostForURL = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
+        func announcement(_ port: Int) -> String { "AgentChat broker listening on http://\(hostForURL):\(port)\n" }
+
+        if supervises {
+            // Bound, never listening: it fixes the port (port 0 picks one here) for every worker, restarted ones too,
+            // and gets no connections itself.
+            let reservation: (fd: Int32, port: Int)
+            do {
+                reservation = try SharedListener.bind(host: configuration.host, port: configuration.port)
+            } catch {
+                embedded?.stop()
+                throw error
+            }
+            defer { close(reservation.fd) }
+            let supervisor = Supervisor(
+                count: configuration.processes, port: reservation.port,
+                arguments: Array(CommandLine.arguments.dropFirst()), environment: environment,
+                redisURL: embedded.map { "\($0.endpoint)" }, logger: logger)
+            services.append(SupervisorService(supervisor: supervisor, announcement: announcement(reservation.port)))
+            try await runGroup(services, logger: logger)
+            return
         }
 
         let loop = EventLoop.startThread()
+        let settled = configuration
         let started: (LoopBound<Broker>, Int)
         do {
             started = try await loop.submit {
-                let broker = try Broker(loop: loop, configuration: configuration, redisEndpoint: endpoint,
+                let broker = try Broker(loop: loop, configuration: settled, redisEndpoint: endpoint,
                                     keyStore: keyStore, logger: logger, registry: registry)
                 let port = try broker.start()
                 return (LoopBound(broker, loop: loop), port)
@@ -176,9 +236,18 @@ public struct BrokerCommand: ParsableCommand {
             throw error
         }
         let (broker, port) = started
-        let hostForURL = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
-        services.append(BrokerService(loop: loop, broker: broker,
-                                      announcement: "AgentChat broker listening on http://\(hostForURL):\(port)\n"))
+        let announce: @Sendable () -> Void
+        if let worker {
+            announce = { worker.reportReady(port: port) }
+        } else {
+            let line = announcement(port)
+            announce = { FileHandle.standardOutput.write(Data(line.utf8)) }
+        }
+        services.append(BrokerService(loop: loop, broker: broker, announce: announce))
+        try await runGroup(services, logger: logger)
+    }
+
+    private func runGroup(_ services: [any Service], logger: Logger) async throws {
         let group = ServiceGroup(
             configuration: .init(
                 services: services.map {
@@ -194,20 +263,38 @@ public struct BrokerCommand: ParsableCommand {
 struct BrokerService: Service, CustomStringConvertible {
     let loop: EventLoop
     let broker: LoopBound<Broker>
-    /// Printed on stdout once the service group runs, so its signal handlers are in place before anyone who
-    /// waits for this line (scripts, tests) can send SIGTERM.
-    let announcement: String
+    /// Called once the service group runs, so its signal handlers are in place before anyone who waits for the
+    /// announcement (scripts, tests; a worker's supervisor) can send SIGTERM: prints the listening line on stdout,
+    /// or, in a worker, reports `ready` to the supervisor.
+    let announce: @Sendable () -> Void
 
     var description: String { "BrokerService" }
 
     func run() async throws {
-        FileHandle.standardOutput.write(Data(announcement.utf8))
+        announce()
         try? await gracefulShutdown()
         let broker = self.broker
         try await loop.submitAndWait { (complete: @escaping (Result<Void, any Error>) -> Void) in
             broker.value.shutdown { complete(.success(())) }
         }
         loop.stop()
+    }
+}
+
+/// The supervisor's one service: starts the workers, prints the listening line once every worker listens, and on
+/// graceful shutdown stops them all. A worker that exits before it is ready fails the group.
+struct SupervisorService: Service, CustomStringConvertible {
+    let supervisor: Supervisor
+    let announcement: String
+
+    var description: String { "SupervisorService(processes: \(supervisor.count))" }
+
+    func run() async throws {
+        try await supervisor.start()
+        // Not when SIGTERM came while the workers were starting: nobody should connect now.
+        if !Task.isShuttingDownGracefully { FileHandle.standardOutput.write(Data(announcement.utf8)) }
+        try? await gracefulShutdown()
+        await supervisor.stop()
     }
 }
 

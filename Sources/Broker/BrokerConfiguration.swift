@@ -16,6 +16,10 @@ struct BrokerConfiguration: Sendable {
 
     var host = S.host.defaultValue!
     var port = S.port.defaultValue!
+    /// Processes serving `port`; more than 1 runs a supervisor (`Supervisor`) and that many workers.
+    var processes = S.processes.defaultValue!
+    /// Set in a worker of a supervisor: listen with `SO_REUSEPORT` beside the other workers.
+    var sharesPort = false
     /// Where Redis is; nil starts an embedded `redis-server` in `dataDirectory`.
     var redisURL: String?
     var dataDirectory = S.dataDirectory.defaultValue!

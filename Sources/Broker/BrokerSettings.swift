@@ -1,5 +1,6 @@
 import AgentChatProtocol
 import ArgumentParser
+import Glibc
 import Logging
 
 /// One setting of the broker, described once: its variable, default, what it means and which values it takes.
@@ -88,6 +89,11 @@ enum BrokerSettings {
     static let host = Setting<String>("AGENTCHAT_HOST", "Address to listen on", default: "127.0.0.1")
     static let port = Setting<Int>("AGENTCHAT_PORT", "TCP port for HTTP and WebSocket; 0 picks a free port",
                                    default: 8080, range: 0...65535)
+    static let processes = Setting<Int>(
+        "AGENTCHAT_PROCESSES",
+        "Broker processes serving the one port (SO_REUSEPORT) under a supervisor; auto: one per online CPU",
+        default: 1, parse: { $0 == "auto" ? onlineProcessors : Int($0) },
+        check: { (1...256).contains($0) ? nil : "must be 1...256 or auto" })
     static let redisURL = Setting<String>(
         "AGENTCHAT_REDIS_URL",
         "Redis to use, redis://host:port or unix:///path; without it the broker runs an embedded redis-server in the data directory",
@@ -179,4 +185,7 @@ enum BrokerSettings {
         "AGENTCHAT_ROTATE_SIGNING_KEY",
         "Start a new token signing key; tokens signed by the old one stay valid (variable: 1)", default: false,
         parse: { $0 == "1" ? true : $0 == "0" || $0.isEmpty ? false : nil })
+
+    /// What `--processes auto` resolves to: the online CPUs, at most 256.
+    static var onlineProcessors: Int { min(256, max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 }

@@ -167,6 +167,19 @@ public final class BlockingTCPSocket: @unchecked Sendable {
 
     deinit { close() }
 
+    /// The local port of the connection (nil when closed or unknown).
+    public var localPort: Int? {
+        guard fd >= 0 else { return nil }
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { return nil }
+        // sin_port and sin6_port sit at the same offset, right after the family.
+        return withUnsafeBytes(of: &storage) { Int(UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self))) }
+    }
+
     /// Closes the descriptor (idempotent).
     public func close() {
         if fd >= 0 {

@@ -208,6 +208,8 @@ public final class WebSocketClient: @unchecked Sendable {
 
     /// Whether the socket is still open locally.
     public var isOpen: Bool { socket.isOpen }
+    /// The client's side port of the connection, e.g. to find which server process accepted it.
+    public var localPort: Int? { socket.localPort }
 
     // MARK: - Receiving
 
