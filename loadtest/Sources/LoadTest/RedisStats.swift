@@ -10,7 +10,7 @@ enum RedisStats {
         guard let text = try? query(port: port, "INFO commandstats") else { return nil }
         var calls: [String: UInt64] = [:]
         // cmdstat_get:calls=10,usec=…,usec_per_call=…,rejected_calls=0,failed_calls=0
-        for line in text.split(whereSeparator: { $0 == "\r" || $0 == "\n" }) where line.hasPrefix("cmdstat_") {
+        for line in text.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {  // "\r\n" is one Character
             guard let colon = line.firstIndex(of: ":") else { continue }
             let name = String(line[line.index(line.startIndex, offsetBy: 8)..<colon])
             for field in line[line.index(after: colon)...].split(separator: ",") where field.hasPrefix("calls=") {
