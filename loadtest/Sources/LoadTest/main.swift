@@ -206,7 +206,7 @@ struct RunCommand: ParsableCommand {
             options.connectionsPerAgent = connectionsPerAgent
             if t.kind != .agentchat { options.server.brokerProcesses = 1 }
             let binary = t.kind == .agentchat && comparing ? " (\(server.brokerBinary))" : ""
-            FileHandle.standardError.write(Data("== \(workload) \(t.name)\(binary), \(connections) connections\n".utf8))
+            FileHandle.standardError.write(Data("== \(workload) \(t.name)\(binary), \(workload == "resume" ? "backlog \(backlog)" : "\(connections) connections")\n".utf8))
             let h = try Harness(options: options)
             do {
                 var r: RunResult
