@@ -45,6 +45,13 @@ if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${REPORT_FROM:-}" ]; then
     $SWIFT build -c release --package-path loadtest --product agentchat-loadtest
 fi
 LT=$ROOT/loadtest/.build/release/agentchat-loadtest
+# Several broker processes need a broker that has --processes: refuse before measuring anything.
+for n in $BROKER_PROCESSES; do
+    if [ "$n" != 1 ] && [ -z "${REPORT_FROM:-}" ] && ! "$ROOT/.build/release/agentchat-broker" --help 2>&1 | grep -q -- --processes; then
+        echo "bench: BROKER_PROCESSES=\"$BROKER_PROCESSES\": .build/release/agentchat-broker --help does not list --processes" >&2
+        exit 2
+    fi
+done
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RES=$ROOT/loadtest/results/bench-$STAMP
 [ -n "${REPORT_FROM:-}" ] && RES=$(cd "$REPORT_FROM" && pwd)

@@ -112,6 +112,10 @@ struct RunResult: Codable {
     var latencyAt75: Latency?
     var lost: UInt64 = 0
     var duplicated: UInt64 = 0
+    /// broadcast: subscriber connections not open at the end (closed by the server, or never ready), and what
+    /// they missed (not in `lost`, which counts the connections that stayed open).
+    var closedConnections: Int?
+    var lostOnClosedConnections: UInt64?
     // idle and broadcast
     var brokerRSSBaselineBytes: Int?
     var brokerRSSBytes: Int?
@@ -171,7 +175,7 @@ enum Report {
             let rss = r.brokerRSSPerConnectionBytes.map { String(format: "%.1f KiB", $0 / 1024) } ?? "—"
             let fixed = r.steps.last { $0.phase.hasPrefix("fixed") }
             let withAux = r.target.hasPrefix("agentchat") ? k(r.deliveriesPerServerCPUSecondAtMax) : "—"
-            s += "| \(r.target) | \(k(r.maxSustainedDeliveriesPerSecond)) | \(k(r.deliveriesPerBrokerCPUSecondAtMax)) | \(withAux) | \(lat(r.latencyAt25)) | \(lat(r.latencyAt50)) | \(lat(r.latencyAt75)) | \(fixed.map { lat($0.latency) } ?? "—") | \(rss) | \(r.lost) | \(r.duplicated) | \(r.harnessCPUShareAtMax.map { f($0 * 100, 0) + "% of a core" } ?? "—") |\n"
+            s += "| \(r.target) | \(k(r.maxSustainedDeliveriesPerSecond)) | \(k(r.deliveriesPerBrokerCPUSecondAtMax)) | \(withAux) | \(lat(r.latencyAt25)) | \(lat(r.latencyAt50)) | \(lat(r.latencyAt75)) | \(fixed.map { lat($0.latency) } ?? "—") | \(rss) | \(r.lost)\(closed(r)) | \(r.duplicated) | \(r.harnessCPUShareAtMax.map { f($0 * 100, 0) + "% of a core" } ?? "—") |\n"
         }
         return s
     }
@@ -185,9 +189,15 @@ enum Report {
             let window = st.windowSeconds ?? st.seconds
             let agents = r.connectionsPerAgent.map { " (\(r.connections / max(1, $0)) agents × \($0))" } ?? ""
             let redisCPU = r.target.hasPrefix("agentchat") ? f(st.auxCPUSeconds / window * 100, 0) + "%" : "—"
-            s += "| \(r.target) | \(r.connections)\(agents) | \(bytes(r.payloadBytes)) | \(f(st.offeredMessagesPerSecond, 0)) | \(k(st.deliveredPerSecond)) | \(f(st.ratio, 3)) | \(lat(st.latency)) | \(f(st.brokerCPUSeconds / window * 100, 0))% of a core | \(k(st.deliveriesPerBrokerCPUSecond)) | \(redisCPU) | \(f(st.messagesPerFrame, 2)) | \(f(st.redisCommandsPerMessage, 2)) | \(r.lost) | \(r.duplicated) |\n"
+            s += "| \(r.target) | \(r.connections)\(agents) | \(bytes(r.payloadBytes)) | \(f(st.offeredMessagesPerSecond, 0)) | \(k(st.deliveredPerSecond)) | \(f(st.ratio, 3)) | \(lat(st.latency)) | \(f(st.brokerCPUSeconds / window * 100, 0))% of a core | \(k(st.deliveriesPerBrokerCPUSecond)) | \(redisCPU) | \(f(st.messagesPerFrame, 2)) | \(f(st.redisCommandsPerMessage, 2)) | \(r.lost)\(closed(r)) | \(r.duplicated) |\n"
         }
         return s
+    }
+
+    /// " (+N on K closed connections)" when subscribers were closed or never ready.
+    static func closed(_ r: RunResult) -> String {
+        guard let n = r.closedConnections, n > 0 else { return "" }
+        return " (+\(r.lostOnClosedConnections ?? 0) on \(n) closed connections)"
     }
 
     static func bytes(_ n: Int?) -> String {

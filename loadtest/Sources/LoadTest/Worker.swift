@@ -160,6 +160,8 @@ struct WorkerReport: Codable {
     var sent: UInt64?
     /// WebSocket messages that carried the step's deliveries (received / frames = items per frame).
     var frames: UInt64?
+    /// Final report: indices of connections no longer open (closed by the server or never ready).
+    var closedIndices: [Int]?
 }
 
 /// `agentchat-loadtest worker`: started by the coordinator, never by hand. Opens its share of the subscriber
@@ -303,7 +305,9 @@ struct WorkerCommand: ParsableCommand {
                                               lastSeq: parts.first == "final" ? context.recorder.lastSeq : nil,
                                               open: context.ready - context.failed, failed: context.failed,
                                               lost: roomLost, sent: rooms ? sentBy.reduce(0, +) : nil,
-                                              frames: s.frames)
+                                              frames: s.frames,
+                                              closedIndices: parts.first == "final"
+                                                  ? (0..<connections).filter { pool.connections[$0]?.isOpen != true } : nil)
                     let data = try encoder.encode(report)
                     FileHandle.standardOutput.write(data + Data("\n".utf8))
                 case "publish":

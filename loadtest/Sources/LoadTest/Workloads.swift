@@ -373,8 +373,20 @@ extension Harness {
             for k in 1...stepIndex {
                 for r in try reports(step: k) { lost += r.gaps; dups += r.duplicates; malformed += r.malformed ?? 0 }
             }
+            // What never reached a connection that the server closed (or that never got ready) is counted apart.
+            var closedConnections = 0
+            var lostOnClosed: UInt64 = 0
             for r in try reports(step: stepIndex, final: true) {
-                for last in r.lastSeq ?? [] { lost += seq - last }
+                let closed = Set(r.closedIndices ?? [])
+                closedConnections += closed.count
+                for (j, last) in (r.lastSeq ?? []).enumerated() {
+                    if closed.contains(j) { lostOnClosed += seq - last } else { lost += seq - last }
+                }
+            }
+            if closedConnections > 0 {
+                result.closedConnections = closedConnections
+                result.lostOnClosedConnections = lostOnClosed
+                result.notes.append("\(closedConnections) connections closed (or never ready): \(lostOnClosed) deliveries missing on them, not counted as lost")
             }
         }
         result.lost = lost
