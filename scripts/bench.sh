@@ -8,6 +8,15 @@
 # SUBSCRIBERS (1000), PAYLOAD (256), IDLE_CONNECTIONS (10000), IDLE_HOLD (seconds, default 40: past the broker's
 # 30 s keep-alive ping), EXTRAS (beyond the standard comparison, default "churn rooms multi-broker"; empty for
 # none; "indicators" is also available: 10 listed channels × 200 msg/s watched by 1,000 viewers, agentchat only),
+# STANDARD=0 (skip the standard rows and EXTRAS: only the COMPARE rows), COMPARE (the rows of issue 12, REPEAT times
+# each with the order of agentchat and nats-server flipped every repetition; default "payloads fanout resume"; empty
+# for none): "payloads" = broadcast 1 → SUBSCRIBERS at fixed rates, one run per PAYLOAD_RATES entry BYTES:MSG_PER_S
+# (default "64:100 1024:100 16384:20"); "fanout" = 1 → FANOUT_AGENTS × FANOUT_PER_AGENT connections (default
+# 1,000 × 10 = 10,000; the first connection of each agent joins, the others subscribe; nats-server: as many
+# subscribers) at FANOUT_RATE msg/s (30); "resume" = a backlog of RESUME_BACKLOG messages (10,000), then RESUME_TRIES
+# (5) subscribers resuming from offset 0 (agentchat only). FIXED_SECONDS (each fixed-rate step, default 5),
+# BROKER_PROCESSES (default 1; "1 2" also runs agentchat with --processes 2 on the standard broadcast and every
+# COMPARE row, for 1 → 2 scaling; needs a broker whose --help lists --processes),
 # SKIP_BUILD=1, REPORT_FROM=loadtest/results/bench-… (no runs: only rebuild the page from that run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +29,29 @@ IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 IDLE_HOLD=${IDLE_HOLD:-40}
 SWIFT=${SWIFT:-swift}
 EXTRAS=${EXTRAS-churn rooms multi-broker}
+STANDARD=${STANDARD:-1}
+COMPARE=${COMPARE-payloads fanout resume}
+PAYLOAD_RATES=${PAYLOAD_RATES:-64:100 1024:100 16384:20}
+FANOUT_AGENTS=${FANOUT_AGENTS:-1000}
+FANOUT_PER_AGENT=${FANOUT_PER_AGENT:-10}
+FANOUT_RATE=${FANOUT_RATE:-30}
+RESUME_BACKLOG=${RESUME_BACKLOG:-10000}
+RESUME_TRIES=${RESUME_TRIES:-5}
+FIXED_SECONDS=${FIXED_SECONDS:-5}
+BROKER_PROCESSES=${BROKER_PROCESSES:-1}
 
 if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${REPORT_FROM:-}" ]; then
     $SWIFT build -c release --product agentchat-broker
     $SWIFT build -c release --package-path loadtest --product agentchat-loadtest
 fi
 LT=$ROOT/loadtest/.build/release/agentchat-loadtest
+# Several broker processes need a broker that has --processes: refuse before measuring anything.
+for n in $BROKER_PROCESSES; do
+    if [ "$n" != 1 ] && [ -z "${REPORT_FROM:-}" ] && ! "$ROOT/.build/release/agentchat-broker" --help 2>&1 | grep -q -- --processes; then
+        echo "bench: BROKER_PROCESSES=\"$BROKER_PROCESSES\": .build/release/agentchat-broker --help does not list --processes" >&2
+        exit 2
+    fi
+done
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RES=$ROOT/loadtest/results/bench-$STAMP
 [ -n "${REPORT_FROM:-}" ] && RES=$(cd "$REPORT_FROM" && pwd)
@@ -33,15 +59,37 @@ mkdir -p "$RES"
 LOG=$RES/bench.log
 targets_args=()
 for t in $TARGETS; do targets_args+=(--target "$t"); done
+# The COMPARE rows: agentchat and nats-server (where they are in TARGETS).
+new_targets=()
+for t in agentchat nats; do case " $TARGETS " in *" $t "*) new_targets+=("$t") ;; esac; done
+first_processes=${BROKER_PROCESSES%% *}
+# Targets of repetition $1 with broker processes $2, in flipped order on even repetitions; with more than one broker
+# process only agentchat (the peers do not change).
+compare_targets() {
+    local order=("${new_targets[@]}") out=() t
+    if [ $(($1 % 2)) = 0 ]; then order=(); for t in "${new_targets[@]}"; do order=("$t" "${order[@]}"); done; fi
+    for t in "${order[@]}"; do
+        if [ "$t" = agentchat ] || [ "$2" = "$first_processes" ]; then out+=(--target "$t"); fi
+    done
+    echo "${out[@]}"
+}
+lt() { echo "\$ agentchat-loadtest $*" >> "$LOG"; "$LT" "$@" 2>&1 | tee -a "$LOG"; }
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 if [ -z "${REPORT_FROM:-}" ]; then
 echo "load average before: $(load)" | tee -a "$LOG"
+if [ "$STANDARD" = 1 ]; then
 for i in $(seq 1 "$REPEAT"); do
     echo "== broadcast, run $i of $REPEAT" | tee -a "$LOG"
     # 280 msg/s × 1,000 = 280k deliveries/s: the issue's comparison point (half of nats-server's maximum there).
     "$LT" run --workload broadcast "${targets_args[@]}" --connections "$SUBSCRIBERS" --payload "$PAYLOAD" \
         --extra-rate $((280000 / SUBSCRIBERS)) --results "$RES" 2>&1 | tee -a "$LOG"
+    for n in $BROKER_PROCESSES; do
+        [ "$n" = 1 ] && continue
+        echo "== broadcast, agentchat with $n broker processes, run $i of $REPEAT" | tee -a "$LOG"
+        "$LT" run --workload broadcast --target agentchat --broker-processes "$n" --connections "$SUBSCRIBERS" \
+            --payload "$PAYLOAD" --extra-rate $((280000 / SUBSCRIBERS)) --results "$RES" 2>&1 | tee -a "$LOG"
+    done
     echo "load average: $(load)" | tee -a "$LOG"
 done
 echo "== idle" | tee -a "$LOG"
@@ -69,6 +117,37 @@ for extra in $EXTRAS; do
             esac ;;
     esac
 done
+fi  # STANDARD
+# The rows of issue 12: fixed rates (payloads, fan-out) and resume, every repetition in flipped target order.
+if [ -n "$COMPARE" ]; then
+for i in $(seq 1 "$REPEAT"); do
+    for n in $BROKER_PROCESSES; do
+        read -r -a ct <<< "$(compare_targets "$i" "$n")"
+        [ ${#ct[@]} = 0 ] && continue
+        for row in $COMPARE; do
+            echo "== $row, run $i of $REPEAT, broker processes $n: ${ct[*]}" | tee -a "$LOG"
+            case $row in
+                payloads)
+                    for pr in $PAYLOAD_RATES; do
+                        lt run --workload broadcast "${ct[@]}" --broker-processes "$n" --connections "$SUBSCRIBERS" \
+                            --payload "${pr%%:*}" --fixed-rate "${pr##*:}" --step-seconds "$FIXED_SECONDS" --results "$RES"
+                    done ;;
+                fanout)
+                    lt run --workload broadcast "${ct[@]}" --broker-processes "$n" \
+                        --connections $((FANOUT_AGENTS * FANOUT_PER_AGENT)) --connections-per-agent "$FANOUT_PER_AGENT" \
+                        --payload "$PAYLOAD" --fixed-rate "$FANOUT_RATE" --step-seconds $((FIXED_SECONDS * 2)) --results "$RES" ;;
+                resume)
+                    case " ${ct[*]} " in *" agentchat "*)
+                        lt run --workload resume --target agentchat --broker-processes "$n" --backlog "$RESUME_BACKLOG" \
+                            --tries "$RESUME_TRIES" --payload "$PAYLOAD" --results "$RES" ;;
+                    esac ;;
+                *) echo "bench: unknown COMPARE row $row (payloads, fanout, resume)" | tee -a "$LOG" ;;
+            esac
+        done
+    done
+    echo "load average: $(load)" | tee -a "$LOG"
+done
+fi
 echo "load average after: $(load)" | tee -a "$LOG"
 fi
 
@@ -76,7 +155,7 @@ fi
 # `make bench-compare` keeps there (compare-*) stays.
 KEEP=$ROOT/loadtest/benchmarks
 mkdir -p "$KEEP"; rm -f "$KEEP"/*.json "$KEEP"/*.svg
-cp "$RES"/*.json "$KEEP"/
+cp "$RES"/*.json "$KEEP"/ 2>/dev/null || true
 "$LT" report --results "$RES" --markdown "$RES/tables.md" --svg "$KEEP/broadcast.svg" \
     --svg-link ../loadtest/benchmarks/broadcast.svg
 
@@ -90,9 +169,14 @@ cp "$RES"/*.json "$KEEP"/
     echo
     echo '```sh'
     echo "make bench   # = scripts/bench.sh; per target:"
+    if [ "$STANDARD" = 1 ]; then
     echo "loadtest/.build/release/agentchat-loadtest run --workload broadcast --target T --connections $SUBSCRIBERS --payload $PAYLOAD --extra-rate $((280000 / SUBSCRIBERS))"
     echo "loadtest/.build/release/agentchat-loadtest run --workload idle --target T --connections $IDLE_CONNECTIONS --hold $IDLE_HOLD"
     [ -n "$EXTRAS" ] && echo "# and, once each: churn (--connections 100 --hold 10), rooms (--connections 1000 --start-rate 1), multi-broker (--brokers 2)"
+    fi
+    # The COMPARE rows as the first repetition ran them, without this machine's paths.
+    awk '/^== (payloads|fanout|resume), run 2 of/{exit} /^\$ agentchat-loadtest/' "$LOG" \
+        | sed -e 's/^\$ //' -e 's| --results [^ ]*||' -e 's|^|loadtest/.build/release/|' 
     echo '```'
     echo
     cat "$RES/tables.md"

@@ -19,6 +19,11 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
     var errors = 0
     /// Already a member (rooms are created with their members): subscribe without joining.
     var skipJoin = false
+    /// `channel.subscribe`'s `since` (resume: 0 replays the whole history); nil: only new messages.
+    var since: Int64?
+    /// When `channel.subscribe` was sent (CLOCK_MONOTONIC ns), and the `subscribed` reply's latest offset.
+    private(set) var subscribeSentNs: UInt64 = 0
+    private(set) var subscribedOffset: Int64?
 
     init(context: SessionContext, mode: SessionMode, identity: SigningKeyPair, channel: String?) {
         self.context = context
@@ -42,6 +47,7 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
         guard let channelID = channel.flatMap(ChannelID.init) else {
             return context.fail("agentchat: bad channel id \(channel ?? "nil")")
         }
+        if id == "s1" { subscribeSentNs = nowNs() }
         sendFrame(c, .channel(id: id, make(channelID)))
     }
 
@@ -62,7 +68,14 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
                 if ok, let h = MessageHeader.decode(payload, at: i + m.count) {
                     found(h)
                     any = true
-                    i += m.count + 200
+                    // Skip the rest of the ciphertext (base64url: no quote in it) with memchr, which matters for
+                    // 16 KiB payloads.
+                    let from = i + m.count + MessageHeader.textCount
+                    if let q = memchr(payload.baseAddress! + from, Int32(UInt8(ascii: "\"")), payload.count - from) {
+                        i = payload.baseAddress!.distance(to: UnsafeRawPointer(q))
+                    } else {
+                        i = payload.count
+                    }
                     continue
                 }
             }
@@ -80,6 +93,7 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
     func received(_ c: WebSocketConnection, _ payload: UnsafeRawBufferPointer, binary: Bool) {
         // Fast path: a `messages` batch.
         let now = nowNs()
+        context.recorder.beginFrame()
         if Self.scanHeaders(payload, { context.recorder.record(connection: c.index, $0, now: now) }) { return }
         if Self.isAck(payload) {
             acks += 1
@@ -91,15 +105,16 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
             sendFrame(c, Wire.login(identity, broker: broker, challenge: challenge))
         case .welcome:
             if mode == .subscribe, channel != nil, skipJoin {
-                request(c, id: "s1") { .subscribe($0, since: nil, historyEpoch: nil) }
+                request(c, id: "s1") { .subscribe($0, since: since, historyEpoch: nil) }
             } else if mode == .subscribe, channel != nil {
                 request(c, id: "j1") { .join($0) }
             } else {
                 markReady()
             }
         case .channel(let ref, _) where ref == "j1":
-            request(c, id: "s1") { .subscribe($0, since: nil, historyEpoch: nil) }
-        case .subscribed:
+            request(c, id: "s1") { .subscribe($0, since: since, historyEpoch: nil) }
+        case .subscribed(_, _, _, let offset, _):
+            subscribedOffset = offset
             markReady()
         case .error(let error, let ref):
             errors += 1
@@ -112,7 +127,7 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
                 // Already a member (the channel's owner, whose other connection publishes): subscribe anyway.
                 errors -= 1
                 context.protocolErrors -= 1
-                request(c, id: "s1") { .subscribe($0, since: nil, historyEpoch: nil) }
+                request(c, id: "s1") { .subscribe($0, since: since, historyEpoch: nil) }
             } else if ref == "s1" || ref == "a1" {
                 context.fail("agentchat: \(error.code)")
             }

@@ -89,6 +89,8 @@ struct StepStats {
     var gaps: UInt64 = 0
     /// Messages whose header was implausible (a sequence number far ahead): not counted as deliveries.
     var malformed: UInt64 = 0
+    /// WebSocket messages that carried at least one delivery counted here (received / frames: items per frame).
+    var frames: UInt64 = 0
     var latency = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000,
                                     numberOfSignificantValueDigits: .three)
 }
@@ -109,10 +111,23 @@ final class DeliveryRecorder {
         lastSeq = [UInt64](repeating: 0, count: connections * roomSize)
     }
 
+    /// Set by `beginFrame()` when a WebSocket message arrives; the first delivery recorded from it counts the
+    /// frame (in that delivery's step).
+    private var frameStarted = false
+
+    /// A WebSocket message arrived: the next delivery recorded is the first of a new frame.
+    @inline(__always)
+    func beginFrame() { frameStarted = true }
+
     @inline(__always)
     func record(connection: Int, _ h: MessageHeader, now: UInt64) {
         let step = Int(h.step)
         if step > 4096 { malformedTotal &+= 1; return }
+        if frameStarted {
+            frameStarted = false
+            while steps.count <= step { steps.append(StepStats()) }
+            steps[step].frames &+= 1
+        }
         var seq = h.seq
         var index = connection
         if roomSize > 1 {

@@ -70,6 +70,7 @@ final class NATSSession: SessionHandler, ReadyNotifying {
 
     func received(_ c: WebSocketConnection, _ payload: UnsafeRawBufferPointer, binary: Bool) {
         stream.append(payload)
+        context.recorder.beginFrame()
         let now = nowNs()
         let used = stream.bytes.withUnsafeBytes { all -> Int in
             var pos = stream.start
@@ -163,6 +164,7 @@ final class MQTTSession: SessionHandler, ReadyNotifying {
 
     func received(_ c: WebSocketConnection, _ payload: UnsafeRawBufferPointer, binary: Bool) {
         stream.append(payload)
+        context.recorder.beginFrame()
         let now = nowNs()
         var subscribeNow = false
         let used = stream.bytes.withUnsafeBytes { all -> Int in
@@ -232,6 +234,7 @@ final class MirrorSession: SessionHandler, ReadyNotifying {
 
     func received(_ c: WebSocketConnection, _ payload: UnsafeRawBufferPointer, binary: Bool) {
         guard !publisher, let h = MessageHeader.decode(payload, at: 0) else { return }
+        context.recorder.beginFrame()
         context.recorder.record(connection: c.index, h, now: nowNs())
     }
 

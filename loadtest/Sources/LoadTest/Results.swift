@@ -29,6 +29,66 @@ struct StepResult: Codable {
     var auxCPUSeconds: Double
     var harnessCPUSeconds: Double
     var passed: Bool
+    /// WebSocket messages the subscribers received with this step's deliveries, and deliveries per such message
+    /// (agentchat batches several messages in one `messages` frame; NATS several MSGs per WebSocket message).
+    var frames: UInt64?
+    var messagesPerFrame: Double?
+    /// agentchat: Redis commands run over the step (`INFO commandstats` before and after, the harness's own INFO
+    /// excluded; commands inside the broker's scripts included), per message sent, and per command.
+    var redisCommands: UInt64?
+    var redisCommandsPerMessage: Double?
+    var redisCommandCounts: [String: UInt64]?
+
+    /// Fills the counters from the workers' reports and the Redis command deltas.
+    mutating func count(reports: [WorkerReport], redis: [String: UInt64]?) {
+        let f = reports.compactMap(\.frames).reduce(0, +)
+        frames = f
+        messagesPerFrame = f > 0 ? Double(delivered) / Double(f) : nil
+        if let redis {
+            let total = redis.values.reduce(0, +)
+            redisCommands = total
+            redisCommandsPerMessage = messagesSent > 0 ? Double(total) / Double(messagesSent) : nil
+            redisCommandCounts = redis
+        }
+    }
+}
+
+/// `resume`: a backlog published to a channel, then subscribers resuming from before it (agentchat only).
+struct ResumeResult: Codable {
+    struct Try: Codable {
+        /// From `channel.subscribe` sent to the first message of the backlog, and to the last.
+        var firstMs: Double?
+        var allMs: Double?
+        var received: UInt64
+        var lost: UInt64
+        var duplicated: UInt64
+        /// Offsets skipped forward (a jump in the sequence): out of order or missing.
+        var gaps: UInt64
+        var frames: UInt64
+        var messagesPerFrame: Double?
+        var brokerCPUSeconds: Double
+        var redisCommands: UInt64?
+    }
+    var backlog: Int
+    var payloadBytes: Int
+    /// Publishing the backlog: seconds, messages per second, broker CPU per message, Redis commands per message.
+    var publishSeconds: Double
+    var publishMessagesPerSecond: Double
+    var publishBrokerCPUMicrosecondsPerMessage: Double
+    var publishRedisCommandsPerMessage: Double?
+    var tries: [Try]
+    /// Medians over the tries.
+    var firstMs: Double?
+    var allMs: Double?
+    var messagesPerFrame: Double?
+    var redisCommandsPerMessage: Double?
+    var brokerCPUMillisecondsPerReplay: Double?
+}
+
+func median(_ xs: [Double]) -> Double? {
+    guard !xs.isEmpty else { return nil }
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
 
 /// Everything one run measured; written as JSON to loadtest/results/.
@@ -52,6 +112,10 @@ struct RunResult: Codable {
     var latencyAt75: Latency?
     var lost: UInt64 = 0
     var duplicated: UInt64 = 0
+    /// broadcast: subscriber connections not open at the end (closed by the server, or never ready), and what
+    /// they missed (not in `lost`, which counts the connections that stayed open).
+    var closedConnections: Int?
+    var lostOnClosedConnections: UInt64?
     // idle and broadcast
     var brokerRSSBaselineBytes: Int?
     var brokerRSSBytes: Int?
@@ -65,6 +129,12 @@ struct RunResult: Codable {
     var harnessCPUShareAtMax: Double?
     // indicators
     var indicators: IndicatorsResult?
+    // resume
+    var resume: ResumeResult?
+    /// agentchat: broker processes per broker (--broker-processes); nil for one.
+    var brokerProcesses: Int?
+    /// Connections per agent (agentchat, --connections-per-agent); nil for one.
+    var connectionsPerAgent: Int?
     var notes: [String] = []
 }
 
@@ -88,10 +158,10 @@ enum Report {
 
     /// The per-step table printed during and after a broadcast run.
     static func stepTable(_ r: RunResult) -> String {
-        var s = "| step | phase | msg/s offered | deliveries/s | delivered/offered | p50 / p99 / p99.9 ms | deliveries per broker CPU-s | broker CPU (send + drain) | harness CPU | dup | gaps | ok |\n"
-        s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        var s = "| step | phase | msg/s offered | deliveries/s | delivered/offered | p50 / p99 / p99.9 ms | deliveries per broker CPU-s | broker CPU (send + drain) | harness CPU | messages per frame | Redis commands per message | dup | gaps | ok |\n"
+        s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
         for st in r.steps {
-            s += "| \(st.step) | \(st.phase) | \(f(st.offeredMessagesPerSecond, 0)) | \(k(st.deliveredPerSecond)) | \(f(st.ratio, 3)) | \(lat(st.latency)) | \(k(st.deliveriesPerBrokerCPUSecond)) | \(f(st.brokerCPUSeconds / (st.windowSeconds ?? st.seconds) * 100, 0))% | \(f(st.harnessCPUSeconds / (st.windowSeconds ?? st.seconds) * 100, 0))% | \(st.duplicates) | \(st.gaps) | \(st.passed ? "yes" : "no") |\n"
+            s += "| \(st.step) | \(st.phase) | \(f(st.offeredMessagesPerSecond, 0)) | \(k(st.deliveredPerSecond)) | \(f(st.ratio, 3)) | \(lat(st.latency)) | \(k(st.deliveriesPerBrokerCPUSecond)) | \(f(st.brokerCPUSeconds / (st.windowSeconds ?? st.seconds) * 100, 0))% | \(f(st.harnessCPUSeconds / (st.windowSeconds ?? st.seconds) * 100, 0))% | \(f(st.messagesPerFrame, 2)) | \(f(st.redisCommandsPerMessage, 2)) | \(st.duplicates) | \(st.gaps) | \(st.passed ? "yes" : "no") |\n"
         }
         return s
     }
@@ -105,7 +175,44 @@ enum Report {
             let rss = r.brokerRSSPerConnectionBytes.map { String(format: "%.1f KiB", $0 / 1024) } ?? "—"
             let fixed = r.steps.last { $0.phase.hasPrefix("fixed") }
             let withAux = r.target.hasPrefix("agentchat") ? k(r.deliveriesPerServerCPUSecondAtMax) : "—"
-            s += "| \(r.target) | \(k(r.maxSustainedDeliveriesPerSecond)) | \(k(r.deliveriesPerBrokerCPUSecondAtMax)) | \(withAux) | \(lat(r.latencyAt25)) | \(lat(r.latencyAt50)) | \(lat(r.latencyAt75)) | \(fixed.map { lat($0.latency) } ?? "—") | \(rss) | \(r.lost) | \(r.duplicated) | \(r.harnessCPUShareAtMax.map { f($0 * 100, 0) + "% of a core" } ?? "—") |\n"
+            s += "| \(r.target) | \(k(r.maxSustainedDeliveriesPerSecond)) | \(k(r.deliveriesPerBrokerCPUSecondAtMax)) | \(withAux) | \(lat(r.latencyAt25)) | \(lat(r.latencyAt50)) | \(lat(r.latencyAt75)) | \(fixed.map { lat($0.latency) } ?? "—") | \(rss) | \(r.lost)\(closed(r)) | \(r.duplicated) | \(r.harnessCPUShareAtMax.map { f($0 * 100, 0) + "% of a core" } ?? "—") |\n"
+        }
+        return s
+    }
+
+    /// Fixed-rate runs (--fixed-rate), one row per run: the one step's figures (the last step if several).
+    static func fixedTable(_ runs: [RunResult]) -> String {
+        var s = "| target | subscribers | payload | msg/s | deliveries/s | delivered/offered | p50 / p99 / p99.9 ms | broker CPU | deliveries per broker CPU-s | Redis CPU | messages per frame | Redis commands per message | lost | duplicated |\n"
+        s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        for r in runs {
+            guard let st = r.steps.last else { continue }
+            let window = st.windowSeconds ?? st.seconds
+            let agents = r.connectionsPerAgent.map { " (\(r.connections / max(1, $0)) agents × \($0))" } ?? ""
+            let redisCPU = r.target.hasPrefix("agentchat") ? f(st.auxCPUSeconds / window * 100, 0) + "%" : "—"
+            s += "| \(r.target) | \(r.connections)\(agents) | \(bytes(r.payloadBytes)) | \(f(st.offeredMessagesPerSecond, 0)) | \(k(st.deliveredPerSecond)) | \(f(st.ratio, 3)) | \(lat(st.latency)) | \(f(st.brokerCPUSeconds / window * 100, 0))% of a core | \(k(st.deliveriesPerBrokerCPUSecond)) | \(redisCPU) | \(f(st.messagesPerFrame, 2)) | \(f(st.redisCommandsPerMessage, 2)) | \(r.lost)\(closed(r)) | \(r.duplicated) |\n"
+        }
+        return s
+    }
+
+    /// " (+N on K closed connections)" when subscribers were closed or never ready.
+    static func closed(_ r: RunResult) -> String {
+        guard let n = r.closedConnections, n > 0 else { return "" }
+        return " (+\(r.lostOnClosedConnections ?? 0) on \(n) closed connections)"
+    }
+
+    static func bytes(_ n: Int?) -> String {
+        guard let n else { return "—" }
+        return n >= 1024 && n % 1024 == 0 ? "\(n / 1024) KiB" : "\(n) B"
+    }
+
+    static func resumeTable(_ runs: [RunResult]) -> String {
+        var s = "| target | backlog | payload | publish msg/s | Redis commands per message published | subscribe → first message ms | subscribe → all ms | messages per frame | Redis commands per message replayed | broker CPU per replay | lost | duplicated | gaps | tries |\n"
+        s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        for r in runs {
+            guard let x = r.resume else { continue }
+            let lost = x.tries.map(\.lost).reduce(0, +), dup = x.tries.map(\.duplicated).reduce(0, +)
+            let gaps = x.tries.map(\.gaps).reduce(0, +)
+            s += "| \(r.target) | \(x.backlog) | \(bytes(x.payloadBytes)) | \(k(x.publishMessagesPerSecond)) | \(f(x.publishRedisCommandsPerMessage, 2)) | \(f(x.firstMs)) | \(f(x.allMs)) | \(f(x.messagesPerFrame, 1)) | \(f(x.redisCommandsPerMessage, 3)) | \(f(x.brokerCPUMillisecondsPerReplay, 0)) ms | \(lost) | \(dup) | \(gaps) | \(x.tries.count) |\n"
         }
         return s
     }

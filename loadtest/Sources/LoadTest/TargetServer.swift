@@ -26,6 +26,32 @@ enum ProcStat {
         }
         return nil
     }
+
+    /// Parent PID from /proc/PID/stat, or nil when the process is gone.
+    static func parent(_ pid: Int32) -> Int32? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")")
+        else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        return fields.count > 1 ? Int32(fields[1]) : nil
+    }
+
+    /// `pid` and every process descended from it (a supervisor's children and theirs), by scanning /proc for
+    /// parent PIDs (/proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN and lists one thread's children only).
+    static func tree(_ pid: Int32) -> [Int32] {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [pid] }
+        var children: [Int32: [Int32]] = [:]
+        for e in entries {
+            guard let p = Int32(e), let pp = parent(p) else { continue }
+            children[pp, default: []].append(p)
+        }
+        var out = [pid], i = 0
+        while i < out.count {
+            out += children[out[i]] ?? []
+            i += 1
+        }
+        return out
+    }
 }
 
 /// A server the harness started: the measured process (`pid`), helpers (Redis), and where clients connect.
@@ -40,6 +66,11 @@ final class TargetServer {
     /// Where subscribers connect: the publisher's server, or the last broker of several.
     var subscriberEndpoint: Endpoint
     let directory: String
+    /// agentchat: the port of the broker's redis-server (for `INFO commandstats`).
+    var redisPort: Int?
+    /// agentchat: broker processes per broker (`--processes N`: a supervisor and N children on one port). With
+    /// more than one, CPU and RSS are summed over each broker's process tree.
+    var brokerProcesses = 1
     private var processes: [Process]
 
     private init(kind: TargetKind, endpoint: Endpoint, processes: [Process], measured: Process, directory: String) {
@@ -61,6 +92,23 @@ final class TargetServer {
         var brokerWrapper: [String] = []
         /// agentchat brokers sharing one Redis (multi-broker).
         var brokerCount = 1
+        /// agentchat: `--processes N` for each broker (N > 1 only if its `--help` lists the option).
+        var brokerProcesses = 1
+    }
+
+    /// Whether `binary --help` lists `--processes` (several broker processes on one port).
+    static func brokerSupportsProcesses(_ binary: String) -> Bool {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["--help"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        p.standardInput = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return false }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return String(decoding: data, as: UTF8.self).contains("--processes")
     }
 
     static func start(_ kind: TargetKind, options: Options) throws -> TargetServer {
@@ -128,16 +176,25 @@ final class TargetServer {
                                       processes: [redis], measured: redis, directory: dir)
             do {
                 try holder.waitListening(redisPort)
+                var processArguments: [String] = []
+                if options.brokerProcesses > 1 {
+                    guard brokerSupportsProcesses(options.brokerBinary) else {
+                        throw HarnessError("--broker-processes \(options.brokerProcesses): \(options.brokerBinary) --help does not list --processes (this broker build runs one process only)")
+                    }
+                    processArguments = ["--processes", String(options.brokerProcesses)]
+                }
                 var brokers: [Process] = []
                 var endpoints: [Endpoint] = []
                 for b in 0..<max(1, options.brokerCount) {
                     let out = Pipe()
                     let wrapper = options.brokerWrapper
                     let executable = wrapper.isEmpty ? options.brokerBinary : "/usr/bin/env"
+                    // Several processes share one port (SO_REUSEPORT): give them a fixed free one rather than 0.
+                    let listenPort = options.brokerProcesses > 1 ? String(lt_free_port()) : "0"
                     let broker = try launch(executable, wrapper + (wrapper.isEmpty ? [] : [options.brokerBinary]) + [
-                        "--port", "0", "--redis-url", "redis://127.0.0.1:\(redisPort)", "--data-dir", dir + "/broker\(b)",
+                        "--port", listenPort, "--redis-url", "redis://127.0.0.1:\(redisPort)", "--data-dir", dir + "/broker\(b)",
                         "--log-level", "warning", "--issuer", "http://agentchat-loadtest",
-                    ] + options.brokerArguments, stdout: out)
+                    ] + processArguments + options.brokerArguments, stdout: out)
                     holder.processes.append(broker)
                     brokers.append(broker)
                     let port = try readBrokerPort(out.fileHandleForReading.fileDescriptor,
@@ -150,6 +207,8 @@ final class TargetServer {
                 server.subscriberEndpoint = endpoints.last!
                 server.brokerPIDs = brokers.map(\.processIdentifier)
                 server.auxPIDs = [redis.processIdentifier]
+                server.redisPort = redisPort
+                server.brokerProcesses = max(1, options.brokerProcesses)
                 return server
             } catch {
                 holder.stop(keepDirectory: true)
@@ -217,9 +276,14 @@ final class TargetServer {
         }
     }
 
-    var brokerCPU: Double { brokerPIDs.compactMap(ProcStat.cpuSeconds).reduce(0, +) }
+    /// Every broker process: with --processes N, each broker's whole tree (supervisor and children).
+    var brokerProcessIDs: [Int32] { brokerProcesses > 1 ? brokerPIDs.flatMap(ProcStat.tree) : brokerPIDs }
+    var brokerCPU: Double { brokerProcessIDs.compactMap(ProcStat.cpuSeconds).reduce(0, +) }
     var auxCPU: Double { auxPIDs.compactMap(ProcStat.cpuSeconds).reduce(0, +) }
-    var brokerRSS: Int { brokerPIDs.compactMap(ProcStat.rssBytes).reduce(0, +) }
+    var brokerRSS: Int { brokerProcessIDs.compactMap(ProcStat.rssBytes).reduce(0, +) }
+
+    /// Redis's calls per command now (agentchat), nil for the peers.
+    func redisCommandCalls() -> [String: UInt64]? { redisPort.flatMap(RedisStats.commandCalls) }
 }
 
 struct HarnessError: Error, CustomStringConvertible {

@@ -158,6 +158,10 @@ struct WorkerReport: Codable {
     /// rooms, final report: messages sent by this worker's connections and never received by a room member.
     var lost: UInt64?
     var sent: UInt64?
+    /// WebSocket messages that carried the step's deliveries (received / frames = items per frame).
+    var frames: UInt64?
+    /// Final report: indices of connections no longer open (closed by the server or never ready).
+    var closedIndices: [Int]?
 }
 
 /// `agentchat-loadtest worker`: started by the coordinator, never by hand. Opens its share of the subscriber
@@ -181,6 +185,8 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "rooms: members per room (connections i…i+size−1 share one); 0 for broadcast.") var roomSize = 0
     @Option(help: "rooms: global index of this worker's first connection.") var indexOffset = 0
     @Option var payload = 256
+    @Flag(help: "agentchat: the agents are members already (another connection of each joined): subscribe only.")
+    var skipJoin = false
     @Option(help: "indicators: the connections are viewers of these channels (comma-separated), or of \"directory\".")
     var viewerChannels: String?
 
@@ -218,7 +224,7 @@ struct WorkerCommand: ParsableCommand {
                 let e = keys[i % keys.count]
                 let a = AgentChatSession(context: context, mode: sessionMode, identity: e.key,
                                          channel: e.channel ?? channel)
-                a.skipJoin = rooms
+                a.skipJoin = rooms || skipJoin
                 h = a
             }
             handlers[i] = h
@@ -298,7 +304,10 @@ struct WorkerCommand: ParsableCommand {
                                               latency: pairs,
                                               lastSeq: parts.first == "final" ? context.recorder.lastSeq : nil,
                                               open: context.ready - context.failed, failed: context.failed,
-                                              lost: roomLost, sent: rooms ? sentBy.reduce(0, +) : nil)
+                                              lost: roomLost, sent: rooms ? sentBy.reduce(0, +) : nil,
+                                              frames: s.frames,
+                                              closedIndices: parts.first == "final"
+                                                  ? (0..<connections).filter { pool.connections[$0]?.isOpen != true } : nil)
                     let data = try encoder.encode(report)
                     FileHandle.standardOutput.write(data + Data("\n".utf8))
                 case "publish":

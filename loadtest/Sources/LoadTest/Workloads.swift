@@ -13,6 +13,8 @@ struct HarnessOptions {
     var resultsDirectory: String
     var command: String
     var quiet = false
+    /// agentchat broadcast: connections per agent (the first of each agent joins, the others only subscribe).
+    var connectionsPerAgent = 1
 }
 
 /// One run: the target server, the publisher (broadcast) and the worker processes holding the subscribers.
@@ -51,7 +53,8 @@ final class Harness {
             // One agent per subscriber for broadcast (the publisher's connection is a second connection of the
             // first agent, since a channel's keys cover at most 1,000 members); idle connections share up to
             // 1,000 agents.
-            let agents = roomSize > 1 ? n + 1 : withPublisher ? n : min(n, 1000)
+            let perAgent = max(1, options.connectionsPerAgent)
+            let agents = roomSize > 1 ? n + 1 : withPublisher ? (n + perAgent - 1) / perAgent : min(n, 1000)
             log("registering \(agents) agents")
             var identities: [AgentIdentity] = []
             for i in 0..<agents {
@@ -84,37 +87,57 @@ final class Harness {
         } else if withPublisher {
             publisher = try Publisher(loop: loop, server: server, payloadSize: payloadSize, identity: nil)
         }
-        let w = min(workerCount, max(1, n))
-        var offset = 0
-        for i in 0..<w {
-            var count = n / w + (i < n % w ? 1 : 0)
-            if roomSize > 1 {
-                // Whole rooms per worker, so that a worker can count what its rooms lost.
-                let rooms = n / roomSize
-                count = (rooms / w + (i < rooms % w ? 1 : 0)) * roomSize
-            }
-            let e = server.subscriberEndpoint
-            var args = ["--target", e.target.rawValue, "--host", e.host, "--port", String(e.port), "--path", e.path,
-                        "--source", "127.0.0.\(2 + i)", "--connections", String(count), "--mode", mode.rawValue]
-            if let p = e.subprotocol { args += ["--subprotocol", p] }
-            if !seeds.isEmpty {
-                let file = server.directory + "/identities-\(i)"
-                try IdentityFile.write((0..<count).map { j -> String in
-                    let seed = Base64URL.encode(seeds[(offset + j) % seeds.count])
-                    if roomOf.isEmpty { return seed }
-                    let room = roomOf[offset + j]
-                    return "\(seed) \(room.channel) \(room.epoch)"
-                }, to: file)
-                args += ["--identities", file]
-            }
-            if let channel { args += ["--channel", channel] }
-            if roomSize > 1 {
-                args += ["--room-size", String(roomSize), "--index-offset", String(offset), "--payload", String(payloadSize)]
-            }
-            workers.append(try WorkerProcess(arguments: args, connections: count, loop: loop))
-            offset += count
+        // Connection j belongs to agent j % agents. With several connections per agent (agentchat broadcast), the
+        // first wave (one connection per agent) joins and subscribes; the rest only subscribe, once it is ready.
+        let agentCount = seeds.count
+        let waves: [(start: Int, count: Int, skipJoin: Bool)]
+        if options.target == .agentchat, options.connectionsPerAgent > 1, roomSize <= 1, agentCount < n {
+            waves = [(0, agentCount, false), (agentCount, n - agentCount, true)]
+        } else {
+            waves = [(0, n, false)]
         }
-        let (ready, failed) = try awaitReady(workers)
+        var offset = 0
+        var ready = 0, failed = 0
+        for wave in waves {
+            let share = options.workers ?? (wave.count <= 100 ? 1 : max(2, (wave.count + 4999) / 5000))
+            let w = waves.count > 1 ? max(1, (wave.count + 4999) / 5000) : min(max(1, share), max(1, n))
+            var started: [WorkerProcess] = []
+            for i in 0..<w {
+                var count = wave.count / w + (i < wave.count % w ? 1 : 0)
+                if roomSize > 1 {
+                    // Whole rooms per worker, so that a worker can count what its rooms lost.
+                    let rooms = n / roomSize
+                    count = (rooms / w + (i < rooms % w ? 1 : 0)) * roomSize
+                }
+                let e = server.subscriberEndpoint
+                let wi = workers.count  // one source address per worker, over all waves
+                var args = ["--target", e.target.rawValue, "--host", e.host, "--port", String(e.port), "--path", e.path,
+                            "--source", "127.0.0.\(2 + wi)", "--connections", String(count), "--mode", mode.rawValue]
+                if let p = e.subprotocol { args += ["--subprotocol", p] }
+                if !seeds.isEmpty {
+                    let file = server.directory + "/identities-\(wi)"
+                    try IdentityFile.write((0..<count).map { j -> String in
+                        let seed = Base64URL.encode(seeds[(offset + j) % seeds.count])
+                        if roomOf.isEmpty { return seed }
+                        let room = roomOf[offset + j]
+                        return "\(seed) \(room.channel) \(room.epoch)"
+                    }, to: file)
+                    args += ["--identities", file]
+                }
+                if let channel { args += ["--channel", channel] }
+                if roomSize > 1 {
+                    args += ["--room-size", String(roomSize), "--index-offset", String(offset), "--payload", String(payloadSize)]
+                }
+                if wave.skipJoin { args.append("--skip-join") }
+                let wp = try WorkerProcess(arguments: args, connections: count, loop: loop)
+                workers.append(wp)
+                started.append(wp)
+                offset += count
+            }
+            let (r, f) = try awaitReady(started)
+            ready += r
+            failed += f
+        }
         log("\(ready) connections ready, \(failed) failed, over \(workers.count) worker processes")
         if options.target == .agentchat, withPublisher, roomSize <= 1, let channel {
             try publisher!.publishKeys(channel: channel, runTag: runTag)
@@ -124,7 +147,10 @@ final class Harness {
 
     /// The target's name in results: "agentchat (2 brokers)" for multi-broker runs.
     var targetName: String {
-        server.brokerPIDs.count > 1 ? "\(options.target.rawValue) (\(server.brokerPIDs.count) brokers)" : options.target.rawValue
+        var name = options.target.rawValue
+        if server.brokerPIDs.count > 1 { name += " (\(server.brokerPIDs.count) brokers)" }
+        if server.brokerProcesses > 1 { name += " (\(server.brokerProcesses) processes)" }
+        return name
     }
 
     var harnessCPU: Double {
@@ -168,6 +194,8 @@ struct BroadcastOptions {
     var maxSeconds = 240.0
     var extraRates: [Double] = []
     var fractions = true
+    /// --fixed-rate: only these steps (msg/s), no ramp, no fractions; the result's workload is "fixed".
+    var fixedRates: [Double] = []
 }
 
 /// Steps the rate up by `factor` from `startRate` until a step fails (twice: `confirmed` retries), then bisects
@@ -243,6 +271,7 @@ extension Harness {
             stepIndex += 1
             let k = stepIndex
             let cpu0 = server.brokerCPU, aux0 = server.auxCPU, h0 = harnessCPU
+            let redis0 = server.redisCommandCalls()
             let count = max(1, Int(rate * o.stepSeconds))
             let t0 = nowNs()
             var sent = 0
@@ -279,16 +308,18 @@ extension Harness {
             let ms = { (p: Double) in Double(hist.valueAtPercentile(p)) / 1000 }
             let lat = Latency(p50: ms(50), p99: ms(99), p999: ms(99.9))
             let ratio = expected == 0 ? 0 : Double(delivered) / Double(expected)
-            let st = StepResult(step: k, phase: phase, offeredMessagesPerSecond: rate, seconds: sendSeconds,
+            var st = StepResult(step: k, phase: phase, offeredMessagesPerSecond: rate, seconds: sendSeconds,
                                 windowSeconds: window, messagesSent: sent, offeredDeliveries: Int(expected), delivered: delivered,
                                 deliveredPerSecond: Double(delivered) / sendSeconds, ratio: ratio, latency: lat,
                                 duplicates: dups, gaps: gaps, brokerCPUSeconds: brokerCPU,
                                 deliveriesPerBrokerCPUSecond: brokerCPU > 0 ? Double(delivered) / brokerCPU : 0,
                                 auxCPUSeconds: server.auxCPU - aux0, harnessCPUSeconds: harnessCPU - h0,
                                 passed: ratio >= o.minRatio && lat.p99 <= o.p99LimitMs && dups == 0 && gaps == 0)
-            log(String(format: "step %2d %-5@ %7.1f msg/s → %8.0f deliveries/s ratio %.3f p50 %.2f p99 %.2f p99.9 %.2f ms, broker CPU %.0f%%, harness CPU %.0f%% %@",
+            st.count(reports: reps, redis: RedisStats.delta(redis0, server.redisCommandCalls()))
+            log(String(format: "step %2d %-5@ %7.1f msg/s → %8.0f deliveries/s ratio %.3f p50 %.2f p99 %.2f p99.9 %.2f ms, broker CPU %.0f%%, harness CPU %.0f%%, %@ msgs/frame, %@ Redis cmds/msg %@",
                        k, phase as NSString, rate, st.deliveredPerSecond, ratio, lat.p50, lat.p99, lat.p999,
                        brokerCPU / window * 100, st.harnessCPUSeconds / window * 100,
+                       Report.f(st.messagesPerFrame, 2) as NSString, Report.f(st.redisCommandsPerMessage, 2) as NSString,
                        (st.passed ? "ok" : "FAIL") as NSString))
             return st
         }
@@ -305,8 +336,14 @@ extension Harness {
             }
             return st
         }
-        try searchMaximumRate(o, since: started) { try confirmed(rate: $0, phase: "ramp") }
-        let best = result.recordBest()
+        if !o.fixedRates.isEmpty {
+            // --fixed-rate: one step at each rate, no ramp (the same work for every target).
+            result.workload = "fixed"
+            for r in o.fixedRates { result.steps.append(try step(rate: r, phase: "fixed")) }
+        } else {
+            try searchMaximumRate(o, since: started) { try confirmed(rate: $0, phase: "ramp") }
+        }
+        let best = o.fixedRates.isEmpty ? result.recordBest() : nil
         result.brokerRSSBytes = server.brokerRSS
         result.brokerRSSPerConnectionBytes = Double(server.brokerRSS - rss0) / Double(max(1, subscribers))
         if let best, o.fractions {
@@ -321,7 +358,7 @@ extension Harness {
         }
         // Fixed rates (e.g. the issue's 280 msg/s = 280k deliveries/s): only where the target sustained them, since
         // an overloaded step would pollute the loss totals.
-        for r in o.extraRates {
+        for r in o.extraRates where o.fixedRates.isEmpty {
             if let best, r <= best.offeredMessagesPerSecond * 1.05 {
                 _ = try confirmed(rate: r, phase: "fixed")
             } else {
@@ -336,8 +373,20 @@ extension Harness {
             for k in 1...stepIndex {
                 for r in try reports(step: k) { lost += r.gaps; dups += r.duplicates; malformed += r.malformed ?? 0 }
             }
+            // What never reached a connection that the server closed (or that never got ready) is counted apart.
+            var closedConnections = 0
+            var lostOnClosed: UInt64 = 0
             for r in try reports(step: stepIndex, final: true) {
-                for last in r.lastSeq ?? [] { lost += seq - last }
+                let closed = Set(r.closedIndices ?? [])
+                closedConnections += closed.count
+                for (j, last) in (r.lastSeq ?? []).enumerated() {
+                    if closed.contains(j) { lostOnClosed += seq - last } else { lost += seq - last }
+                }
+            }
+            if closedConnections > 0 {
+                result.closedConnections = closedConnections
+                result.lostOnClosedConnections = lostOnClosed
+                result.notes.append("\(closedConnections) connections closed (or never ready): \(lostOnClosed) deliveries missing on them, not counted as lost")
             }
         }
         result.lost = lost
@@ -449,6 +498,7 @@ extension Harness {
             stepIndex += 1
             let k = stepIndex
             let cpu0 = server.brokerCPU, aux0 = server.auxCPU, h0 = harnessCPU
+            let redis0 = server.redisCommandCalls()
             let t0 = nowNs()
             for w in workers { w.send("publish \(k) \(rate) \(o.stepSeconds)") }
             var sent = 0
@@ -478,7 +528,7 @@ extension Harness {
             let ms = { (p: Double) in Double(hist.valueAtPercentile(p)) / 1000 }
             let lat = Latency(p50: ms(50), p99: ms(99), p999: ms(99.9))
             let ratio = expected == 0 ? 0 : Double(delivered) / Double(expected)
-            let st = StepResult(step: k, phase: phase, offeredMessagesPerSecond: Double(sent) / sendSeconds,
+            var st = StepResult(step: k, phase: phase, offeredMessagesPerSecond: Double(sent) / sendSeconds,
                                 seconds: sendSeconds, windowSeconds: window, messagesSent: sent,
                                 offeredDeliveries: Int(expected),
                                 delivered: delivered, deliveredPerSecond: Double(delivered) / sendSeconds, ratio: ratio,
@@ -486,6 +536,7 @@ extension Harness {
                                 deliveriesPerBrokerCPUSecond: brokerCPU > 0 ? Double(delivered) / brokerCPU : 0,
                                 auxCPUSeconds: server.auxCPU - aux0, harnessCPUSeconds: harnessCPU - h0,
                                 passed: ratio >= o.minRatio && lat.p99 <= o.p99LimitMs && dups == 0 && gaps == 0)
+            st.count(reports: reps, redis: RedisStats.delta(redis0, server.redisCommandCalls()))
             log(String(format: "rooms step %2d %-5@ %5.2f msg/s per member, %7.0f msg/s → %8.0f deliveries/s ratio %.3f p50 %.2f p99 %.2f ms, broker CPU %.0f%%, harness CPU %.0f%% %@",
                        k, phase as NSString, rate, st.offeredMessagesPerSecond, st.deliveredPerSecond, ratio, lat.p50,
                        lat.p99, brokerCPU / window * 100, st.harnessCPUSeconds / window * 100,

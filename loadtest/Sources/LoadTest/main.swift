@@ -35,6 +35,11 @@ struct CommonOptions: ParsableArguments {
         (default: $AGENTCHAT_BASELINE_BROKER).
         """)
     var baselineBroker: String?
+    @Option(help: """
+        agentchat: broker processes (the broker's --processes N: a supervisor and N children on one port, \
+        SO_REUSEPORT); CPU and RSS are summed over the process tree. N > 1 needs a broker whose --help lists it.
+        """)
+    var brokerProcesses = 1
 
     var loadtestDirectory: String { Self.loadtestDirectory }
 
@@ -71,7 +76,7 @@ struct CommonOptions: ParsableArguments {
         return TargetServer.Options(configDirectory: configDir ?? base + "/config", brokerBinary: broker,
                                     brokerArguments: extra,
                                     brokerWrapper: brokerWrapper?.split(separator: " ").map(String.init) ?? [],
-                                    brokerCount: brokers)
+                                    brokerCount: brokers, brokerProcesses: brokerProcesses)
     }
 }
 
@@ -137,9 +142,32 @@ struct RunCommand: ParsableCommand {
     @Option(help: "indicators: messages per second each channel's publisher sends.") var channelRate = 200.0
     @Option(help: "indicators: the broker's --indicator-rate (updates per second per viewer).") var indicatorRate = 4.0
     @Flag(help: "indicators: viewers subscribe to the directory instead of the channels.") var directory = false
+    @Option(help: """
+        broadcast: publish at exactly this rate (messages/s) for --step-seconds, no ramp (repeatable: one step \
+        each); results are workload "fixed".
+        """)
+    var fixedRate: [Double] = []
+    @Option(help: """
+        broadcast, agentchat: connections per agent (the first joins, the others only subscribe), e.g. 10 for \
+        1 → 10,000 over 1,000 agents.
+        """)
+    var connectionsPerAgent = 1
+    @Option(help: "resume: messages published before the subscriber resumes from offset 0.") var backlog = 10_000
+    @Option(help: "resume: subscribers resuming one after the other (medians reported).") var tries = 5
 
     func validate() throws {
         if target.contains(where: \.isBaseline) { _ = try common.brokerPath(baseline: true) }
+        if common.brokerProcesses < 1 { throw ValidationError("--broker-processes must be at least 1") }
+        if common.brokerProcesses > 1, target.isEmpty || target.contains(where: { $0.kind == .agentchat }) {
+            let broker = try common.brokerPath()
+            guard TargetServer.brokerSupportsProcesses(broker) else {
+                throw ValidationError("--broker-processes \(common.brokerProcesses): \(broker) --help does not list --processes; this broker build runs one process only")
+            }
+        }
+        if connectionsPerAgent < 1 { throw ValidationError("--connections-per-agent must be at least 1") }
+        if connectionsPerAgent > 1, (connections + connectionsPerAgent - 1) / connectionsPerAgent > 1000 {
+            throw ValidationError("--connections-per-agent: at most 1,000 agents (a channel.keys frame's limit)")
+        }
     }
 
     func run() throws {
@@ -148,8 +176,12 @@ struct RunCommand: ParsableCommand {
         _ = lt_raise_nofile()
         Sodium.initialize()
         // indicators: agentchat only (the peers have nothing like public indicators).
-        let targets = target.isEmpty ? (workload == "indicators" ? [.agentchat] : TargetKind.allCases).map(TargetChoice.init)
+        let agentchatOnly = workload == "indicators" || workload == "resume"
+        let targets = target.isEmpty ? (agentchatOnly ? [.agentchat] : TargetKind.allCases).map(TargetChoice.init)
             : target
+        if workload == "resume", targets.contains(where: { $0.kind != .agentchat }) {
+            throw ValidationError("resume: agentchat only; core NATS, MQTT QoS 0 and the mirror keep no history to resume from")
+        }
         if workload == "indicators", targets.contains(where: { $0.kind != .agentchat }) {
             throw ValidationError("indicators: agentchat only; nats, mosquitto and lws-mirror have no equivalent")
         }
@@ -158,21 +190,31 @@ struct RunCommand: ParsableCommand {
             // Viewers come from a few source addresses (one per worker): lift the per-address viewer limit.
             brokerArguments += ["--viewer-connections-per-address", "1000000", "--indicator-rate", String(indicatorRate)]
         }
+        if workload == "resume" {
+            // History keeps 10,000 messages per channel by default: room for the whole backlog.
+            brokerArguments += ["--history-max", String(max(10_000, backlog))]
+        }
         var runs: [RunResult] = []
         // With a baseline, every agentchat result names its broker binary (both builds are in one run).
         let comparing = targets.contains(where: \.isBaseline)
         for t in targets {
             let server = try common.serverOptions(extra: brokerArguments, baseline: t.isBaseline)
-            let options = HarnessOptions(target: t.kind, connections: connections, workers: common.workers,
-                                         server: server,
+            var options = HarnessOptions(target: t.kind, connections: workload == "resume" ? 1 : connections,
+                                         workers: common.workers, server: server,
                                          resultsDirectory: common.results,
                                          command: CommandLine.arguments.dropFirst().joined(separator: " "))
+            options.connectionsPerAgent = connectionsPerAgent
+            if t.kind != .agentchat { options.server.brokerProcesses = 1 }
             let binary = t.kind == .agentchat && comparing ? " (\(server.brokerBinary))" : ""
-            FileHandle.standardError.write(Data("== \(workload) \(t.name)\(binary), \(connections) connections\n".utf8))
+            FileHandle.standardError.write(Data("== \(workload) \(t.name)\(binary), \(workload == "resume" ? "backlog \(backlog)" : "\(connections) connections")\n".utf8))
             let h = try Harness(options: options)
             do {
                 var r: RunResult
-                if workload == "indicators" {
+                if workload == "resume" {
+                    var o = ResumeOptions()
+                    o.backlog = backlog; o.tries = tries; o.payload = payload
+                    r = try h.runResume(o)
+                } else if workload == "indicators" {
                     var o = IndicatorsOptions()
                     o.channels = channels; o.channelRate = channelRate; o.holdSeconds = hold; o.directory = directory
                     o.indicatorRate = indicatorRate; o.payload = payload
@@ -192,10 +234,13 @@ struct RunCommand: ParsableCommand {
                     o.payload = payload; o.stepSeconds = stepSeconds; o.startRate = startRate; o.factor = factor
                     o.maxRate = maxRate; o.p99LimitMs = p99Limit; o.extraRates = extraRate; o.maxSeconds = maxSeconds
                     o.fractions = !noFractions
+                    o.fixedRates = fixedRate
                     r = try h.runBroadcast(o)
+                    if t.kind == .agentchat && connectionsPerAgent > 1 { r.connectionsPerAgent = connectionsPerAgent }
                     print(Report.stepTable(r))
                 }
                 h.shutdown()
+                if h.server.brokerProcesses > 1 { r.brokerProcesses = h.server.brokerProcesses }
                 r.target = t.resultName(r.target)
                 if !binary.isEmpty { r.notes.append("broker binary: \(server.brokerBinary)") }
                 let path = try Report.save(r, directory: common.results)
@@ -206,7 +251,11 @@ struct RunCommand: ParsableCommand {
                 throw error
             }
         }
-        if workload == "indicators" {
+        if workload == "resume" {
+            print(Report.resumeTable(runs))
+        } else if !fixedRate.isEmpty && workload == "broadcast" {
+            print(Report.fixedTable(runs))
+        } else if workload == "indicators" {
             print(Report.indicatorsTable(runs))
         } else if workload == "idle" {
             print(Report.idleTable(runs))
@@ -282,16 +331,23 @@ struct ReportCommand: ParsableCommand {
         let dec = JSONDecoder()
         for f in files {
             let r = try dec.decode(RunResult.self, from: Data(contentsOf: URL(fileURLWithPath: results + "/" + f)))
-            all["\(r.workload)/\(r.target)", default: []].append(r)
+            // Fixed-rate runs: one row per configuration (subscribers, payload, rate) and target.
+            let key = r.workload == "fixed"
+                ? "fixed/\(r.target)/\(r.connections)/\(r.payloadBytes ?? 0)/\(Int(r.steps.last?.offeredMessagesPerSecond ?? 0))"
+                : "\(r.workload)/\(r.target)"
+            all[key, default: []].append(r)
         }
         // The median run of each workload and target: by max sustained deliveries/s, or RSS per connection.
         var newest: [String: RunResult] = [:]
         var repeats: [String: Int] = [:]
         for (key, rs) in all {
-            let sorted = rs.sorted {
-                ($0.maxSustainedDeliveriesPerSecond ?? $0.sessionsPerSecond ?? $0.brokerRSSPerConnectionBytes ?? 0)
-                    < ($1.maxSustainedDeliveriesPerSecond ?? $1.sessionsPerSecond ?? $1.brokerRSSPerConnectionBytes ?? 0)
+            // Fixed rates: the run of median p99; resume: of median time to the whole backlog.
+            func rank(_ r: RunResult) -> Double {
+                if r.workload == "fixed" { return r.steps.last?.latency.p99 ?? 0 }
+                if let x = r.resume { return x.allMs ?? .infinity }
+                return r.maxSustainedDeliveriesPerSecond ?? r.sessionsPerSecond ?? r.brokerRSSPerConnectionBytes ?? 0
             }
+            let sorted = rs.sorted { rank($0) < rank($1) }
             newest[key] = sorted[sorted.count / 2]
             repeats[key] = rs.count
         }
@@ -331,6 +387,29 @@ struct ReportCommand: ParsableCommand {
         if !c.isEmpty {
             md += "\n### churn: \(c[0].connections) connections closed and reopened as soon as each has logged in\n\n"
             md += Report.churnTable(c) + "\n"
+        }
+        let fx = newest.filter { $0.key.hasPrefix("fixed/") }.map(\.value).sorted {
+            ($0.connections, $0.payloadBytes ?? 0, -($0.steps.last?.offeredMessagesPerSecond ?? 0),
+             order.firstIndex(of: $0.target.components(separatedBy: " (")[0]) ?? 9, $0.target)
+                < ($1.connections, $1.payloadBytes ?? 0, -($1.steps.last?.offeredMessagesPerSecond ?? 0),
+                   order.firstIndex(of: $1.target.components(separatedBy: " (")[0]) ?? 9, $1.target)
+        }
+        if !fx.isEmpty {
+            md += "\n### fixed rates: broadcast at one offered rate (payloads, fan-out)\n\n"
+            md += "One step at exactly the rate for every target (the same work): latency, broker CPU, messages per "
+            md += "WebSocket frame received by the subscribers, Redis commands per message sent (agentchat).\n\n"
+            md += Report.fixedTable(fx) + "\n"
+            let counts = fx.map { r -> String in
+                let key = "fixed/\(r.target)/\(r.connections)/\(r.payloadBytes ?? 0)/\(Int(r.steps.last?.offeredMessagesPerSecond ?? 0))"
+                return String(all[key]?.count ?? 1)
+            }
+            md += "Each row is the median of \(counts.joined(separator: "/")) run(s) (by p99), in the order of the rows.\n"
+        }
+        let rs = runs("resume")
+        if !rs.isEmpty {
+            md += "\n### resume: a subscriber catching up on a backlog from offset 0 (agentchat only)\n\n"
+            md += Report.resumeTable(rs) + "\n"
+            md += "Times are medians over the tries of a run; the row is the run of median time to the whole backlog, of \(rs.map { String(all["resume/\($0.target)"]?.count ?? 1) }.joined(separator: "/")) run(s).\n"
         }
         let ind = runs("indicators")
         if !ind.isEmpty {
