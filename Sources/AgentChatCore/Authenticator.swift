@@ -27,7 +27,8 @@ final class Authenticator {
     private let activeKeyID: KeyID
     private let localKeys: [KeyID: [UInt8]]
     private var remoteKeys: [KeyID: [UInt8]] = [:]
-    private var verifiedTokens: [TokenDigest: JWS.Claims] = [:]
+    /// Tokens known to be genuine: their claims, and whether this broker's active key signed them.
+    private var verifiedTokens: [TokenDigest: (claims: JWS.Claims, activeKey: Bool)] = [:]
     private let agents: any AgentDirectory
     private let directory: any SigningKeyDirectoring
     private let clock: any BrokerClock
@@ -67,7 +68,7 @@ final class Authenticator {
         let claims = JWS.Claims(issuer: issuer, audience: Self.audience, subject: did, now: now,
                                 lifetime: tokenLifetimeSeconds)
         let token = signer.sign(claims)
-        remember(token, claims)
+        remember(token, claims, activeKey: true)
         return (token, claims.expiresAt * 1000)
     }
 
@@ -75,8 +76,7 @@ final class Authenticator {
     /// is left and it is signed with this broker's active key, else a fresh one.
     func sessionToken(for did: DID, presented: String) -> (token: String, expiresAt: Int64) {
         let now = clock.unixMilliseconds / 1000
-        if let claims = verifiedTokens[TokenDigest(presented)], claims.subject == did,
-            Self.keyID(of: presented) == activeKeyID,
+        if let (claims, activeKey) = verifiedTokens[TokenDigest(presented)], activeKey, claims.subject == did,
             claims.expiresAt - now >= (claims.expiresAt - claims.issuedAt) / 2
         {
             return (presented, claims.expiresAt * 1000)
@@ -105,7 +105,7 @@ final class Authenticator {
     {
         let now = clock.unixMilliseconds / 1000
         let digest = TokenDigest(token)
-        if let claims = verifiedTokens[digest] {
+        if let (claims, _) = verifiedTokens[digest] {
             do {
                 try JWSVerifier(keys: { _ in nil }).check(claims, now: now, expectedIssuer: issuer,
                                                           expectedAudience: Self.audience)
@@ -119,7 +119,7 @@ final class Authenticator {
         let verifier = JWSVerifier(keys: { keys[$0] })
         do {
             let claims = try verifier.verify(token, now: now, expectedIssuer: issuer, expectedAudience: Self.audience)
-            remember(token, claims)
+            remember(token, claims, activeKey: Self.keyID(of: token) == activeKeyID)
             profile(of: claims.subject, completion: completion)
         } catch where error.code == "token_unknown_kid" && fetchUnknownKey {
             guard let kid = Self.keyID(of: token) else {
@@ -142,13 +142,13 @@ final class Authenticator {
         }
     }
 
-    private func remember(_ token: String, _ claims: JWS.Claims) {
+    private func remember(_ token: String, _ claims: JWS.Claims, activeKey: Bool) {
         if verifiedTokens.count >= Self.verifiedTokenLimit {
             let now = clock.unixMilliseconds / 1000
-            verifiedTokens = verifiedTokens.filter { $0.value.expiresAt > now }
+            verifiedTokens = verifiedTokens.filter { $0.value.claims.expiresAt > now }
             if verifiedTokens.count >= Self.verifiedTokenLimit { verifiedTokens.removeAll(keepingCapacity: true) }
         }
-        verifiedTokens[TokenDigest(token)] = claims
+        verifiedTokens[TokenDigest(token)] = (claims, activeKey)
     }
 
     private func profile(of did: DID, completion: @escaping (Result<AgentProfile, ProtocolError>) -> Void) {
