@@ -43,8 +43,11 @@ public final class LoopTimer {
             handle.deallocate()
             return
         }
-        uv_timer_stop(handle)
         handle.pointee.data = nil
+        // Released while `EventLoop.close()` runs the loop a last time: it has already closed every handle (without
+        // a callback), and closing one twice aborts libuv. Its memory stays with the process, which is ending.
+        if handle.withMemoryRebound(to: uv_handle_t.self, capacity: 1, { uv_is_closing($0) != 0 }) { return }
+        uv_timer_stop(handle)
         handle.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { uv_close($0, freeHandleOnClose) }
     }
 }

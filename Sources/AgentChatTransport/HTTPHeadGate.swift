@@ -199,8 +199,12 @@ final class HTTPHeadGate {
     /// first: `uv_close` removes the descriptor from epoll at once, before libwebsockets registers it again.
     private func release(_ connection: Held, close: Bool) {
         guard held.removeValue(forKey: Self.key(connection.poll)) != nil else { return }
-        uv_poll_stop(connection.poll)
-        connection.poll.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { uv_close($0, freePollHandle) }
+        connection.poll.withMemoryRebound(to: uv_handle_t.self, capacity: 1) {
+            // Already closed by `EventLoop.close()` at exit: closing twice aborts libuv.
+            guard uv_is_closing($0) == 0 else { return }
+            uv_poll_stop(connection.poll)
+            uv_close($0, freePollHandle)
+        }
         if close { _ = Glibc.close(connection.fd) }
     }
 

@@ -54,8 +54,11 @@ package final class SharedListener {
     package func close() {
         guard fd >= 0 else { return }
         if !loop.isClosed {
-            uv_poll_stop(poll)
-            poll.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { uv_close($0, freeListenerPoll) }
+            poll.withMemoryRebound(to: uv_handle_t.self, capacity: 1) {
+                guard uv_is_closing($0) == 0 else { return }  // closed by EventLoop.close() at exit
+                uv_poll_stop(poll)
+                uv_close($0, freeListenerPoll)
+            }
         }
         _ = Glibc.close(fd)
         fd = -1

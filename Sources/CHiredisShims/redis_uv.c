@@ -30,6 +30,8 @@ static void on_close(uv_handle_t *h) { free(h->data); }
 static void cleanup(void *d) {
     agentchat_redis_uv *p = d;
     p->context = NULL;
+    /* Already closed (without a callback) by the loop's final walk at exit: closing twice aborts libuv. */
+    if (uv_is_closing((uv_handle_t *)&p->handle)) return;
     uv_close((uv_handle_t *)&p->handle, on_close);
 }
 
