@@ -102,8 +102,13 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
         guard let frame = Wire.decode(payload) else { return }
         switch frame {
         case .hello(let broker, let challenge, _):
-            sendFrame(c, Wire.login(identity, broker: broker, challenge: challenge))
-        case .welcome:
+            if context.loginWithTokens, let token = context.tokens[c.index] {
+                sendFrame(c, .auth(id: "a1", .token(token)))
+            } else {
+                sendFrame(c, Wire.login(identity, broker: broker, challenge: challenge))
+            }
+        case .welcome(_, _, let token, _):
+            context.tokens[c.index] = token
             if mode == .subscribe, channel != nil, skipJoin {
                 request(c, id: "s1") { .subscribe($0, since: since, historyEpoch: nil) }
             } else if mode == .subscribe, channel != nil {

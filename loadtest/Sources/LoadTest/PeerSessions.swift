@@ -15,6 +15,10 @@ final class SessionContext {
     var failed = 0
     var firstFailure: String?
     var protocolErrors = 0
+    /// agentchat: the session token of each connection's last welcome, by connection index; used to log in when
+    /// `loginWithTokens` (churn with token logins).
+    var tokens: [Int: String] = [:]
+    var loginWithTokens = false
     init(connections: Int, roomSize: Int = 1) {
         recorder = DeliveryRecorder(connections: connections, roomSize: roomSize)
     }

@@ -199,6 +199,9 @@ final class TargetServer {
                     brokers.append(broker)
                     let port = try readBrokerPort(out.fileHandleForReading.fileDescriptor,
                                                   timeout: wrapper.isEmpty ? 30 : 180)
+                    // The broker logs to stdout: keep copying it into server.log, or a full pipe (64 KiB of
+                    // warnings) would stop the broker mid-run.
+                    copyInBackground(out.fileHandleForReading, to: log)
                     endpoints.append(Endpoint(target: kind, host: "127.0.0.1", port: port, subprotocol: Wire.subprotocol,
                                               path: "/"))
                 }
@@ -218,6 +221,23 @@ final class TargetServer {
     }
 
     /// Reads the broker's stdout until `AgentChat broker listening on http://127.0.0.1:PORT`.
+    /// Copies what `source` delivers into the file at `path` (appending) on a thread of its own, until end of file.
+    private static func copyInBackground(_ source: FileHandle, to path: String) {
+        let fd = dup(source.fileDescriptor)
+        let out = open(path, O_WRONLY | O_APPEND)
+        Thread.detachNewThread {
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { break }
+                _ = buffer.withUnsafeBytes { write(out, $0.baseAddress, n) }
+            }
+            close(fd)
+            close(out)
+        }
+    }
+
     private static func readBrokerPort(_ fd: Int32, timeout: Double) throws -> Int {
         let loop = EventLoop()
         let reader = LineReader(fd: dup(fd))
@@ -267,6 +287,11 @@ final class TargetServer {
             while p.isRunning && nowNs() < deadline { usleep(20_000) }
             if p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
             lt_unregister_child(p.processIdentifier)
+            // A server that crashed (or ended with an error) says so, in the run's output and its log's place.
+            if p.terminationReason == .uncaughtSignal || p.terminationStatus != 0 {
+                let how = p.terminationReason == .uncaughtSignal ? "signal \(p.terminationStatus)" : "status \(p.terminationStatus)"
+                FileHandle.standardError.write(Data("warning: \(kind.rawValue) process \(p.processIdentifier) (\(p.executableURL?.lastPathComponent ?? "?")) ended with \(how); log: \(directory)/server.log\n".utf8))
+            }
         }
         let stopped = !processes.isEmpty
         processes.removeAll()

@@ -320,6 +320,7 @@ struct WorkerCommand: ParsableCommand {
                     fflush(nil)
                 case "churn":
                     let seconds = parts.count > 1 ? Double(parts[1]) ?? 5 : 5
+                    context.loginWithTokens = parts.count > 2 && parts[2] == "token"
                     let r = pool.churn(seconds: seconds)
                     var pairs: [[UInt64]] = []
                     for v in r.setup.latency.recordedValues() { pairs.append([v.value, UInt64(v.count)]) }

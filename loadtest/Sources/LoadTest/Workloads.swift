@@ -15,6 +15,9 @@ struct HarnessOptions {
     var quiet = false
     /// agentchat broadcast: connections per agent (the first of each agent joins, the others only subscribe).
     var connectionsPerAgent = 1
+    /// agentchat churn: a reopened connection logs in with the token of its previous welcome instead of a signed
+    /// challenge.
+    var churnWithTokens = false
 }
 
 /// One run: the target server, the publisher (broadcast) and the worker processes holding the subscribers.
@@ -448,7 +451,11 @@ extension Harness {
                                harnessProcesses: workers.count)
         if failed > 0 || ready < options.connections { result.notes.append("failed \(options.connections - ready)") }
         let cpu0 = server.brokerCPU, aux0 = server.auxCPU, h0 = harnessCPU, t0 = nowNs()
-        for w in workers { w.send("churn \(seconds)") }
+        if options.target == .agentchat && options.churnWithTokens {
+            result.target += " (token login)"
+            result.notes.append("reopened connections log in with their last session token")
+        }
+        for w in workers { w.send(options.churnWithTokens ? "churn \(seconds) token" : "churn \(seconds)") }
         let dec = JSONDecoder()
         let reps = try workers.map { w -> WorkerReport in
             guard let line = w.nextLine(loop, timeout: seconds + 60) else { throw HarnessError("a worker stopped answering") }

@@ -152,12 +152,18 @@ struct RunCommand: ParsableCommand {
         1 → 10,000 over 1,000 agents.
         """)
     var connectionsPerAgent = 1
+    @Option(help: """
+        churn, agentchat: how a reopened connection logs in: signature (a signed challenge, every time) or token \
+        (the session token of its previous welcome).
+        """)
+    var churnLogin = "signature"
     @Option(help: "resume: messages published before the subscriber resumes from offset 0.") var backlog = 10_000
     @Option(help: "resume: subscribers resuming one after the other (medians reported).") var tries = 5
 
     func validate() throws {
         if target.contains(where: \.isBaseline) { _ = try common.brokerPath(baseline: true) }
         if common.brokerProcesses < 1 { throw ValidationError("--broker-processes must be at least 1") }
+        if !["signature", "token"].contains(churnLogin) { throw ValidationError("--churn-login: signature or token") }
         if common.brokerProcesses > 1, target.isEmpty || target.contains(where: { $0.kind == .agentchat }) {
             let broker = try common.brokerPath()
             guard TargetServer.brokerSupportsProcesses(broker) else {
@@ -204,6 +210,7 @@ struct RunCommand: ParsableCommand {
                                          resultsDirectory: common.results,
                                          command: CommandLine.arguments.dropFirst().joined(separator: " "))
             options.connectionsPerAgent = connectionsPerAgent
+            options.churnWithTokens = churnLogin == "token"
             if t.kind != .agentchat { options.server.brokerProcesses = 1 }
             let binary = t.kind == .agentchat && comparing ? " (\(server.brokerBinary))" : ""
             FileHandle.standardError.write(Data("== \(workload) \(t.name)\(binary), \(workload == "resume" ? "backlog \(backlog)" : "\(connections) connections")\n".utf8))
