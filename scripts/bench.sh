@@ -11,12 +11,12 @@
 # STANDARD=0 (skip the standard rows and EXTRAS: only the COMPARE rows), COMPARE (the rows of issue 12, REPEAT times
 # each with the order of agentchat and nats-server flipped every repetition; default "payloads fanout resume"; empty
 # for none): "payloads" = broadcast 1 → SUBSCRIBERS at fixed rates, one run per PAYLOAD_RATES entry BYTES:MSG_PER_S
-# (default "64:100 1024:100 16384:20"); "fanout" = 1 → FANOUT_AGENTS × FANOUT_PER_AGENT connections (default
+# (default "256:100 256:300 64:100 1024:100 16384:20": 100k and 300k deliveries/s at 256 B, then sizes); "fanout" = 1 → FANOUT_AGENTS × FANOUT_PER_AGENT connections (default
 # 1,000 × 10 = 10,000; the first connection of each agent joins, the others subscribe; nats-server: as many
 # subscribers) at FANOUT_RATE msg/s (30); "resume" = a backlog of RESUME_BACKLOG messages (10,000), then RESUME_TRIES
 # (5) subscribers resuming from offset 0 (agentchat only). FIXED_SECONDS (each fixed-rate step, default 5),
-# BROKER_PROCESSES (default 1; "1 2" also runs agentchat with --processes 2 on the standard broadcast and every
-# COMPARE row, for 1 → 2 scaling; needs a broker whose --help lists --processes),
+# BROKER_PROCESSES (default "1 2": also runs agentchat with --processes 2 on the standard broadcast, rooms and every
+# COMPARE row, for 1 → 2 scaling; "1" for one process only),
 # SKIP_BUILD=1, REPORT_FROM=loadtest/results/bench-… (no runs: only rebuild the page from that run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,14 +31,14 @@ SWIFT=${SWIFT:-swift}
 EXTRAS=${EXTRAS-churn rooms multi-broker}
 STANDARD=${STANDARD:-1}
 COMPARE=${COMPARE-payloads fanout resume}
-PAYLOAD_RATES=${PAYLOAD_RATES:-64:100 1024:100 16384:20}
+PAYLOAD_RATES=${PAYLOAD_RATES:-256:100 256:300 64:100 1024:100 16384:20}
 FANOUT_AGENTS=${FANOUT_AGENTS:-1000}
 FANOUT_PER_AGENT=${FANOUT_PER_AGENT:-10}
 FANOUT_RATE=${FANOUT_RATE:-30}
 RESUME_BACKLOG=${RESUME_BACKLOG:-10000}
 RESUME_TRIES=${RESUME_TRIES:-5}
 FIXED_SECONDS=${FIXED_SECONDS:-5}
-BROKER_PROCESSES=${BROKER_PROCESSES:-1}
+BROKER_PROCESSES=${BROKER_PROCESSES:-1 2}
 
 if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${REPORT_FROM:-}" ]; then
     $SWIFT build -c release --product agentchat-broker
@@ -98,13 +98,25 @@ echo "== idle" | tee -a "$LOG"
 for extra in $EXTRAS; do
     echo "== $extra" | tee -a "$LOG"
     case $extra in
-        churn)  # 100 connections closed and reopened as soon as each has logged in, for 10 s
-            "$LT" run --workload churn "${targets_args[@]}" --connections 100 --hold 10 --results "$RES" 2>&1 | tee -a "$LOG" ;;
+        churn)  # 100 connections closed and reopened as soon as each has logged in, for 10 s; then agentchat's
+                # reconnect with the session token of the previous welcome instead of a signed challenge
+            "$LT" run --workload churn "${targets_args[@]}" --connections 100 --hold 10 --results "$RES" 2>&1 | tee -a "$LOG"
+            case " $TARGETS " in *" agentchat "*)
+                "$LT" run --workload churn --target agentchat --churn-login token --connections 100 --hold 10 \
+                    --results "$RES" 2>&1 | tee -a "$LOG" ;;
+            esac ;;
         rooms)  # 100 rooms of 10 members, every member publishing; lws-mirror has no rooms
             room_targets=()
             for t in $TARGETS; do [ "$t" = lws-mirror ] || room_targets+=(--target "$t"); done
             "$LT" run --workload rooms "${room_targets[@]}" --connections 1000 --payload "$PAYLOAD" --start-rate 1 \
-                --max-rate 200 --results "$RES" 2>&1 | tee -a "$LOG" ;;
+                --max-rate 200 --results "$RES" 2>&1 | tee -a "$LOG"
+            for n in $BROKER_PROCESSES; do
+                [ "$n" = 1 ] && continue
+                case " $TARGETS " in *" agentchat "*)
+                    "$LT" run --workload rooms --target agentchat --broker-processes "$n" --connections 1000 \
+                        --payload "$PAYLOAD" --start-rate 1 --max-rate 200 --results "$RES" 2>&1 | tee -a "$LOG" ;;
+                esac
+            done ;;
         indicators)  # 10 listed channels at 200 msg/s each, 1,000 viewers of all 10; agentchat only (no peer equivalent)
             case " $TARGETS " in *" agentchat "*)
                 "$LT" run --workload indicators --target agentchat --connections 1000 --channels 10 \
