@@ -135,15 +135,19 @@ public struct JSONParser {
 
     private mutating func parseString() throws(Failure) -> String {
         index += 1  // opening quote
-        var scalars = String.UnicodeScalarView()
+        var string = ""
         var runStart = index
-        // Fast path: a run of plain bytes is decoded in one go; escapes fall back to scalar-at-a-time.
+        // Fast path: a run of plain bytes is validated and appended in one go (a string without escapes, such as
+        // a ciphertext, is one run: the result is that run's String); escapes are appended scalar by scalar.
         func flushRun(_ end: Int) throws(Failure) {
             if end > runStart {
-                guard let s = String(validating: bytes[runStart..<end], as: UTF8.self) else {
+                // Through a buffer pointer: String's validating fast path (an array slice takes a generic, slow one).
+                guard let s = bytes.withUnsafeBufferPointer({
+                    String(validating: UnsafeBufferPointer(rebasing: $0[runStart..<end]), as: UTF8.self)
+                }) else {
                     throw fail("invalid UTF-8 in string")
                 }
-                scalars.append(contentsOf: s.unicodeScalars)
+                if string.isEmpty { string = s } else { string += s }
             }
         }
         while true {
@@ -152,7 +156,7 @@ public struct JSONParser {
             if b == UInt8(ascii: "\"") {
                 try flushRun(index)
                 index += 1
-                return String(scalars)
+                return string
             }
             if b < 0x20 { throw fail("control character in string") }
             if b == UInt8(ascii: "\\") {
@@ -162,14 +166,14 @@ public struct JSONParser {
                 let e = bytes[index]
                 index += 1
                 switch e {
-                case UInt8(ascii: "\""): scalars.append("\"")
-                case UInt8(ascii: "\\"): scalars.append("\\")
-                case UInt8(ascii: "/"): scalars.append("/")
-                case UInt8(ascii: "b"): scalars.append("\u{08}")
-                case UInt8(ascii: "f"): scalars.append("\u{0C}")
-                case UInt8(ascii: "n"): scalars.append("\n")
-                case UInt8(ascii: "r"): scalars.append("\r")
-                case UInt8(ascii: "t"): scalars.append("\t")
+                case UInt8(ascii: "\""): string.unicodeScalars.append("\"")
+                case UInt8(ascii: "\\"): string.unicodeScalars.append("\\")
+                case UInt8(ascii: "/"): string.unicodeScalars.append("/")
+                case UInt8(ascii: "b"): string.unicodeScalars.append("\u{08}")
+                case UInt8(ascii: "f"): string.unicodeScalars.append("\u{0C}")
+                case UInt8(ascii: "n"): string.unicodeScalars.append("\n")
+                case UInt8(ascii: "r"): string.unicodeScalars.append("\r")
+                case UInt8(ascii: "t"): string.unicodeScalars.append("\t")
                 case UInt8(ascii: "u"):
                     let first = try parseHex4()
                     var code = UInt32(first)
@@ -185,7 +189,7 @@ public struct JSONParser {
                         throw fail("lone surrogate")
                     }
                     guard let scalar = Unicode.Scalar(code) else { throw fail("invalid escape") }
-                    scalars.append(scalar)
+                    string.unicodeScalars.append(scalar)
                 default: throw fail("invalid escape")
                 }
                 runStart = index

@@ -7,6 +7,9 @@ import Testing
         ("[]", .array([])),
         (" {\"a\" : [1, -2.5, true, false, null, \"x\"]} ", ["a": [1, .number(-2.5), true, false, nil, "x"]]),
         ("\"\\u00e9\\ud83d\\ude00\\n\\\"\"", .string("é😀\n\"")),
+        // Runs of plain bytes (ASCII and multi-byte UTF-8) around escapes, and a string without any.
+        ("\"ab é\\tcd\\u0041ef😀\\\\\"", .string("ab é\tcdAef😀\\")),
+        ("\"eyJhbGciOiJFZERTQSJ9.e30\"", .string("eyJhbGciOiJFZERTQSJ9.e30")),
         ("1e3", .number(1000)),
         ("0", .number(0)),
     ]
