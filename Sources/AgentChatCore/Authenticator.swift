@@ -9,11 +9,11 @@ import Logging
 /// publishes its public keys to Redis, so a token one broker issued is accepted by all; a `kid` this broker does
 /// not hold is looked up there once and cached.
 ///
-/// A reconnect with a token costs no signature check when this broker process issued or checked that token before:
-/// verified tokens are remembered by a BLAKE2b digest of their whole text (so any changed byte is a different entry
-/// and gets the full check), with their claims, whose times, issuer and audience are checked again on every use.
-/// The answer to a token login carries the same token while at least half of its lifetime is left and the
-/// broker's active key signed it (no signing either), a fresh one otherwise.
+/// A reconnect with a token costs one signature check per broker process and token: verified tokens are remembered
+/// by a BLAKE2b digest of their whole text (so any changed byte is a different entry and gets the full check), with
+/// their claims, whose times, issuer and audience are checked again on every use. The answer to a token login
+/// carries the same token while at least half of its lifetime is left and the broker's active key signed it (no
+/// signing either), a fresh one otherwise.
 final class Authenticator {
     /// How many verified tokens are remembered (about 150 bytes each); expired ones are dropped when it is full, and
     /// all of them if that is not enough.
@@ -67,9 +67,9 @@ final class Authenticator {
         let now = clock.unixMilliseconds / 1000
         let claims = JWS.Claims(issuer: issuer, audience: Self.audience, subject: did, now: now,
                                 lifetime: tokenLifetimeSeconds)
-        let token = signer.sign(claims)
-        remember(token, claims, activeKey: true)
-        return (token, claims.expiresAt * 1000)
+        // Not remembered here: a token is remembered when it first comes back (so an idle connection's broker pays
+        // no memory for the token it was given).
+        return (signer.sign(claims), claims.expiresAt * 1000)
     }
 
     /// The token for the answer to a login with `presented`: the same token while at least half of its lifetime
