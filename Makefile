@@ -64,11 +64,12 @@ test: deps
 	$(MAKE) chaos-smoke
 	$(PYTHON) Tests/Browser/test_viewer_real.py $$($(SWIFT) build --show-bin-path)
 
-# The standard comparison (issue 6) and the rows of issue 12 (payloads 64 B/1 KiB/16 KiB at fixed rates, fan-out
-# 1 → 10,000, resume from a 10,000-message backlog; agentchat beside nats-server); rewrites the generated part of
-# docs/BENCHMARKS.md (~35 min on a quiet machine; REPEAT=1 EXTRAS= COMPARE= make bench for one run of the standard
-# comparison, ~8 min; STANDARD=0 COMPARE=resume make bench for one new row; BROKER_PROCESSES="1 2" adds the
-# 2-process broker's rows). More variables at the top of scripts/bench.sh.
+# The standard comparison (issue 6) and the rows of issue 12 (256 B at 100k and 300k deliveries/s, payloads 64 B/
+# 1 KiB/16 KiB at fixed rates, fan-out 1 → 10,000, resume from a 10,000-message backlog, token churn; agentchat
+# beside nats-server; agentchat also with --processes 2); rewrites the generated part of docs/BENCHMARKS.md (~50 min
+# on a quiet machine; REPEAT=1 EXTRAS= COMPARE= BROKER_PROCESSES=1 make bench for one run of the standard
+# comparison, ~8 min; STANDARD=0 COMPARE=resume make bench for one new row). More variables at the top of
+# scripts/bench.sh.
 bench: EXTRA_PACKAGES = $(BENCH_PACKAGES)
 bench: deps
 	SWIFT=$(SWIFT) scripts/bench.sh

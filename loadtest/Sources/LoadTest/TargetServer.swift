@@ -287,8 +287,10 @@ final class TargetServer {
             while p.isRunning && nowNs() < deadline { usleep(20_000) }
             if p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
             lt_unregister_child(p.processIdentifier)
-            // A server that crashed (or ended with an error) says so, in the run's output and its log's place.
-            if p.terminationReason == .uncaughtSignal || p.terminationStatus != 0 {
+            // An agentchat broker (or its Redis) that crashed or ended with an error says so, with its log's place.
+            // (The peers' own ways of ending on SIGTERM, nats-server's status 1 and the mirror's uncaught signal,
+            // are not reported.)
+            if kind == .agentchat, p.terminationReason == .uncaughtSignal || p.terminationStatus != 0 {
                 let how = p.terminationReason == .uncaughtSignal ? "signal \(p.terminationStatus)" : "status \(p.terminationStatus)"
                 FileHandle.standardError.write(Data("warning: \(kind.rawValue) process \(p.processIdentifier) (\(p.executableURL?.lastPathComponent ?? "?")) ended with \(how); log: \(directory)/server.log\n".utf8))
             }
