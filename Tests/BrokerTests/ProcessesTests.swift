@@ -9,23 +9,12 @@ import WebSocketClient
 
 /// A broker started with `--processes`: a supervisor and its workers on one port, on a test Redis.
 final class ProcessesFixture {
-    let redis: RedisServer
-    let broker: BrokerProcess
+    private let base: BrokerFixture
+    var redis: RedisServer { base.redis }
+    var broker: BrokerProcess { base.broker }
 
     init(processes: String = "2", _ extraArguments: [String] = []) throws {
-        redis = try RedisServer()
-        do {
-            broker = try BrokerProcess(extraArguments: ["--redis-url", "redis://127.0.0.1:\(redis.port)",
-                                                        "--processes", processes] + extraArguments)
-        } catch {
-            redis.stop()
-            throw error
-        }
-    }
-
-    deinit {
-        broker.stop()
-        redis.stop()
+        base = try BrokerFixture(["--processes", processes] + extraArguments)
     }
 
     /// The supervisor's live worker processes.
