@@ -26,17 +26,8 @@ import TestSupport
         let server = try RedisServer()
         defer { server.stop() }
         let loop = EventLoop.startThread()
-        let (connection, scripts) = try await loop.submit {
-            let connection = RedisConnection(loop: loop, endpoint: server.endpoint)
-            let scripts = RedisScripts(connection: connection)
-            scripts.register(ChannelStore.append)
-            connection.start()
-            return (OnLoop(loop: loop, connection), OnLoop(loop: loop, scripts))
-        }
-        defer {
-            loop.execute { scripts.release() }
-            shutDown(loop, closing: [connection])
-        }
+        let (connection, scripts) = try await makeScripts(loop, server.endpoint, registering: [ChannelStore.append])
+        defer { shutDown(loop, closing: [scripts, connection]) }
         try await waitConnected(connection)
         try await eventually("script loaded", on: loop) { scripts.value.sha(of: ChannelStore.append.name) != nil }
         _ = try await send(connection, ["HSET", "meta", "epoch", "1", "keyedEpoch", "1"])

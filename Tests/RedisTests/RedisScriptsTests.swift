@@ -18,17 +18,8 @@ import TestSupport
         let server = try RedisServer()
         defer { server.stop() }
         let loop = EventLoop.startThread()
-        let (connection, scripts) = try await loop.submit {
-            let connection = RedisConnection(loop: loop, endpoint: server.endpoint)
-            let scripts = RedisScripts(connection: connection)
-            scripts.register(Self.incrementBy)
-            connection.start()
-            return (OnLoop(loop: loop, connection), OnLoop(loop: loop, scripts))
-        }
-        defer {
-            loop.execute { scripts.release() }
-            shutDown(loop, closing: [connection])
-        }
+        let (connection, scripts) = try await makeScripts(loop, server.endpoint, registering: [Self.incrementBy])
+        defer { shutDown(loop, closing: [scripts, connection]) }
         try await waitConnected(connection)
         try await eventually("script loaded on connect", on: loop) { scripts.value.sha(of: "increment-by") != nil }
         let sha = try #require(try await loop.submit { scripts.value.sha(of: "increment-by") })
@@ -52,16 +43,8 @@ import TestSupport
         let server = try RedisServer()
         defer { server.stop() }
         let loop = EventLoop.startThread()
-        let (connection, scripts) = try await loop.submit {
-            let connection = RedisConnection(loop: loop, endpoint: server.endpoint)
-            let scripts = RedisScripts(connection: connection)
-            connection.start()
-            return (OnLoop(loop: loop, connection), OnLoop(loop: loop, scripts))
-        }
-        defer {
-            loop.execute { scripts.release() }
-            shutDown(loop, closing: [connection])
-        }
+        let (connection, scripts) = try await makeScripts(loop, server.endpoint)
+        defer { shutDown(loop, closing: [scripts, connection]) }
         try await waitConnected(connection)
         #expect(try await call(scripts, "nope") == .failure(.unknownScript("nope")))
 

@@ -74,6 +74,20 @@ func makeConnection(_ loop: EventLoop, _ endpoint: RedisEndpoint) async throws -
     }
 }
 
+/// Makes a started connection on `loop` with `RedisScripts` on it, `registering` registered before it starts (so
+/// they load on connect). Close both with `shutDown(loop, closing: [scripts, connection])`.
+func makeScripts(_ loop: EventLoop, _ endpoint: RedisEndpoint, registering: [RedisScript] = []) async throws
+    -> (connection: OnLoop<RedisConnection>, scripts: OnLoop<RedisScripts>)
+{
+    try await loop.submit {
+        let connection = RedisConnection(loop: loop, endpoint: endpoint)
+        let scripts = RedisScripts(connection: connection)
+        for script in registering { scripts.register(script) }
+        connection.start()
+        return (OnLoop(loop: loop, connection), OnLoop(loop: loop, scripts))
+    }
+}
+
 func waitConnected(_ connection: OnLoop<RedisConnection>) async throws {
     try await eventually("connected", on: connection.loop) { connection.value.state == .connected }
 }
