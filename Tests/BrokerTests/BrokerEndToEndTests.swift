@@ -18,6 +18,16 @@ final class BrokerFixture {
             redis.stop()
             throw error
         }
+        // Ready means serving: /health answers 200 once the broker's Redis connection is up, which on a busy machine
+        // can come a moment after the listening line (tests that check the broker is "unharmed" by /health failed
+        // on that in CI).
+        do {
+            _ = try waitForHealth(200, timeout: 30)
+        } catch {
+            broker.stop()
+            redis.stop()
+            throw error
+        }
     }
 
     deinit {
