@@ -17,7 +17,7 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run demo test clean bench bench-compare loadtest-smoke chaos chaos-smoke fuzz sanitize
+.PHONY: deps build run demo test clean bench bench-compare loadtest-smoke chaos chaos-smoke fuzz sanitize test-api
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
 deps:
@@ -63,6 +63,19 @@ test: deps
 	$(MAKE) loadtest-smoke
 	$(MAKE) chaos-smoke
 	$(PYTHON) Tests/Browser/test_viewer_real.py $$($(SWIFT) build --show-bin-path)
+	$(MAKE) test-api
+
+# The machine-readable API descriptions (docs/openapi.yaml, docs/asyncapi.yaml): scripts/check-api-descriptions.py
+# checks them against the golden frames, FrameType/ErrorCode/CloseCode.swift and the broker's routes; Tests/API runs
+# the checker's negative tests and schemathesis and hand-written requests against a real broker (debug build).
+API_PACKAGES := openapi-spec-validator schemathesis jsonschema referencing pyyaml pynacl requests asyncapi3 pytest
+export API_IMPORTS := import openapi_spec_validator, schemathesis, jsonschema, referencing, yaml, nacl.signing, requests, asyncapi3, pytest
+test-api:
+	$(PYTHON) -W ignore -c "$$API_IMPORTS" 2>/dev/null || $(PYTHON) -m pip install -q $(API_PACKAGES) \
+		|| $(PYTHON) -m pip install -q --break-system-packages $(API_PACKAGES)
+	$(SWIFT) build --product agentchat-broker
+	$(PYTHON) scripts/check-api-descriptions.py
+	AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/API
 
 # The standard comparison (issue 6) and the rows of issue 12 (256 B at 100k and 300k deliveries/s, payloads 64 B/
 # 1 KiB/16 KiB at fixed rates, fan-out 1 → 10,000, resume from a 10,000-message backlog, token churn; agentchat
