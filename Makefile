@@ -75,7 +75,8 @@ test-api:
 		|| $(PYTHON) -m pip install -q --break-system-packages $(API_PACKAGES)
 	$(SWIFT) build --product agentchat-broker
 	$(PYTHON) scripts/check-api-descriptions.py
-	AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/API
+	PYTHONDONTWRITEBYTECODE=1 AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest -q \
+		-p no:cacheprovider Tests/API
 
 # The standard comparison (issue 6) and the rows of issue 12 (256 B at 100k and 300k deliveries/s, payloads 64 B/
 # 1 KiB/16 KiB at fixed rates, fan-out 1 → 10,000, resume from a 10,000-message backlog, token churn; agentchat

@@ -9,8 +9,10 @@ import hmac
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -33,10 +35,15 @@ SCHEMATHESIS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance
 def schemathesis(document, url, *extra):
     # positive_data_acceptance is excluded: a schema-valid registration still needs a valid Ed25519 signature over
     # its fields, which random data never has (the broker rightly answers 400 bad_signature); the signed case is
-    # test_registration below.
-    return subprocess.run([sys.executable, "-m", "schemathesis.cli", "--config-file", CONFIG, "run", document, "--url", url, *SCHEMATHESIS,
-                           "-H", f"Origin: {ALLOWED_ORIGIN}", *extra],
-                          capture_output=True, text=True, timeout=300)
+    # test_registration below. It runs in a temporary directory: schemathesis keeps failures in .schemathesis/ in
+    # its working directory and replays them on the next run.
+    work = tempfile.mkdtemp(prefix="agentchat-schemathesis-")
+    try:
+        return subprocess.run([sys.executable, "-m", "schemathesis.cli", "--config-file", CONFIG, "run", document,
+                               "--url", url, *SCHEMATHESIS, "-H", f"Origin: {ALLOWED_ORIGIN}", *extra],
+                              capture_output=True, text=True, timeout=300, cwd=work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_schemathesis_finds_no_failure(broker):
