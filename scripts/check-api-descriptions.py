@@ -22,9 +22,6 @@ Exits 1 and lists every problem found, 0 when there is none. What it checks:
 - Every frame type has golden frames and a message, in both directions, and no message lacks golden frames.
 - The frame types and their directions equal Sources/Protocol/FrameType.swift; the error codes in both documents
   equal Sources/Protocol/ErrorCode.swift; the close codes equal Sources/Protocol/CloseCode.swift.
-
-Frame types in PENDING (the read-cursor frames, specified ahead of the code) may be missing from FrameType.swift
-and from Tests/Golden while both lack them; once FrameType.swift has one, it is checked like any other.
 """
 import copy
 import json
@@ -37,9 +34,6 @@ import jsonschema
 import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
-
-# Described in docs/asyncapi.yaml ahead of the code (/work/cursor-spec.md → docs/PROTOCOL.md "Read cursors").
-PENDING = {"cursor.set": "client", "unread.list": "client", "cursor": "server", "unread": "server"}
 
 ASYNCAPI_URI = "urn:agentchat:asyncapi"
 
@@ -372,15 +366,9 @@ def check_golden(messages, root):
     for direction in ("client", "server"):
         described = set(getattr(messages, direction))
         for frame_type in sorted(described - seen[direction]):
-            if PENDING.get(frame_type) == direction and not pending_landed(root, frame_type):
-                continue
             problems.append(f"asyncapi.yaml: the {direction} message {frame_type!r} has no golden frame in "
                             f"Tests/Golden/{direction}")
     return problems
-
-
-def pending_landed(root, frame_type):
-    return frame_type in swift_frame_types(root)
 
 
 def check_frame_types(messages, root):
@@ -392,8 +380,6 @@ def check_frame_types(messages, root):
         for frame_type in sorted(in_swift - described):
             problems.append(f"asyncapi.yaml: FrameType.swift has {frame_type!r} ({direction} side), no message")
         for frame_type in sorted(described - in_swift):
-            if PENDING.get(frame_type) == direction and frame_type not in swift:
-                continue
             problems.append(f"asyncapi.yaml: {direction} message {frame_type!r} is not a {direction} frame type in "
                             f"FrameType.swift")
     return problems
@@ -433,9 +419,8 @@ def main():
         return 1
     swift = swift_frame_types(root)
     golden = sum(1 for kind in ("client", "server", "refused") for _ in golden_frames(root, kind))
-    pending = sorted(t for t in PENDING if t not in swift)
     print(f"check-api-descriptions: openapi.yaml and asyncapi.yaml agree with the code ({len(swift)} frame types, "
-          f"{golden} golden frames)" + (f"; described ahead of the code: {', '.join(pending)}" if pending else ""))
+          f"{golden} golden frames)")
     return 0
 
 

@@ -187,10 +187,11 @@ def test_swift_drift_is_reported(checker, tmp_path):
         "    // Peeks.", '    public static let teapot = ErrorCode(rawValue: "teapot")\n    // Peeks.'))
     frame_types = tmp_path / "Sources/Protocol/FrameType.swift"
     frame_types.write_text(frame_types.read_text().replace("    case earnings\n",
-                                                          '    case earnings\n    case cursorSet = "cursor.set"\n'))
+                                                          '    case earnings\n    case teleport = "tele.port"\n'))
+    os.remove(tmp_path / "Tests/Golden/server/cursor.json")
     (tmp_path / "Sources/Broker/Web/extra.js").write_text("//")
     problems = checker.check_all(root)
     assert any("teapot is in the Swift sources" in p for p in problems), problems
-    # cursor.set is described ahead of the code; once FrameType.swift has it, it needs golden frames.
-    assert any("'cursor.set' has no golden frame" in p for p in problems), problems
+    assert any("FrameType.swift has 'tele.port' (client side), no message" in p for p in problems), problems
+    assert any("server message 'cursor' has no golden frame" in p for p in problems), problems
     assert any("serves /extra.js" in p for p in problems), problems
