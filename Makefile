@@ -76,7 +76,7 @@ test-api:
 	$(SWIFT) build --product agentchat-broker
 	$(PYTHON) scripts/check-api-descriptions.py
 	PYTHONDONTWRITEBYTECODE=1 AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest -q \
-		-p no:cacheprovider Tests/API
+		-p no:cacheprovider -p no:benchmark -p no:hypothesispytest Tests/API
 
 # The standard comparison (issue 6) and the rows of issue 12 (256 B at 100k and 300k deliveries/s, payloads 64 B/
 # 1 KiB/16 KiB at fixed rates, fan-out 1 → 10,000, resume from a 10,000-message backlog, token churn; agentchat
