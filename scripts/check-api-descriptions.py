@@ -7,7 +7,7 @@ Exits 1 and lists every problem found, 0 when there is none. What it checks:
 
 - openapi.yaml is valid OpenAPI 3.1 (openapi-spec-validator), and its paths and methods are the broker's routes:
   those Sources/AgentChatCore/FrameRouter.swift adds, and every file of Sources/Broker/Web (with `/` for
-  index.html). HEAD is described wherever GET is (the router serves it).
+  index.html). HEAD is described wherever GET is (the router serves it). Its JSON examples match their schemas.
 - asyncapi.yaml is a valid AsyncAPI 3.0 document: the `asyncapi3` models (PyPI; pydantic models of the 3.0
   specification, extensions must start with `x-`), plus checks of our own: `asyncapi: 3.0.0`, every `$ref`
   resolves, every operation names a channel of the document and messages of that channel (replies too), every
@@ -33,7 +33,7 @@ import warnings
 import jsonschema
 import yaml
 from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT7
+from referencing.jsonschema import DRAFT7, DRAFT202012
 
 ASYNCAPI_URI = "urn:agentchat:asyncapi"
 
@@ -132,7 +132,47 @@ def check_openapi(doc, root):
         problems.append(f"openapi.yaml: {path} is described, the broker does not serve it")
     enum = doc.get("components", {}).get("schemas", {}).get("ErrorCode", {}).get("enum")
     problems += compare_codes("openapi.yaml ErrorCode", enum, swift_error_codes(root))
+    problems += check_openapi_examples(doc)
     return problems
+
+
+def check_openapi_examples(doc):
+    """Every example of a JSON body validates against the body's schema (the validator does not check them)."""
+    problems = []
+    registry = Registry().with_resource("urn:agentchat:openapi",
+                                        Resource.from_contents(doc, default_specification=DRAFT202012))
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for media, content in (node.get("content") or {}).items() if isinstance(node.get("content"), dict) else []:
+                if media != "application/json" or not isinstance(content, dict) or "schema" not in content:
+                    continue
+                examples = ([content["example"]] if "example" in content else []) + [
+                    e.get("value") for e in (content.get("examples") or {}).values()]
+                validator = jsonschema.Draft202012Validator(rebase(content["schema"], "urn:agentchat:openapi"),
+                                                            registry=registry)
+                for example in examples:
+                    for error in validator.iter_errors(example):
+                        problems.append(f"openapi.yaml: {where}/content/{media}: the example {json.dumps(example)} "
+                                        f"does not match the schema: {error.message}")
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}/{index}")
+
+    walk(doc, "#")
+    return problems
+
+
+def rebase(schema, uri):
+    """A schema whose `#/…` references point into the document at `uri`."""
+    if isinstance(schema, dict):
+        return {k: (uri + v if k == "$ref" and isinstance(v, str) and v.startswith("#") else rebase(v, uri))
+                for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [rebase(v, uri) for v in schema]
+    return schema
 
 
 def compare_codes(where, described, actual):

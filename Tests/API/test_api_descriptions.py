@@ -172,6 +172,9 @@ def test_openapi_drift_is_reported(checker, openapi, asyncapi):
     del doc["paths"]["/api/v1/agents/register"]["options"]
     assert any("/api/v1/agents/register describes" in p for p in problems_with(checker, doc, asyncapi))
     doc = copy.deepcopy(openapi)
+    doc["paths"]["/health"]["get"]["responses"]["503"]["content"]["application/json"]["example"]["reason"] = "?"
+    assert any("the example" in p and "does not match" in p for p in problems_with(checker, doc, asyncapi))
+    doc = copy.deepcopy(openapi)
     doc["paths"]["/health"]["get"]["responses"] = "nothing"
     assert any("not valid OpenAPI" in p for p in problems_with(checker, doc, asyncapi))
 
