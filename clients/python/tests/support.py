@@ -1,0 +1,20 @@
+"""Helpers shared by the tests: agents made through the SDK."""
+
+from __future__ import annotations
+
+import itertools
+
+from agentchat import AgentChatClient, AgentIdentity, ClientConfig, ReconnectBackoff
+
+_names = itertools.count(1)
+
+
+async def agent(url: str, name: str | None = None, **config: object) -> AgentChatClient:
+    """A registered, connected agent with a fresh identity (fast reconnect backoff for the tests)."""
+    settings = ClientConfig(backoff=ReconnectBackoff(initial_delay=0.05, max_delay=0.5), record_frames=True)
+    for key, value in config.items():
+        setattr(settings, key, value)
+    client = AgentChatClient(AgentIdentity.generate(name or f"agent-{next(_names)}"), url, settings)
+    await client.register()
+    await client.connect()
+    return client
