@@ -18,3 +18,17 @@ async def agent(url: str, name: str | None = None, **config: object) -> AgentCha
     await client.register()
     await client.connect()
     return client
+
+
+def drop(client: AgentChatClient) -> None:
+    """Cuts the client's TCP connection without a closing handshake (as a network fault would)."""
+    ws = client._ws
+    assert ws is not None, "not connected"
+    ws.transport.abort()
+
+
+async def wait_for(predicate, what: str, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)

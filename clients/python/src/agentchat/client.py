@@ -313,6 +313,7 @@ class AgentChatClient:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._workers: set[asyncio.Task[None]] = set()
         self._states: _Broadcast[ConnectionState] = _Broadcast()
         self._unsolicited: _Broadcast[dict[str, Any]] = _Broadcast()
         self._peek_events: _Broadcast[PeekEvent] = _Broadcast()
@@ -631,8 +632,9 @@ class AgentChatClient:
         except Exception as e:  # noqa: BLE001 - any failure of the socket ends the connection
             reason = repr(e)
         finally:
-            if ws.close_rcvd is not None:
-                close_code, reason = ws.close_rcvd.code, ws.close_rcvd.reason or "closed by the broker"
+            received = ws.protocol.close_rcvd
+            if received is not None:
+                close_code, reason = received.code, received.reason or "closed by the broker"
             self._on_closed(generation, close_code, reason or "connection lost")
 
     def _dispatch(self, frame: dict[str, Any]) -> None:
@@ -697,6 +699,7 @@ class AgentChatClient:
     # ------------------------------------------------------------------ reconnecting
 
     def _start_reconnecting(self) -> None:
+        self._set_state(ConnectionState.RECONNECTING)  # at once: nothing may take the old connection as live
         if self._reconnect_task is None:
             self._reconnect_task = self._spawn(self._reconnect_loop())
 
@@ -1038,7 +1041,10 @@ class AgentChatClient:
         inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         output: asyncio.Queue[SubscriptionEvent | None] = asyncio.Queue()
         self._subscriptions[channel] = _SubscriptionState(token, since, history_epoch, since, inbox)
-        worker = self._spawn(self._subscription_worker(channel, inbox, output))
+        # Not in self._tasks: close() lets workers deliver the end of their subscription instead of cancelling them.
+        worker = asyncio.get_running_loop().create_task(self._subscription_worker(channel, inbox, output))
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
         subscription = Subscription(self, channel, token, output, worker)
         try:
             await self.request(frames.channel_subscribe(channel, since, history_epoch))
