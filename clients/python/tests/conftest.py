@@ -105,9 +105,9 @@ class Broker:
             return f.read()[-2000:]
 
     def cli(self, *args: str, identity: str, json_output: bool = True, timeout: float = 60,
-            check: bool = True) -> Any:
-        """Runs the Swift CLI (`agentchat`) against this broker; with json_output, parses its stdout (one object, or
-        one object per line)."""
+            check: bool = True, lines: bool = False) -> Any:
+        """Runs the Swift CLI (`agentchat`) against this broker; with json_output, parses its stdout: one object, or
+        with `lines` a list of one object per line (`history`, `listen`)."""
         command = [self.cli_binary, *args, "--server", self.url, "--identity", identity]
         if json_output:
             command.append("--json")
@@ -116,11 +116,9 @@ class Broker:
             raise AssertionError(f"agentchat {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
         if not json_output or not check:
             return result
-        lines = [line for line in result.stdout.splitlines() if line.strip()]
-        try:
-            return json.loads(result.stdout)
-        except ValueError:
-            return [json.loads(line) for line in lines]
+        if lines:
+            return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        return json.loads(result.stdout)
 
     def cleanup(self) -> None:
         self.stop()
