@@ -23,8 +23,13 @@ from typing import Any
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))  # test the tree's code, not a stale install
+SOURCE = os.path.join(os.path.dirname(HERE), "src")
 REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+# `make test-python` installs the package (pip install ./clients/python) and tests that install; otherwise the tree's
+# code is tested, never a stale install.
+INSTALLED = os.environ.get("AGENTCHAT_TEST_INSTALLED") == "1"
+if not INSTALLED:
+    sys.path.insert(0, SOURCE)
 
 # Short peek windows (seconds) so the paid-peek tests run in a few seconds.
 PEEK_REFUSAL_WINDOW = 1
