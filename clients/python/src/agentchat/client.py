@@ -471,7 +471,16 @@ class AgentChatClient:
         if not self._establishing:
             self._connect_task = asyncio.get_running_loop().create_task(self._establish())
         assert self._connect_task is not None
-        return await asyncio.shield(self._connect_task)
+        try:
+            return await asyncio.shield(self._connect_task)
+        except AgentChatError:
+            raise
+        except asyncio.CancelledError:
+            if self._closed:
+                raise AgentChatError.closed() from None
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever broke the login is a network failure to the caller
+            raise AgentChatError.network(f"login failed: {e!r}") from None
 
     async def _establish(self) -> AgentProfile:
         self._set_state(ConnectionState.CONNECTING)
@@ -522,7 +531,7 @@ class AgentChatClient:
         except websockets.exceptions.InvalidStatus as e:
             response = e.response
             raise self._http_error(response.status_code, {k.lower(): v for k, v in response.headers.raw_items()},
-                                   response.body or b"") from None
+                                   bytes(response.body or b"")) from None
         except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as e:
             raise AgentChatError.network(f"cannot open a WebSocket to {self.server}: {e!r}") from None
         if ws.subprotocol != SUBPROTOCOL:
@@ -966,7 +975,7 @@ class AgentChatClient:
                 or not isinstance(envelopes, dict) or not isinstance(sender, str) \
                 or not all(isinstance(k, str) and isinstance(v, str) for k, v in envelopes.items()):
             raise refuse("the answer is not the requested key set")
-        signature = b64url_decode(reply.get("signature")) if isinstance(reply.get("signature"), str) else None
+        signature = b64url_decode(reply.get("signature"))
         if signature is None:
             raise refuse("the signature is not base64url")
         if not verify_signature(sender, signature, key_set_signed_bytes(channel, epoch, envelopes)):

@@ -17,8 +17,8 @@ def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
-def b64url_decode(text: str) -> bytes | None:
-    """Decodes base64url without padding; None for padding, ``+``, ``/``, whitespace, a bad length or
+def b64url_decode(text: object) -> bytes | None:
+    """Decodes base64url without padding; None for anything but a string, for padding, ``+``, ``/``, whitespace, a bad length or
     non-canonical trailing bits (the broker refuses all of these, so there is one encoding per value)."""
     if not isinstance(text, str) or _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
         return None

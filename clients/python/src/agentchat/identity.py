@@ -140,11 +140,10 @@ class AgentIdentity:
             raise invalid('no integer "version"')
         if version != FILE_VERSION:
             raise invalid(f"unsupported version {version}")
-        seed = b64url_decode(value.get("signingSeed", None)) if isinstance(value.get("signingSeed"), str) else None
+        seed = b64url_decode(value.get("signingSeed"))
         if seed is None or len(seed) != 32:
             raise invalid('"signingSeed" must be 32 bytes of base64url')
-        secret = (b64url_decode(value["encryptionSecret"])
-                  if isinstance(value.get("encryptionSecret"), str) else None)
+        secret = b64url_decode(value.get("encryptionSecret"))
         if secret is None or len(secret) != 32:
             raise invalid('"encryptionSecret" must be 32 bytes of base64url')
         did = value.get("did")
