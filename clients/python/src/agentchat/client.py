@@ -148,11 +148,16 @@ class _Broadcast(Generic[T]):
         for q in self._queues:
             q.put_nowait(self._END)
 
-    async def stream(self) -> AsyncIterator[T]:
+    def stream(self) -> AsyncIterator[T]:
+        """An iterator of every value published from now on (registered at once, not at the first ``anext``)."""
         q: asyncio.Queue[Any] = asyncio.Queue()
         if self._finished:
-            return
-        self._queues.append(q)
+            q.put_nowait(self._END)
+        else:
+            self._queues.append(q)
+        return self._drain(q)
+
+    async def _drain(self, q: asyncio.Queue[Any]) -> AsyncIterator[T]:
         try:
             while True:
                 value = await q.get()
