@@ -244,3 +244,63 @@ async def test_errors_carry_the_broker_code(broker) -> None:
         assert again.value.http_status == 409
     finally:
         await alice.close()
+
+
+async def test_stale_epoch_rekeys_and_keys_exist_fetches(broker) -> None:
+    alice = await agent(broker.url)
+    bob = await agent(broker.url)
+    try:
+        channel = await alice.create_channel("epochs")
+        await alice.send(channel.id, "epoch 1")
+        await alice.invite(channel.id, bob.did)
+        await bob.join(channel.id)  # epoch 2, keyed by bob; alice is not subscribed and still holds epoch 1
+        receipt = await alice.send(channel.id, "epoch 2")
+        assert receipt.epoch == channel.epoch + 1
+        assert alice.statistics.stale_epoch_retries == 1 and alice.statistics.keys_fetched == 1
+        # keys_exist: alice, with a stale view (the epoch unkeyed), tries to publish; the broker refuses; she
+        # fetches the set that exists instead.
+        await bob.rotate(channel.id)
+        real_describe = alice.describe
+
+        async def stale_describe(channel_id: str):  # type: ignore[no-untyped-def]
+            d = await real_describe(channel_id)
+            from dataclasses import replace
+            return replace(d, keyed_epoch=d.epoch - 1)
+
+        alice.describe = stale_describe  # type: ignore[method-assign]
+        published = alice.statistics.keys_published
+        rotated = await alice.send(channel.id, "epoch 3")
+        assert rotated.epoch == receipt.epoch + 1 and alice.statistics.keys_published == published
+        history = await bob.history(channel.id)
+        assert [m.failure for m in history] == ["key_unavailable", None, None]  # bob joined after epoch 1
+        assert [m.text for m in history[1:]] == ["epoch 2", "epoch 3"]
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_an_envelope_that_does_not_open_starts_a_new_epoch(broker) -> None:
+    """A key set whose envelope for bob is sealed to another key (the broker checks only sizes and coverage):
+    bob cannot use the epoch, so his SDK rotates and keys the next one, as the Swift SDK does."""
+    from agentchat import AgentIdentity, frames
+    from agentchat.crypto import key_set_signed_bytes, seal_key
+    from agentchat.encoding import b64url_decode, b64url_encode
+
+    alice = await agent(broker.url)
+    bob = await agent(broker.url)
+    try:
+        channel = await alice.create_channel("bad envelope", members=[bob.did])
+        await alice.rotate(channel.id, keying=False)
+        d = await alice.describe(channel.id)
+        key, mallory = b"k" * 32, AgentIdentity.generate()
+        envelopes = {m.did: b64url_encode(seal_key(key, (b64url_decode(m.encryption_key) or b"")
+                                                   if m.did != bob.did else mallory.encryption_public_key))
+                     for m in d.members}
+        await alice.request(frames.channel_keys(d.id, d.epoch, envelopes, b64url_encode(
+            alice.identity.sign(key_set_signed_bytes(d.id, d.epoch, envelopes)))))
+        sent = await bob.send(channel.id, "in a fresh epoch")
+        assert sent.epoch == d.epoch + 1
+        assert [m.text for m in await alice.history(channel.id)] == ["in a fresh epoch"]
+    finally:
+        await alice.close()
+        await bob.close()
