@@ -32,3 +32,18 @@ async def wait_for(predicate, what: str, timeout: float = 15) -> None:  # type: 
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.02)
+
+
+async def eventually(read, predicate, what: str, timeout: float = 15):  # type: ignore[no-untyped-def]
+    """Calls `await read()` until `predicate` holds for its value; returns that value (fails after `timeout`)."""
+    import asyncio
+    value = None
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                value = await read()
+                if predicate(value):
+                    return value
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"{what}: last value {value!r}") from None

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agentchat import (AgentChatError, ChannelMessage, ChannelResume, MembershipEvent, MessageVerificationError,
+from agentchat import (AgentChatError, ChannelResume, MembershipEvent, MessageVerificationError,
                        SubscriptionEnded)
 from support import agent
 

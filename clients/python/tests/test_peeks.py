@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any
 
 import websockets
@@ -16,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from agentchat import PeekEvent, PeekPolicy
 from agentchat.crypto import open_message_ciphertext, unwrap_grant, verify_grant
 from agentchat.encoding import b64url_decode, b64url_encode
-from support import agent, wait_for
+from support import agent, eventually, wait_for
 
 
 class Viewer:
@@ -86,12 +85,9 @@ async def test_refusal_then_grant_then_rotation_and_earnings(broker) -> None:
         await wait_for(lambda: any(e.kind == "refused" for e in alice_events), "alice's refusal event")
         assert any(e.kind == "update" and e.view is not None and e.view.phase == "pending" for e in bob_events)
         # 70% of 100 cents shared by the two members.
-        for _ in range(100):
-            if (await alice.earnings()).balance_cents == 35:
-                break
-            await asyncio.sleep(0.05)
-        earned = await alice.earnings(limit=10)
-        assert earned.balance_cents == 35 and earned.entries[0].channel == channel.id
+        earned = await eventually(lambda: alice.earnings(limit=10), lambda e: e.balance_cents == 35,
+                                  "alice's share of the refusal fee")
+        assert earned.entries[0].channel == channel.id and earned.entries[0].cents == 35
 
         # 2. Everyone grants (the default): a member's grant reaches the viewer, who verifies and opens it.
         alice.set_peek_policy(None, channel.id)
@@ -127,11 +123,7 @@ async def test_refusal_then_grant_then_rotation_and_earnings(broker) -> None:
         assert not [e for e in alice_events + bob_events if e.kind == "failed"], \
             [e.error for e in alice_events + bob_events if e.kind == "failed"]
         # 70% of 500 cents more, shared by two: 175 each.
-        for _ in range(100):
-            if (await bob.earnings()).balance_cents == 35 + 175:
-                break
-            await asyncio.sleep(0.05)
-        assert (await bob.earnings()).balance_cents == 210
+        await eventually(bob.earnings, lambda e: e.balance_cents == 35 + 175, "bob's shares of fee and price")
     finally:
         for w in watchers:
             w.cancel()

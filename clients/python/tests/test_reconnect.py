@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agentchat import (AgentChatClient, AgentChatError, AgentIdentity, ChannelMessage, ChannelResume, ClientConfig,
+from agentchat import (AgentChatClient, AgentChatError, AgentIdentity, ChannelMessage, ChannelResume,
                        ConnectionState, SessionToken)
 from support import agent, drop, wait_for
 

@@ -10,8 +10,9 @@
             print(message.sender, message.text)
 """
 
-from .client import (SUBPROTOCOL, AgentChatClient, ClientConfig, ConnectionState, PeekDecision, PeekPolicy,
-                     ReconnectBackoff, Subscription, SubscriptionEvent)
+from .client import SUBPROTOCOL, AgentChatClient
+from .config import ClientConfig, ConnectionState, PeekDecider, PeekDecision, PeekPolicy, ReconnectBackoff
+from .subscription import Subscription, SubscriptionEvent
 from .crypto import RegistrationCheck
 from .errors import AgentChatError, Category, Codes, MessageVerificationError
 from .identity import AgentIdentity, did_from_signing_key, signing_key_from_did
@@ -20,7 +21,7 @@ from .types import (AgentProfile, ChannelDescription, ChannelMember, ChannelMess
                     ReadCursor, SendReceipt, SessionToken, SubscriptionEnded)
 
 __all__ = [
-    "SUBPROTOCOL", "AgentChatClient", "ClientConfig", "ConnectionState", "PeekDecision", "PeekPolicy",
+    "SUBPROTOCOL", "AgentChatClient", "ClientConfig", "ConnectionState", "PeekDecider", "PeekDecision", "PeekPolicy",
     "ReconnectBackoff", "Subscription", "SubscriptionEvent", "RegistrationCheck", "AgentChatError", "Category",
     "Codes", "MessageVerificationError", "AgentIdentity", "did_from_signing_key", "signing_key_from_did",
     "AgentProfile", "ChannelDescription", "ChannelMember", "ChannelMessage", "ChannelResume", "ChannelStatistics",

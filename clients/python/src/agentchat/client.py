@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 import os
 import random
@@ -31,8 +30,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import websockets
@@ -47,87 +46,16 @@ from .crypto import (KEY_LENGTH, MAX_CIPHERTEXT_BYTES, MAX_CLIENT_MESSAGE_ID_BYT
 from .encoding import b64url_decode, b64url_encode
 from .errors import AgentChatError, Category, Codes
 from .identity import AgentIdentity, verify_signature
+from .config import ClientConfig, ConnectionState, PeekDecider, PeekDecision, PeekPolicy
+from .subscription import Subscription, SubscriptionEvent, _SubscriptionState
 from .types import (AgentProfile, ChannelDescription, ChannelMessage, ChannelResume, ChannelStatistics, Earnings,
                     EarningsEntry, MembershipEvent, PeekEvent, PeekView, Pong, ReadCursor, SendReceipt, SessionToken,
                     SubscriptionEnded)
 
-__all__ = ["AgentChatClient", "ClientConfig", "ConnectionState", "ReconnectBackoff", "PeekPolicy", "PeekDecision",
-           "Subscription", "SubscriptionEvent", "SUBPROTOCOL"]
+__all__ = ["AgentChatClient", "SUBPROTOCOL"]
 
 SUBPROTOCOL = "agentchat.v1"
 T = TypeVar("T")
-SubscriptionEvent = ChannelMessage | ChannelResume | MembershipEvent | SubscriptionEnded
-
-
-class ConnectionState(enum.Enum):
-    DISCONNECTED = "disconnected"
-    CONNECTING = "connecting"
-    AUTHENTICATING = "authenticating"
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"
-    """The connection dropped; a new attempt follows after a backoff delay."""
-    FAILED = "failed"
-    """Reconnection gave up: the broker refused the identity, or the attempts ran out."""
-    CLOSED = "closed"
-
-
-class PeekPolicy(enum.Enum):
-    """What the SDK does by itself with a paid peek of one of the agent's channels (as the Swift SDK)."""
-
-    GRANT = "grant"
-    """Default: when the peek awaits a grant, wrap the current epoch's key for the viewer and send ``peek.grant``."""
-    REFUSE = "refuse"
-    """Refuse every pending peek (``peek.refuse``); never grant."""
-    ASK = "ask"
-    """Ask the decider (:meth:`AgentChatClient.set_peek_decider`) until the refusal window closes; no answer in
-    time counts as grant."""
-
-
-class PeekDecision(enum.Enum):
-    GRANT = "grant"
-    REFUSE = "refuse"
-
-
-PeekDecider = Callable[[PeekView], Awaitable[PeekDecision]]
-
-
-@dataclass
-class ReconnectBackoff:
-    """Exponential backoff with full jitter: attempt ``n`` waits uniformly in
-    ``0 … min(max_delay, initial_delay * multiplier**(n-1))`` seconds."""
-
-    initial_delay: float = 0.2
-    max_delay: float = 10.0
-    multiplier: float = 2.0
-    #: Give up after this many failed attempts; None retries forever.
-    max_attempts: int | None = None
-
-    def ceiling(self, attempt: int) -> float:
-        value, n = self.initial_delay, 1
-        while n < attempt and value < self.max_delay:
-            value *= self.multiplier
-            n += 1
-        return min(value, self.max_delay)
-
-    def delay(self, attempt: int) -> float:
-        top = self.ceiling(attempt)
-        return random.uniform(0, top) if top > 0 else 0.0
-
-
-@dataclass
-class ClientConfig:
-    #: Seconds for the TCP connection and WebSocket upgrade, and for the HTTP registration.
-    connect_timeout: float = 10.0
-    #: Seconds to wait for the answer to a request (including ``hello`` and ``auth``).
-    request_timeout: float = 10.0
-    #: Reconnect automatically after a logged-in connection drops.
-    auto_reconnect: bool = True
-    backoff: ReconnectBackoff = field(default_factory=ReconnectBackoff)
-    #: A stored token is used only if it stays valid at least this many more seconds.
-    token_expiry_margin: float = 5.0
-    peek_policy: PeekPolicy = PeekPolicy.GRANT
-    #: Keep every frame written in ``AgentChatClient.sent_frames`` (tests; it holds signatures and tokens).
-    record_frames: bool = False
 
 
 class _Broadcast(Generic[T]):
@@ -167,76 +95,6 @@ class _Broadcast(Generic[T]):
         finally:
             with contextlib.suppress(ValueError):
                 self._queues.remove(q)
-
-
-@dataclass
-class _SubscriptionState:
-    token: int
-    #: The highest offset received from the broker (queued for the worker); None before the first ``subscribed``.
-    last_received: int | None
-    history_epoch: str | None
-    #: The ``since`` of the latest subscribe request.
-    requested_since: int | None
-    inbox: asyncio.Queue[tuple[str, Any]]
-    is_reconnect: bool = False
-    #: The next item may skip offsets: the broker said it could not recover everything.
-    accepts_jump: bool = False
-    #: A gap was seen and a new ``channel.subscribe`` is on its way: items are dropped until its ``subscribed``.
-    repairing: bool = False
-
-
-class Subscription:
-    """A channel subscription: iterate it (``async for event in sub``) for :class:`ChannelResume` (first, and after
-    every resubscription), :class:`ChannelMessage` in offset order, :class:`MembershipEvent`, and a final
-    :class:`SubscriptionEnded`. :meth:`messages` yields the messages only. :meth:`close` unsubscribes."""
-
-    def __init__(self, client: AgentChatClient, channel: str, token: int,
-                 output: asyncio.Queue[SubscriptionEvent | None], worker: asyncio.Task[None]) -> None:
-        self.channel = channel
-        self._client = client
-        self._token = token
-        self._output = output
-        self._worker = worker
-        self._done = False
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> SubscriptionEvent:
-        if self._done:
-            raise StopAsyncIteration
-        event = await self._output.get()
-        if event is None:
-            self._done = True
-            raise StopAsyncIteration
-        return event
-
-    async def next_message(self, timeout: float | None = None) -> ChannelMessage:
-        """The next message (skipping other events); raises the end's error if the subscription ends first, and
-        ``timeout`` if none arrives in time."""
-        async with asyncio.timeout(timeout):
-            async for event in self:
-                if isinstance(event, ChannelMessage):
-                    return event
-                if isinstance(event, SubscriptionEnded):
-                    raise event.error
-        raise AgentChatError.closed()
-
-    async def messages(self) -> AsyncIterator[ChannelMessage]:
-        """The messages only (ends with the subscription)."""
-        async for event in self:
-            if isinstance(event, ChannelMessage):
-                yield event
-
-    async def close(self) -> None:
-        """Unsubscribes (``channel.unsubscribe``) and ends iteration."""
-        await self._client._end_subscription_by_token(self.channel, self._token)
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 @dataclass

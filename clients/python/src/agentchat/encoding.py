@@ -18,8 +18,8 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(text: object) -> bytes | None:
-    """Decodes base64url without padding; None for anything but a string, for padding, ``+``, ``/``, whitespace, a bad length or
-    non-canonical trailing bits (the broker refuses all of these, so there is one encoding per value)."""
+    """Decodes base64url without padding; None for anything but a string, for padding, ``+``, ``/``, whitespace,
+    a bad length or non-canonical trailing bits (the broker refuses all of these, so there is one encoding per value)."""
     if not isinstance(text, str) or _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
         return None
     raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
