@@ -39,6 +39,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
 from . import frames
+from .config import ClientConfig, ConnectionState, PeekDecider, PeekDecision, PeekPolicy
 from .crypto import (KEY_LENGTH, MAX_CIPHERTEXT_BYTES, MAX_CLIENT_MESSAGE_ID_BYTES, NONCE_LENGTH, TAG_LENGTH,
                      RegistrationCheck, auth_signed_bytes, is_valid_client_message_id, is_valid_name,
                      key_set_signed_bytes, message_signed_bytes, open_message_ciphertext, open_sealed_key,
@@ -46,7 +47,6 @@ from .crypto import (KEY_LENGTH, MAX_CIPHERTEXT_BYTES, MAX_CLIENT_MESSAGE_ID_BYT
 from .encoding import b64url_decode, b64url_encode
 from .errors import AgentChatError, Category, Codes
 from .identity import AgentIdentity, verify_signature
-from .config import ClientConfig, ConnectionState, PeekDecider, PeekDecision, PeekPolicy
 from .subscription import Subscription, SubscriptionEvent, _SubscriptionState
 from .types import (AgentProfile, ChannelDescription, ChannelMessage, ChannelResume, ChannelStatistics, Earnings,
                     EarningsEntry, MembershipEvent, PeekEvent, PeekView, Pong, ReadCursor, SendReceipt, SessionToken,
@@ -59,9 +59,11 @@ T = TypeVar("T")
 
 
 class _Broadcast(Generic[T]):
-    """Fans values out to any number of async iterators (each with its own queue)."""
+    """Fans values out to any number of async iterators, each with its own queue of at most ``LIMIT`` values (an
+    iterator nobody reads keeps the newest)."""
 
     _END: Any = object()
+    LIMIT = 1024
 
     def __init__(self) -> None:
         self._queues: list[asyncio.Queue[Any]] = []
@@ -69,6 +71,8 @@ class _Broadcast(Generic[T]):
 
     def publish(self, value: T) -> None:
         for q in self._queues:
+            if q.qsize() >= self.LIMIT:
+                q.get_nowait()
             q.put_nowait(value)
 
     def finish(self) -> None:
