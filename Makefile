@@ -17,7 +17,7 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run demo test clean bench bench-compare loadtest-smoke chaos chaos-smoke fuzz sanitize
+.PHONY: deps build run demo test test-python clean bench bench-compare loadtest-smoke chaos chaos-smoke fuzz sanitize
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
 deps:
@@ -63,6 +63,19 @@ test: deps
 	$(MAKE) loadtest-smoke
 	$(MAKE) chaos-smoke
 	$(PYTHON) Tests/Browser/test_viewer_real.py $$($(SWIFT) build --show-bin-path)
+	$(MAKE) test-python
+
+# The Python SDK (clients/python, package agentchat): installs it from the tree with pip (with its PyPI
+# dependencies: websockets, PyNaCl, cryptography) and pytest, builds the broker and the Swift CLI (debug), and runs
+# its tests against them: real brokers with embedded Redis, the CLI as the Swift agent (~15 s).
+PYTHON_SDK_PACKAGES := ./clients/python pytest
+test-python: deps
+	$(PYTHON) -m pip install -q $(PYTHON_SDK_PACKAGES) \
+		|| $(PYTHON) -m pip install -q --break-system-packages $(PYTHON_SDK_PACKAGES)
+	$(SWIFT) build --product agentchat-broker
+	$(SWIFT) build --product agentchat
+	AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) AGENTCHAT_TEST_INSTALLED=1 \
+		$(PYTHON) -m pytest -q -p no:cacheprovider clients/python/tests
 
 # The standard comparison (issue 6) and the rows of issue 12 (256 B at 100k and 300k deliveries/s, payloads 64 B/
 # 1 KiB/16 KiB at fixed rates, fan-out 1 → 10,000, resume from a 10,000-message backlog, token churn; agentchat
