@@ -129,6 +129,35 @@ extension AgentChatClient {
         return descriptions
     }
 
+    /// Moves this agent's read cursor in `channel` forward to `offset` (the last offset it has read), for every
+    /// connection of the agent; a lower offset leaves it where it is. Answers the cursor as it now stands.
+    /// Throws `invalid_field` for an offset past the channel's latest.
+    @discardableResult
+    public func setReadCursor(channel: ChannelID, offset: Int64) async throws(AgentChatError) -> ReadCursor {
+        let reply = try await call(.setCursor(channel, offset: offset))
+        guard case .cursor(_, let cursor) = reply else {
+            throw .protocolViolation("expected cursor, got \(reply.type.rawValue)")
+        }
+        return cursor
+    }
+
+    /// This agent's read cursor and unread count in each of its channels, in channel-id order (every page of
+    /// `unread.list`).
+    public func unreadCounts() async throws(AgentChatError) -> [ReadCursor] {
+        var cursors: [ReadCursor] = []
+        var after: ChannelID?
+        repeat {
+            let reply = try await call(.unread(after: after, limit: 100))
+            guard case .unread(_, let page, let next) = reply else {
+                throw .protocolViolation("expected unread, got \(reply.type.rawValue)")
+            }
+            cursors.append(contentsOf: page)
+            guard next == nil || next != after else { throw .protocolViolation("unread.list did not move on") }
+            after = next
+        } while after != nil
+        return cursors
+    }
+
     /// The channel's description: members (with their encryption keys), epochs, latest offset.
     public func describe(channel: ChannelID) async throws(AgentChatError) -> ChannelDescription {
         try Self.channelDescription(in: try await call(.describe(channel)))

@@ -113,6 +113,31 @@ final class ChannelService {
                     }
                 }
             }
+        case .setCursor(let channel, let offset):
+            store.setCursor(channel, for: did, to: offset) { result in
+                switch result {
+                case .success(let cursor): reply(.cursor(ref: id, cursor))
+                case .failure(let failure): storeFailure(failure)
+                }
+            }
+        case .unread(let after, let limit):
+            store.channels(of: did) { [self, weak session] result in
+                switch result {
+                case .failure(let failure): storeFailure(failure)
+                case .success(let ids):
+                    let rest = ids.filter { after == nil || $0.rawValue > after!.rawValue }
+                    let page = Array(rest.prefix(limit))
+                    store.cursors(page, for: did) { [self] result in
+                        guard let session else { return }
+                        switch result {
+                        case .failure(let failure): storeFailure(failure)
+                        case .success(let cursors):
+                            outbox.sendPaced(unreadPage(cursors, ref: id, more: rest.count > page.count,
+                                                        last: page.last, budget: session.queueLimit / 2), to: session)
+                        }
+                    }
+                }
+            }
         case .describe(let channel):
             describe(channel, for: did, ref: id, reply: reply, fail: fail)
         case .rotate(let channel):
@@ -239,6 +264,20 @@ final class ChannelService {
         while bytes.count > budget, kept > 1 {
             kept = max(1, min(kept - 1, kept * budget / bytes.count))
             bytes = codec.encode(.channels(ref: ref, Array(descriptions.prefix(kept)), next: descriptions[kept - 1].id))
+        }
+        return OutboundFrame(bytes)
+    }
+
+    /// An `unread` reply with as many cursors as fit in `budget` bytes (at least one), and `next` when more may
+    /// follow: cut here, or `more` ids after `last`.
+    private func unreadPage(_ cursors: [ReadCursor], ref: String?, more: Bool, last: ChannelID?, budget: Int)
+        -> OutboundFrame
+    {
+        var kept = cursors.count
+        var bytes = codec.encode(.unread(ref: ref, cursors, next: more ? last : nil))
+        while bytes.count > budget, kept > 1 {
+            kept = max(1, min(kept - 1, kept * budget / bytes.count))
+            bytes = codec.encode(.unread(ref: ref, Array(cursors.prefix(kept)), next: cursors[kept - 1].channel))
         }
         return OutboundFrame(bytes)
     }

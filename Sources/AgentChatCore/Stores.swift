@@ -22,6 +22,8 @@ package enum ChannelRefusal: String, Error, Sendable {
     case keysExist = "keys_exist"
     /// The channel has `ChannelKeys.maxMembers` members.
     case full
+    /// A read cursor past the channel's latest offset (carried in the failure's `epoch` slot).
+    case beyondLatest = "beyond_latest"
 }
 
 extension ProtocolError {
@@ -38,6 +40,7 @@ extension ProtocolError {
             case .staleEpoch: self.init(.staleEpoch, "the current epoch is \(epoch ?? 0) and needs published keys")
             case .keysExist: self.init(.keysExist, "keys for epoch \(epoch ?? 0) exist; fetch them")
             case .full: self.init(.channelFull, "the channel has \(ChannelKeys.maxMembers) members")
+            case .beyondLatest: self.init(.invalidField, "\"offset\" is past the channel's latest offset \(epoch ?? 0)")
             }
         }
     }
@@ -168,6 +171,13 @@ package protocol ChannelStoring: AnyObject {
     func record(_ id: ChannelID, completion: @escaping StoreCompletion<ChannelRecord?>)
     /// The channels `did` belongs to, sorted by id.
     func channels(of did: DID, completion: @escaping StoreCompletion<[ChannelID]>)
+    /// Moves `did`'s read cursor in a channel forward to `offset` (never back; past the latest offset is refused
+    /// with `beyondLatest`), and answers the cursor as it now stands. Joining starts the cursor at the latest
+    /// offset; leaving or being removed deletes it.
+    func setCursor(_ id: ChannelID, for did: DID, to offset: Int64, completion: @escaping StoreCompletion<ReadCursor>)
+    /// `did`'s read cursors (with channel names) in the channels of `ids` it is a member of, in the order given;
+    /// the others are left out.
+    func cursors(_ ids: [ChannelID], for did: DID, completion: @escaping StoreCompletion<[ReadCursor]>)
 }
 
 /// What arrives on a channel's feed: stored messages (in offset order) and membership/key events.

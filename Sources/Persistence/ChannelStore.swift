@@ -15,7 +15,7 @@ package final class ChannelStore: ChannelStoring {
         self.redis = redis
         self.limits = limits
         for script in [Self.create, Self.invite, Self.join, Self.leave, Self.remove, Self.rotate, Self.publishKeys,
-                       Self.append, Self.state]
+                       Self.append, Self.state, Self.cursor]
         {
             redis.scripts.register(script)
         }
@@ -47,12 +47,14 @@ package final class ChannelStore: ChannelStoring {
         if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[2]) then return {'full', epoch} end
         redis.call('SREM', KEYS[3], ARGV[1])
         redis.call('SADD', KEYS[2], ARGV[1])
+        redis.call('HSET', KEYS[4], ARGV[1], redis.call('HGET', KEYS[1], 'seq') or 0)
         return {'ok', redis.call('HINCRBY', KEYS[1], 'epoch', 1), 1}
         """)
 
     /// When the owner leaves, the remaining member whose DID sorts first (bytewise) becomes the owner.
     static let leave = RedisScript(name: "channel_leave", source: """
         if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
+        redis.call('HDEL', KEYS[3], ARGV[1])
         if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
           local members = redis.call('SMEMBERS', KEYS[2])
           if #members > 0 then
@@ -84,6 +86,7 @@ package final class ChannelStore: ChannelStoring {
         if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then
           return {'ok', tonumber(redis.call('HGET', KEYS[1], 'epoch')), 0}
         end
+        redis.call('HDEL', KEYS[4], ARGV[2])
         return {'ok', redis.call('HINCRBY', KEYS[1], 'epoch', 1), 1}
         """)
 
@@ -156,6 +159,28 @@ package final class ChannelStore: ChannelStoring {
         return {'ok', meta[1], tonumber(meta[2]), firstOffset, tonumber(meta[3]), tonumber(meta[4])}
         """)
 
+    /// KEYS: meta, members, cursors, log. ARGV: did, the offset to move the cursor to (empty: only read it).
+    /// Answers the cursor (never past the latest offset), the latest offset, the first retained offset (0 when
+    /// history is empty) and the channel's name.
+    static let cursor = RedisScript(name: "channel_cursor", source: """
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
+        local meta = redis.call('HMGET', KEYS[1], 'seq', 'name')
+        local seq = tonumber(meta[1]) or 0
+        local read = tonumber(redis.call('HGET', KEYS[3], ARGV[1])) or 0
+        if ARGV[2] ~= '' then
+          local offset = tonumber(ARGV[2])
+          if offset > seq then return {'beyond_latest', seq} end
+          if offset > read then
+            redis.call('HSET', KEYS[3], ARGV[1], offset)
+            read = offset
+          end
+        end
+        local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+        local firstOffset = 0
+        if #first > 0 then firstOffset = tonumber(string.sub(first[1][1], 3)) end
+        return {'ok', math.min(read, seq), seq, firstOffset, meta[2] or ''}
+        """)
+
     // MARK: Operations
 
     package func create(_ id: ChannelID, name: String, owner: DID, open: Bool, members: [DID], historyEpoch: String,
@@ -184,7 +209,8 @@ package final class ChannelStore: ChannelStoring {
     package func join(_ id: ChannelID, _ did: DID,
                       completion: @escaping StoreCompletion<(epoch: Int64, changed: Bool)>)
     {
-        run(Self.join, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id)],
+        run(Self.join,
+            keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id), RedisKeys.cursors(id)],
             arguments: [RedisArgument(did.description), RedisArgument(ChannelKeys.maxMembers)]) { [weak self] result in
             let outcome = result.flatMap { reply in reply.epochResult.map { (epoch: $0, changed: reply.flag) } }
             if case .success((_, true)) = outcome { self?.indexMembership(id, add: [did]) }
@@ -193,7 +219,7 @@ package final class ChannelStore: ChannelStoring {
     }
 
     package func leave(_ id: ChannelID, _ did: DID, completion: @escaping StoreCompletion<Int64>) {
-        run(Self.leave, keys: [RedisKeys.channel(id), RedisKeys.members(id)],
+        run(Self.leave, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.cursors(id)],
             arguments: [RedisArgument(did.description)]) { [weak self] result in
             let outcome = result.flatMap { $0.epochResult }
             if case .success = outcome { self?.indexMembership(id, remove: did) }
@@ -213,7 +239,8 @@ package final class ChannelStore: ChannelStoring {
     package func remove(_ id: ChannelID, by owner: DID, _ did: DID,
                         completion: @escaping StoreCompletion<(epoch: Int64, changed: Bool)>)
     {
-        run(Self.remove, keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id)],
+        run(Self.remove,
+            keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.invites(id), RedisKeys.cursors(id)],
             arguments: [RedisArgument(owner.description), RedisArgument(did.description)]) { [weak self] result in
             let outcome = result.flatMap { reply in reply.epochResult.map { (epoch: $0, changed: reply.flag) } }
             if case .success((_, true)) = outcome { self?.indexMembership(id, remove: did) }
@@ -333,6 +360,47 @@ package final class ChannelStore: ChannelStoring {
             completion(result.unavailableOnFailure.map { value in
                 (value.array ?? []).compactMap { $0.bytes }.compactMap { ChannelID(String(decoding: $0, as: UTF8.self)) }
                     .sorted { $0.rawValue < $1.rawValue }
+            })
+        }
+    }
+
+    package func setCursor(_ id: ChannelID, for did: DID, to offset: Int64,
+                           completion: @escaping StoreCompletion<ReadCursor>)
+    {
+        cursor(id, for: did, to: offset) { completion($0.map { $0.withoutName }) }
+    }
+
+    package func cursors(_ ids: [ChannelID], for did: DID, completion: @escaping StoreCompletion<[ReadCursor]>) {
+        guard !ids.isEmpty else { return completion(.success([])) }
+        var found: [ChannelID: ReadCursor] = [:]
+        var failed = false
+        var remaining = ids.count
+        for id in ids {
+            cursor(id, for: did, to: nil) { result in
+                switch result {
+                case .success(let cursor): found[id] = cursor
+                case .failure(.unavailable): failed = true
+                case .failure(.refused): break  // left meanwhile
+                }
+                remaining -= 1
+                guard remaining == 0 else { return }
+                completion(failed ? .failure(.unavailable) : .success(ids.compactMap { found[$0] }))
+            }
+        }
+    }
+
+    private func cursor(_ id: ChannelID, for did: DID, to offset: Int64?,
+                        completion: @escaping StoreCompletion<ReadCursor>)
+    {
+        run(Self.cursor,
+            keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.cursors(id), RedisKeys.log(id)],
+            arguments: [RedisArgument(did.description), offset.map { RedisArgument($0) } ?? ""]) { result in
+            completion(result.flatMap { reply in
+                guard reply.status == "ok" else { return .failure(reply.refusal) }
+                guard let read = reply.int(1), let latest = reply.int(2), let first = reply.int(3),
+                    let name = reply.string(4)
+                else { return .failure(.unavailable) }
+                return .success(ReadCursor(channel: id, name: name, read: read, offset: latest, firstOffset: first))
             })
         }
     }

@@ -28,6 +28,8 @@ public enum RedisKeys {
     public static func keys(_ id: ChannelID, epoch: Int64) -> RedisArgument {
         RedisArgument("\(prefix)ch:{\(id)}:keys:\(epoch)")
     }
+    /// Hash: read cursors, member DID → the last offset it has read.
+    public static func cursors(_ id: ChannelID) -> RedisArgument { RedisArgument("\(prefix)ch:{\(id)}:cursors") }
     /// Stream: the message history, entry id `0-<offset>`, fields `m` (the stored item) and `t` (ms).
     public static func log(_ id: ChannelID) -> RedisArgument { RedisArgument("\(prefix)ch:{\(id)}:log") }
     /// String: the offset a sender's client message id got, for the dedup window.

@@ -17,6 +17,10 @@ public enum ChannelRequest: Equatable, Sendable {
     case unsubscribe(ChannelID)
     case history(ChannelID, before: Int64?, after: Int64?, limit: Int)
     case listing(ChannelID, listed: Bool, title: String, topic: String)
+    /// Moves the agent's read cursor forward to `offset` (never back).
+    case setCursor(ChannelID, offset: Int64)
+    /// Read cursors and unread counts of the agent's channels with ids after `after` (in id order), at most `limit`.
+    case unread(after: ChannelID?, limit: Int)
 }
 
 /// A set of key envelopes for one epoch, signed by the member who made the key.

@@ -129,6 +129,13 @@ extension FrameCodec {
         case .listing(let channel, let listed, let title, let topic):
             return frame(.channelListing, channel, ["listed": .bool(listed), "title": .string(title),
                                                     "topic": .string(topic)])
+        case .setCursor(let channel, let offset):
+            return frame(.cursorSet, channel, ["offset": number(offset)])
+        case .unread(let after, let limit):
+            var fields: [String: JSONValue] = ["type": .string(FrameType.unreadList.rawValue),
+                                               "limit": .number(Double(limit))]
+            if let after { fields["after"] = .string(after.rawValue) }
+            return fields
         }
     }
 
@@ -255,6 +262,17 @@ extension FrameCodec {
                 entries.append(EarningsEntry(channel: channel, peek: peek, cents: cents, time: time))
             }
             return .earnings(ref: ref, balanceCents: try integer("balanceCents"), entries: entries)
+        case .cursor:
+            guard let cursor = ReadCursor(json: json) else { throw bad("malformed cursor") }
+            return .cursor(ref: ref, cursor)
+        case .unread:
+            var cursors: [ReadCursor] = []
+            for item in try array("channels") {
+                guard let cursor = ReadCursor(json: item) else { throw bad("malformed read cursor") }
+                cursors.append(cursor)
+            }
+            let next = json["next"] == nil ? nil : try channel("next")
+            return .unread(ref: ref, cursors, next: next)
         default:
             throw bad("not a broker frame type: \(typeName)")
         }

@@ -168,13 +168,16 @@ public struct FrameCodec: Sendable {
         case "channel.remove":
             return .remove(try fields.channel(), try fields.did("did"))
         case "channel.list":
-            let after = try fields.optionalString("after", maxBytes: 64)
-            let limit = try fields.optionalInteger("limit") ?? 100
-            guard (1...100).contains(limit) else { throw ProtocolError(.invalidField, "\"limit\" must be 1 to 100") }
-            guard after == nil || after.flatMap(ChannelID.init) != nil else {
-                throw ProtocolError(.invalidField, "\"after\" is not a channel id")
-            }
-            return .list(after: after.flatMap(ChannelID.init), limit: Int(limit))
+            let (after, limit) = try fields.channelPage()
+            return .list(after: after, limit: limit)
+        case "unread.list":
+            let (after, limit) = try fields.channelPage()
+            return .unread(after: after, limit: limit)
+        case "cursor.set":
+            let channel = try fields.channel()
+            let offset = try fields.requiredInteger("offset")
+            guard offset >= 0 else { throw ProtocolError(.invalidField, "\"offset\" must not be negative") }
+            return .setCursor(channel, offset: offset)
         case "channel.describe":
             return .describe(try fields.channel())
         case "channel.rotate":
@@ -349,6 +352,14 @@ public struct FrameCodec: Sendable {
             return Self.encode(type: "earnings", ref: ref, [
                 "balanceCents": .number(Double(balance)), "entries": .array(entries.map(\.json)),
             ])
+        case .cursor(let ref, let cursor):
+            var fields = cursor.json.objectValue ?? [:]
+            fields["name"] = nil
+            return Self.encode(type: "cursor", ref: ref, fields)
+        case .unread(let ref, let cursors, let next):
+            var fields: [String: JSONValue] = ["channels": .array(cursors.map(\.json))]
+            if let next { fields["next"] = .string(next.rawValue) }
+            return Self.encode(type: "unread", ref: ref, fields)
         case .welcome(let ref, let agent, let token, let expiresAt):
             var object: [String: JSONValue] = [
                 "type": "welcome", "agent": agent.json, "token": .string(token),
@@ -454,6 +465,17 @@ struct FrameFields {
         let text = try requiredString("channel", maxBytes: 64)
         guard let id = ChannelID(text) else { throw ProtocolError(.invalidField, "\"channel\" is not a channel id") }
         return id
+    }
+
+    /// `after` (a channel id) and `limit` (1–100, default 100) of a paged request over the agent's channels.
+    mutating func channelPage() throws(ProtocolError) -> (after: ChannelID?, limit: Int) {
+        let after = try optionalString("after", maxBytes: 64)
+        let limit = try optionalInteger("limit") ?? 100
+        guard (1...100).contains(limit) else { throw ProtocolError(.invalidField, "\"limit\" must be 1 to 100") }
+        guard after == nil || after.flatMap(ChannelID.init) != nil else {
+            throw ProtocolError(.invalidField, "\"after\" is not a channel id")
+        }
+        return (after.flatMap(ChannelID.init), Int(limit))
     }
 
     mutating func did(_ key: String) throws(ProtocolError) -> DID {

@@ -26,6 +26,8 @@ public enum FrameType: String, CaseIterable, Sendable {
     case channelSubscribe = "channel.subscribe"
     case channelUnsubscribe = "channel.unsubscribe"
     case history
+    case cursorSet = "cursor.set"
+    case unreadList = "unread.list"
     case channelListing = "channel.listing"
     case peekRequest = "peek.request"
     case peekConfirm = "peek.confirm"
@@ -50,6 +52,8 @@ public enum FrameType: String, CaseIterable, Sendable {
     case indicators
     case peek
     case peekUpdate = "peek.update"
+    case cursor
+    case unread
 
     public enum Direction: Sendable {
         case fromClient, fromBroker, both
@@ -71,7 +75,7 @@ public enum FrameType: String, CaseIterable, Sendable {
         switch self {
         case .channelKeys, .earnings: .both
         case .pong, .error, .hello, .welcome, .ok, .channel, .channels, .messageAck, .subscribed, .channelEvent,
-             .messages, .directory, .indicators, .peek, .peekUpdate:
+             .messages, .directory, .indicators, .peek, .peekUpdate, .cursor, .unread:
             .fromBroker
         default: .fromClient
         }

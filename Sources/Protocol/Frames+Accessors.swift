@@ -55,6 +55,8 @@ extension ChannelRequest {
         case .unsubscribe: .channelUnsubscribe
         case .history: .history
         case .listing: .channelListing
+        case .setCursor: .cursorSet
+        case .unread: .unreadList
         }
     }
 }
@@ -94,6 +96,8 @@ extension ServerFrame {
         case .peek: .peek
         case .peekUpdate: .peekUpdate
         case .earnings: .earnings
+        case .cursor: .cursor
+        case .unread: .unread
         }
     }
 
@@ -103,7 +107,8 @@ extension ServerFrame {
         case .pong(let ref, _), .error(_, let ref), .welcome(let ref, _, _, _), .ok(let ref), .channel(let ref, _),
              .channels(let ref, _, _), .keys(let ref, _, _, _, _, _), .messageAck(let ref, _, _, _),
              .subscribed(let ref, _, _, _, _), .messages(let ref, _, _, _), .directory(let ref, _, _),
-             .indicators(let ref, _), .peek(let ref, _), .earnings(let ref, _, _):
+             .indicators(let ref, _), .peek(let ref, _), .earnings(let ref, _, _), .cursor(let ref, _),
+             .unread(let ref, _, _):
             ref
         case .hello, .channelEvent, .peekUpdate:
             nil

@@ -52,6 +52,11 @@ public enum ServerFrame: Equatable, Sendable {
     case peekUpdate(PeekView)
     /// An agent's balance and latest entries, newest first.
     case earnings(ref: String?, balanceCents: Int64, entries: [EarningsEntry])
+    /// The agent's read cursor in one channel, after `cursor.set`.
+    case cursor(ref: String?, ReadCursor)
+    /// Read cursors of the agent's channels, in id order; `next`: the last channel id of this page when more may
+    /// follow.
+    case unread(ref: String?, [ReadCursor], next: ChannelID?)
 }
 
 /// Why a frame was refused: a stable code and a human-readable message.

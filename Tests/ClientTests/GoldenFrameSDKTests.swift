@@ -102,6 +102,8 @@ import Testing
         let receipt = try await alice.send(channel: channel.id, text: "hello")
         let read = try await bob.history(channel: channel.id, after: 0)  // fetches the key: channel.keys.get
         #expect(read.map(\.text) == ["hello"] && read.allSatisfy(\.verified))
+        #expect(try await bob.setReadCursor(channel: channel.id, offset: receipt.offset).unread == 0)
+        #expect(try await alice.unreadCounts().map(\.unread) == [1])
         try await alice.invite(channel: channel.id, did: carol.identity.did)
         try await carol.join(channel: channel.id)
         #expect(try await alice.listChannels().map(\.id) == [channel.id])
@@ -184,6 +186,7 @@ final class FakeChannels: Sendable {
         var epoch: Int64 = 0
         var keySets: [Int64: KeySet] = [:]
         var messages: [StoredMessage] = []
+        var cursors: [DID: Int64] = [:]
     }
 
     private let state = Mutex(State())
@@ -310,6 +313,21 @@ final class FakeChannels: Sendable {
                 let items = s.messages.filter { $0.offset > (after ?? 0) && $0.offset < (before ?? .max) }
                 replies.append(.messages(ref: ref, channel: channel,
                                          Array(after == nil ? items.suffix(limit) : items.prefix(limit)), next: nil))
+            case .setCursor(let channel, let offset):
+                let latest = Int64(s.messages.count)
+                guard offset <= latest else { return refuse("invalid_field", "past the latest offset") }
+                let read = max(s.cursors[session.did] ?? 0, offset)
+                s.cursors[session.did] = read
+                replies.append(.cursor(ref: ref, ReadCursor(channel: channel, read: read, offset: latest,
+                                                            unread: latest - read)))
+            case .unread(let after, _):
+                // Two pages: the channel, then nothing.
+                let latest = Int64(s.messages.count)
+                let read = s.cursors[session.did] ?? 0
+                replies.append(after == nil
+                    ? .unread(ref: ref, [ReadCursor(channel: s.id, name: s.name, read: read, offset: latest,
+                                                    unread: latest - read)], next: s.id)
+                    : .unread(ref: ref, [], next: nil))
             case .subscribe(let channel, let since, _):
                 replies.append(.subscribed(ref: ref, channel: channel, historyEpoch: historyEpoch,
                                            offset: Int64(s.messages.count), recovered: true))

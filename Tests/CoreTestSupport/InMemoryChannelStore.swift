@@ -24,6 +24,8 @@ package final class InMemoryChannelStore: InMemoryStore, ChannelStoring {
         package var topic = ""
         package var members: Set<DID>
         package var invites: Set<DID> = []
+        /// Read cursors (`ch:{id}:cursors`): member → last offset read; absent means 0.
+        package var cursors: [DID: Int64] = [:]
         package var keys: [Int64: StoredKeys] = [:]
         /// The stream: offset, stored bytes, time (ms).
         package var log: [(offset: Int64, bytes: [UInt8], time: Int64)] = []
@@ -97,6 +99,7 @@ package final class InMemoryChannelStore: InMemoryStore, ChannelStoring {
             }
             channel.invites.remove(did)
             channel.members.insert(did)
+            channel.cursors[did] = channel.seq
             channel.epoch += 1
             channels[id] = channel
             index(id, add: [did])
@@ -109,6 +112,7 @@ package final class InMemoryChannelStore: InMemoryStore, ChannelStoring {
             guard var channel = channels[id], channel.members.remove(did) != nil else {
                 return .failure(.refused(.notFound))
             }
+            channel.cursors[did] = nil
             if channel.owner == did, let next = channel.members.min(by: { Self.bytewiseLess($0, $1) }) {
                 channel.owner = next
             }
@@ -141,6 +145,7 @@ package final class InMemoryChannelStore: InMemoryStore, ChannelStoring {
                 channels[id] = channel
                 return .success((channel.epoch, false))
             }
+            channel.cursors[did] = nil
             channel.epoch += 1
             channels[id] = channel
             index(id, remove: did)
@@ -250,6 +255,31 @@ package final class InMemoryChannelStore: InMemoryStore, ChannelStoring {
         perform("channels", completion) { [self] in
             .success((agentChannels[did] ?? []).sorted { $0.rawValue < $1.rawValue })
         }
+    }
+
+    package func setCursor(_ id: ChannelID, for did: DID, to offset: Int64,
+                           completion: @escaping StoreCompletion<ReadCursor>)
+    {
+        perform("setCursor", completion) { [self] in
+            guard var channel = channels[id], channel.members.contains(did) else { return .failure(.refused(.notFound)) }
+            guard offset <= channel.seq else { return .failure(.refused(.beyondLatest, epoch: channel.seq)) }
+            if offset > channel.cursors[did, default: 0] { channel.cursors[did] = offset }
+            channels[id] = channel
+            return .success(Self.cursor(id, channel, did).withoutName)
+        }
+    }
+
+    package func cursors(_ ids: [ChannelID], for did: DID, completion: @escaping StoreCompletion<[ReadCursor]>) {
+        perform("cursors", completion) { [self] in
+            .success(ids.compactMap { id in
+                channels[id].flatMap { $0.members.contains(did) ? Self.cursor(id, $0, did) : nil }
+            })
+        }
+    }
+
+    private static func cursor(_ id: ChannelID, _ channel: StoredChannel, _ did: DID) -> ReadCursor {
+        ReadCursor(channel: id, name: channel.name, read: channel.cursors[did, default: 0], offset: channel.seq,
+                   firstOffset: channel.log.first?.offset ?? 0)
     }
 
     // MARK: Helpers

@@ -48,6 +48,49 @@ import Testing
         #expect(try JSONParser.parse(page)["next"]?.stringValue == id.rawValue)
     }
 
+    @Test func unreadListPagesLikeChannelList() throws {
+        let id = ChannelID(randomBytes: Array(repeating: 7, count: 16))
+        #expect(decode(#"{"type":"unread.list","id":"u"}"#).frame
+            == .success(.channel(id: "u", .unread(after: nil, limit: 100))))
+        #expect(decode(#"{"type":"unread.list","after":"\#(id.rawValue)","limit":1}"#).frame
+            == .success(.channel(id: nil, .unread(after: id, limit: 1))))
+        for bad in [#"{"type":"unread.list","limit":0}"#, #"{"type":"unread.list","limit":101}"#,
+                    #"{"type":"unread.list","after":"room"}"#, #"{"type":"unread.list","limit":"5"}"#]
+        {
+            guard case .failure(let error) = decode(bad).frame else {
+                Issue.record("expected a failure for \(bad)")
+                continue
+            }
+            #expect(error.code == .invalidField)
+        }
+    }
+
+    @Test(arguments: [
+        (#"{"type":"cursor.set","channel":"ch_FSIvPElWY3B9ipeksb7L2A"}"#, ErrorCode.missingField),
+        (#"{"type":"cursor.set","offset":3}"#, .missingField),
+        (#"{"type":"cursor.set","channel":"ch_FSIvPElWY3B9ipeksb7L2A","offset":-1}"#, .invalidField),
+        (#"{"type":"cursor.set","channel":"ch_FSIvPElWY3B9ipeksb7L2A","offset":1.5}"#, .invalidField),
+        (#"{"type":"cursor.set","channel":"ch_FSIvPElWY3B9ipeksb7L2A","offset":"3"}"#, .invalidField),
+        (#"{"type":"cursor.set","channel":"general","offset":3}"#, .invalidField),
+        (#"{"type":"cursor.set","channel":"ch_FSIvPElWY3B9ipeksb7L2A","offset":3,"read":3}"#, .unknownField),
+    ])
+    func cursorSetNeedsAChannelAndAnOffsetFromZero(text: String, code: ErrorCode) {
+        guard case .failure(let error) = decode(text).frame else {
+            Issue.record("expected \(code) for \(text)")
+            return
+        }
+        #expect(error.code == code)
+    }
+
+    @Test func readCursorsCountOnlyWhatHistoryStillHolds() {
+        let id = ChannelID(randomBytes: Array(repeating: 7, count: 16))
+        #expect(ReadCursor(channel: id, read: 57, offset: 60, firstOffset: 1).unread == 3)
+        #expect(ReadCursor(channel: id, read: 10, offset: 60, firstOffset: 51).unread == 10)  // 1…50 trimmed
+        #expect(ReadCursor(channel: id, read: 0, offset: 0, firstOffset: 0).unread == 0)
+        #expect(ReadCursor(channel: id, read: 5, offset: 9, firstOffset: 0).unread == 0)  // everything trimmed
+        #expect(ReadCursor(channel: id, read: 70, offset: 60, firstOffset: 1).read == 60)
+    }
+
     @Test func refusesOverlongID() {
         let id = String(repeating: "x", count: 65)
         guard case .failure(let error) = decode(#"{"type":"ping","id":"\#(id)"}"#).frame else {

@@ -64,9 +64,12 @@ private func checkIdentifiers(_ frame: ClientFrame) {
             precondition(message.epoch > 0)
             precondition(Base64URL.decode(message.nonce)?.count == 12)
             precondition(Base64URL.decode(message.signature)?.count == 64)
-        case .list(let after, let limit):
+        case .list(let after, let limit), .unread(let after, let limit):
             after.map(check)
             precondition((1...100).contains(limit))
+        case .setCursor(let c, let offset):
+            check(c)
+            precondition(offset >= 0)
         }
     case .peek(_, let request):
         switch request {
