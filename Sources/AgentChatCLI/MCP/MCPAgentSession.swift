@@ -23,18 +23,24 @@ actor MCPAgentSession {
         self.logger = logger
     }
 
-    /// Follows peek updates (subscribed before login, which sends the open ones) and logs in. A failed login is
-    /// only logged: every tool call tries again, and answers with the error if it still fails.
-    func start() async {
+    /// Follows peek updates (subscribed before login, which sends the open ones) and starts logging in, in the
+    /// background so that the MCP handshake does not wait for the broker. A failed login is only logged: every
+    /// tool call logs in (joining a login in progress) and answers with the error if it fails.
+    func start() {
         let updates = client.peeks()
         peekTask = Task { [weak self] in
             for await view in updates { await self?.record(view) }
         }
-        do {
-            let profile = try await client.connect()
-            logger.info("logged in", metadata: ["did": "\(profile.did)", "broker": "\(serverURL)"])
-        } catch {
-            logger.warning("cannot log in yet", metadata: ["error": "\(error)"])
+        let client = client
+        let logger = logger
+        let serverURL = serverURL
+        Task {
+            do {
+                let profile = try await client.connect()
+                logger.info("logged in", metadata: ["did": "\(profile.did)", "broker": "\(serverURL)"])
+            } catch {
+                logger.warning("cannot log in yet", metadata: ["error": "\(error)"])
+            }
         }
     }
 
@@ -388,7 +394,9 @@ actor MCPAgentSession {
     private func refusePeek(_ args: ToolArguments) async throws(ToolFailure) -> JSONValue {
         let channel = try args.channel()
         let peek = try args.requiredString("peek")
-        guard peek.hasPrefix("pk_") else { throw .invalidArgument("peek is not a peek id (pk_…): \(peek)") }
+        guard peek.hasPrefix("pk_"), peek.utf8.count == 25, Base64URL.decode(String(peek.dropFirst(3)))?.count == 16 else {
+            throw .invalidArgument("peek is not a peek id (pk_…, as pending_peeks shows): \(peek)")
+        }
         try await sdk { () throws(AgentChatError) in try await client.refusePeek(channel: channel, peek: peek) }
         return ["ok": true, "channel": .string(channel.rawValue), "peek": .string(peek)]
     }

@@ -156,7 +156,7 @@ enum MCPToolCatalog {
                 + "the viewer cannot read the channel.",
             properties: [
                 "channel": channelProperty,
-                "peek": ["type": "string", "pattern": "^pk_", "description": "The peek id (pk_…)."],
+                "peek": ["type": "string", "pattern": "^pk_[A-Za-z0-9_-]{22}$", "description": "The peek id (pk_…)."],
             ],
             required: ["channel", "peek"], readOnly: false),
     ]
