@@ -115,6 +115,8 @@ let package = Package(
         .testTarget(name: "ClientTests",
                     dependencies: ["AgentChatClient", "AgentChatCrypto", "AgentChatProtocol", "WebSocketClient",
                                    "TestSupport"]),
+        // The pure parts of `agentchat mcp` (Tests/MCP drives the whole server with the MCP Python SDK).
+        .testTarget(name: "MCPTests", dependencies: ["agentchat", "AgentChatProtocol"]),
         .testTarget(name: "WebSocketClientTests", dependencies: ["WebSocketClient", "TestSupport"]),
         .testTarget(name: "PaymentsTests",
                     dependencies: ["AgentChatPayments", "AgentChatTransport", "AgentChatCore", "AgentChatLoop",
