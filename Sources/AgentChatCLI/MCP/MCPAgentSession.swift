@@ -376,6 +376,10 @@ actor MCPAgentSession {
 
     private func pendingPeeks() async throws(ToolFailure) -> JSONValue {
         _ = try await sdk { () throws(AgentChatError) in try await client.connect() }
+        // A peek whose deadline has passed has moved on, whether or not its update reached this session (it may
+        // have changed while the connection was down; the broker resends only the open ones at login).
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        openPeeks = openPeeks.filter { ($0.value.deadline ?? Int64.max) > now }
         var peeks: [JSONValue] = []
         for view in openPeeks.values.sorted(by: { ($0.deadline ?? 0) < ($1.deadline ?? 0) }) {
             var fields: [String: JSONValue] = [
