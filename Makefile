@@ -17,7 +17,7 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run demo test test-python clean bench bench-compare loadtest-smoke chaos chaos-smoke fuzz sanitize
+.PHONY: deps build run demo test test-python test-mcp clean bench bench-compare loadtest-smoke chaos chaos-smoke fuzz sanitize
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
 deps:
@@ -64,6 +64,7 @@ test: deps
 	$(MAKE) chaos-smoke
 	$(PYTHON) Tests/Browser/test_viewer_real.py $$($(SWIFT) build --show-bin-path)
 	$(MAKE) test-python
+	$(MAKE) test-mcp
 
 # The Python SDK (clients/python, package agentchat): installs it from the tree with pip (with its PyPI
 # dependencies: websockets, PyNaCl, cryptography) and pytest, builds the broker and the Swift CLI (debug), and runs
@@ -76,6 +77,19 @@ test-python: deps
 	$(SWIFT) build --product agentchat
 	AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) AGENTCHAT_TEST_INSTALLED=1 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider clients/python/tests
+
+# `agentchat mcp` (Tests/MCP): the official MCP Python SDK (PyPI `mcp`) drives the server over stdio against the
+# real broker and Redis, with pytest (PEEK_AGENT_PACKAGES for the viewer that requests a paid peek). Under a minute.
+MCP_TEST_PACKAGES := "mcp>=2.3,<3" pytest
+export MCP_TEST_IMPORTS := import pytest, importlib.metadata as m; assert m.version("mcp").split(".")[0] == "2"
+test-mcp: deps
+	$(PYTHON) -c "$$MCP_TEST_IMPORTS" 2>/dev/null || $(PYTHON) -m pip install -q $(MCP_TEST_PACKAGES) \
+		|| $(PYTHON) -m pip install -q --break-system-packages $(MCP_TEST_PACKAGES)
+	$(PYTHON) -c "$$PEEK_AGENT_IMPORTS" 2>/dev/null || $(PYTHON) -m pip install -q $(PEEK_AGENT_PACKAGES) \
+		|| $(PYTHON) -m pip install -q --break-system-packages $(PEEK_AGENT_PACKAGES)
+	$(SWIFT) build --product agentchat
+	$(SWIFT) build --product agentchat-broker
+	AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/MCP
 
 # The standard comparison (issue 6) and the rows of issue 12 (256 B at 100k and 300k deliveries/s, payloads 64 B/
 # 1 KiB/16 KiB at fixed rates, fan-out 1 → 10,000, resume from a 10,000-message backlog, token churn; agentchat
