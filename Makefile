@@ -17,7 +17,8 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run demo test clean bench bench-compare loadtest-smoke chaos chaos-smoke fuzz sanitize test-api
+.PHONY: deps build run demo test test-python test-mcp test-api clean bench bench-compare loadtest-smoke chaos chaos-smoke \
+	fuzz sanitize
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
 deps:
@@ -63,14 +64,42 @@ test: deps
 	$(MAKE) loadtest-smoke
 	$(MAKE) chaos-smoke
 	$(PYTHON) Tests/Browser/test_viewer_real.py $$($(SWIFT) build --show-bin-path)
+	$(MAKE) test-python
+	$(MAKE) test-mcp
 	$(MAKE) test-api
+
+# The Python SDK (clients/python, package agentchat): installs it from the tree with pip (with its PyPI
+# dependencies: websockets, PyNaCl, cryptography) and pytest, builds the broker and the Swift CLI (debug), and runs
+# its tests against them: real brokers with embedded Redis, the CLI as the Swift agent (~15 s).
+PYTHON_SDK_PACKAGES := ./clients/python pytest
+test-python: deps
+	$(PYTHON) -m pip install -q $(PYTHON_SDK_PACKAGES) \
+		|| $(PYTHON) -m pip install -q --break-system-packages $(PYTHON_SDK_PACKAGES)
+	$(SWIFT) build --product agentchat-broker
+	$(SWIFT) build --product agentchat
+	AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) AGENTCHAT_TEST_INSTALLED=1 \
+		$(PYTHON) -m pytest -q -p no:cacheprovider clients/python/tests
+
+# `agentchat mcp` (Tests/MCP): the official MCP Python SDK (PyPI `mcp`) drives the server over stdio against the
+# real broker and Redis, with pytest (PEEK_AGENT_PACKAGES for the viewer that requests a paid peek). Under a minute.
+MCP_TEST_PACKAGES := "mcp>=2.3,<3" pytest
+export MCP_TEST_IMPORTS := import pytest, importlib.metadata as m; assert m.version("mcp").split(".")[0] == "2"
+test-mcp: deps
+	$(PYTHON) -c "$$MCP_TEST_IMPORTS" 2>/dev/null || $(PYTHON) -m pip install -q $(MCP_TEST_PACKAGES) \
+		|| $(PYTHON) -m pip install -q --break-system-packages $(MCP_TEST_PACKAGES)
+	$(PYTHON) -c "$$PEEK_AGENT_IMPORTS" 2>/dev/null || $(PYTHON) -m pip install -q $(PEEK_AGENT_PACKAGES) \
+		|| $(PYTHON) -m pip install -q --break-system-packages $(PEEK_AGENT_PACKAGES)
+	$(SWIFT) build --product agentchat
+	$(SWIFT) build --product agentchat-broker
+	AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/MCP
 
 # The machine-readable API descriptions (docs/openapi.yaml, docs/asyncapi.yaml): scripts/check-api-descriptions.py
 # checks them against the golden frames, FrameType/ErrorCode/CloseCode.swift and the broker's routes; Tests/API runs
-# the checker's negative tests and schemathesis and hand-written requests against a real broker (debug build).
+# the checker's negative tests, then against real brokers (debug build): schemathesis and hand-written requests
+# (openapi.yaml), and ~430 frames derived from the AsyncAPI schemas (asyncapi.yaml). Under a minute once built.
 API_PACKAGES := openapi-spec-validator schemathesis jsonschema referencing pyyaml pynacl requests asyncapi3 pytest
 export API_IMPORTS := import openapi_spec_validator, schemathesis, jsonschema, referencing, yaml, nacl.signing, requests, asyncapi3, pytest
-test-api:
+test-api: deps
 	$(PYTHON) -W ignore -c "$$API_IMPORTS" 2>/dev/null || $(PYTHON) -m pip install -q $(API_PACKAGES) \
 		|| $(PYTHON) -m pip install -q --break-system-packages $(API_PACKAGES)
 	$(SWIFT) build --product agentchat-broker

@@ -19,6 +19,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        // The Model Context Protocol SDK for `agentchat mcp`: only its `MCP` library is built (its dependency on
+        // swift-nio serves its conformance executables, which nothing here builds).
+        .package(url: "https://github.com/modelcontextprotocol/swift-sdk", from: "0.12.1"),
     ],
     targets: [
         // C libraries, each behind its own system-library target found with pkg-config.
@@ -86,7 +89,9 @@ let package = Package(
         // The `agentchat` command line, built on the SDK.
         .executableTarget(name: "agentchat",
                           dependencies: ["AgentChatClient", "AgentChatProtocol",
-                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "MCP", package: "swift-sdk"),
+                                         .product(name: "Logging", package: "swift-log")],
                           path: "Sources/AgentChatCLI"),
         // `make demo`: two SDK agents talking in a listed channel, granting peeks.
         .executableTarget(name: "agentchat-demo", dependencies: ["AgentChatClient", "AgentChatProtocol"],
@@ -110,6 +115,8 @@ let package = Package(
         .testTarget(name: "ClientTests",
                     dependencies: ["AgentChatClient", "AgentChatCrypto", "AgentChatProtocol", "WebSocketClient",
                                    "TestSupport"]),
+        // The pure parts of `agentchat mcp` (Tests/MCP drives the whole server with the MCP Python SDK).
+        .testTarget(name: "MCPTests", dependencies: ["agentchat", "AgentChatProtocol"]),
         .testTarget(name: "WebSocketClientTests", dependencies: ["WebSocketClient", "TestSupport"]),
         .testTarget(name: "PaymentsTests",
                     dependencies: ["AgentChatPayments", "AgentChatTransport", "AgentChatCore", "AgentChatLoop",

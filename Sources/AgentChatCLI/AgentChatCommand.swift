@@ -17,7 +17,7 @@ struct AgentChatCommand: AsyncParsableCommand {
             4 network failure, 5 unexpected answer from the broker.
             """,
         subcommands: [Keygen.self, Register.self, Whoami.self, ChannelCommand.self, Send.self, Listen.self,
-                      History.self, PeekCommand.self, EarningsCommand.self])
+                      History.self, PeekCommand.self, EarningsCommand.self, MCPCommand.self])
 
     /// Parses and runs like `AsyncParsableCommand.main()`, but with this tool's exit statuses.
     static func main() async {

@@ -212,7 +212,8 @@ final class ChannelService {
             delivery.unsubscribe(session, from: channel)
             reply(.ok(ref: id))
         case .listing(let channel, let listed, let title, let topic):
-            indicatorStore.setListing(channel, owner: did, listed: listed, title: title, topic: topic) { result in
+            indicatorStore.setListing(channel, owner: did, listed: listed, title: title, topic: topic,
+                                      now: clock.unixMilliseconds) { result in
                 switch result {
                 case .success: reply(.ok(ref: id))
                 case .failure(let failure): storeFailure(failure)

@@ -249,8 +249,9 @@ package protocol AgentDirectory: AnyObject {
 
 /// Listed channels, their public indicators, and agent presence.
 package protocol IndicatorStoring: AnyObject {
-    /// Lists or unlists a channel (owner only) and updates the directory.
-    func setListing(_ id: ChannelID, owner: DID, listed: Bool, title: String, topic: String,
+    /// Lists or unlists a channel (owner only) and updates the directory. Messages are counted for the indicators
+    /// only while a channel is listed, so listing it counts the messages of the two minutes before `now` afresh.
+    func setListing(_ id: ChannelID, owner: DID, listed: Bool, title: String, topic: String, now: Int64,
                     completion: @escaping StoreCompletion<Void>)
     /// Moves a listed channel up the directory after activity.
     func touch(_ id: ChannelID, at time: Int64)

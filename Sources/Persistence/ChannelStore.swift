@@ -108,27 +108,34 @@ package final class ChannelStore: ChannelStoring {
         """)
 
     /// KEYS: meta, members, log, dedup, rate. ARGV: sender, epoch, item prefix, item suffix, now, max count,
-    /// oldest allowed ms, dedup window ms, feed channel. Stores, trims, remembers the client id, counts activity,
-    /// publishes. Answers the offset and whether the channel is listed.
+    /// oldest allowed ms, dedup window ms, feed channel. Stores, trims, remembers the client id, counts activity
+    /// (listed channels only: the count feeds the public indicators), publishes. Answers the offset and whether the
+    /// channel is listed.
     ///
-    /// The hot path (every message): the meta field `oldestAt` is a lower bound on the time of the oldest kept
-    /// entry (entries only ever leave from the front), so the log is looked at for the age trim only once that
-    /// bound is older than the limit; the activity counter's expiry is set once per second (when the second's
-    /// field is new), not on every message.
+    /// The hot path (every message), measured in instructions under callgrind (docs/BENCHMARKS.md): one `HMGET` of
+    /// the meta hash; epochs compared as the decimal strings both sides write; the offset formatted once; the
+    /// dedup check and its write in one `SET … NX GET` (undone if the `XADD` fails, so a retry is never told
+    /// "duplicate" of an offset that was not stored); `seq` and `lastActivity` written by one `HSET` after the entry
+    /// is in the log (a failed `XADD` leaves no gap). The meta field `oldestAt` is a lower bound on the time of the
+    /// oldest kept entry (entries only ever leave from the front), so the log is looked at for the age trim only
+    /// once that bound is older than the limit; the activity counter's expiry is set once per second.
     static let append = RedisScript(name: "channel_append", source: """
         if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
-        local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch', 'listed', 'oldestAt')
-        local epoch = tonumber(meta[1])
-        if tonumber(ARGV[2]) ~= epoch or tonumber(meta[2]) ~= epoch then return {'stale_epoch', epoch} end
-        local existing = redis.call('GET', KEYS[4])
+        local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch', 'listed', 'oldestAt', 'seq')
+        if ARGV[2] ~= meta[1] or meta[2] ~= meta[1] then return {'stale_epoch', tonumber(meta[1])} end
+        local offset = tostring((tonumber(meta[5]) or 0) + 1)
+        local existing = redis.call('SET', KEYS[4], offset, 'NX', 'GET', 'PX', ARGV[8])
         if existing then return {'duplicate', tonumber(existing)} end
-        local offset = redis.call('HINCRBY', KEYS[1], 'seq', 1)
         local item = ARGV[3] .. offset .. ARGV[4]
-        redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[6], '0-' .. offset, 'm', item, 't', ARGV[5])
-        local oldest = tonumber(ARGV[7])
+        local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', ARGV[6], '0-' .. offset, 'm', item, 't', ARGV[5])
+        if type(added) == 'table' and added.err then
+          redis.call('DEL', KEYS[4])
+          return added
+        end
         local oldestAt = tonumber(meta[4])
-        if oldestAt == nil or oldestAt < oldest then
+        if oldestAt == nil or oldestAt < tonumber(ARGV[7]) then
           -- Age trim: drop at most 100 entries a call, then remember the time of the oldest one kept.
+          local oldest = tonumber(ARGV[7])
           oldestAt = tonumber(ARGV[5])
           for _ = 1, 100 do
             local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
@@ -137,16 +144,16 @@ package final class ChannelStore: ChannelStoring {
             if oldestAt >= oldest then break end
             redis.call('XDEL', KEYS[3], first[1])
           end
-          redis.call('HSET', KEYS[1], 'lastActivity', ARGV[5], 'oldestAt', oldestAt)
+          redis.call('HSET', KEYS[1], 'seq', offset, 'lastActivity', ARGV[5], 'oldestAt', oldestAt)
         else
-          redis.call('HSET', KEYS[1], 'lastActivity', ARGV[5])
+          redis.call('HSET', KEYS[1], 'seq', offset, 'lastActivity', ARGV[5])
         end
-        redis.call('SET', KEYS[4], offset, 'PX', ARGV[8])
-        if redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[5]) / 1000), 1) == 1 then
+        local listed = meta[3] == '1'
+        if listed and redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[5]) / 1000), 1) == 1 then
           redis.call('PEXPIRE', KEYS[5], 120000)
         end
         redis.call('PUBLISH', ARGV[9], item)
-        return {'ok', offset, meta[3] == '1' and 1 or 0}
+        return {'ok', tonumber(offset), listed and 1 or 0}
         """)
 
     /// KEYS: meta, members, log. ARGV: did. Membership, epochs, latest and first retained offsets.

@@ -12,12 +12,37 @@ package final class IndicatorStore: IndicatorStoring {
         redis.scripts.register(Self.indicators)
     }
 
-    /// KEYS: meta, members. ARGV: owner, listed, title, topic. Owner only.
+    /// KEYS: meta, members, log, rate. ARGV: owner, listed, title, topic, now (ms). Owner only. Answers the time to
+    /// file the channel under in the directory (its last activity, else its creation).
+    ///
+    /// Messages are counted per second (`rate`) only while a channel is listed (`channel_append`), so listing a
+    /// channel counts the last two minutes of its history afresh: at most 50 reads of 200 entries.
     static let listing = RedisScript(name: "channel_listing", source: """
         if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
-        if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'forbidden'} end
+        local meta = redis.call('HMGET', KEYS[1], 'owner', 'listed', 'lastActivity', 'createdAt')
+        if meta[1] ~= ARGV[1] then return {'forbidden'} end
+        if ARGV[2] == '1' and meta[2] ~= '1' then
+          redis.call('DEL', KEYS[4])
+          local since = tonumber(ARGV[5]) - 120000
+          local before = '+'
+          for _ = 1, 50 do
+            local entries = redis.call('XREVRANGE', KEYS[3], before, '-', 'COUNT', 200)
+            local done = #entries < 200
+            for _, entry in ipairs(entries) do
+              local time = tonumber(entry[2][4])
+              if time < since then
+                done = true
+                break
+              end
+              redis.call('HINCRBY', KEYS[4], math.floor(time / 1000), 1)
+            end
+            if done then break end
+            before = '(' .. entries[#entries][1]
+          end
+          redis.call('PEXPIRE', KEYS[4], 120000)
+        end
         redis.call('HSET', KEYS[1], 'listed', ARGV[2], 'title', ARGV[3], 'topic', ARGV[4])
-        return {'ok', tonumber(redis.call('HGET', KEYS[1], 'lastActivity') or redis.call('HGET', KEYS[1], 'createdAt'))}
+        return {'ok', tonumber(meta[3] or meta[4])}
         """)
 
     /// KEYS: meta, members, rate. ARGV: now (ms). Everything but `online`, plus the member list.
@@ -36,12 +61,13 @@ package final class IndicatorStore: IndicatorStoring {
         """)
 
     /// Lists or unlists a channel (owner only) and updates the directory.
-    package func setListing(_ id: ChannelID, owner: DID, listed: Bool, title: String, topic: String,
+    package func setListing(_ id: ChannelID, owner: DID, listed: Bool, title: String, topic: String, now: Int64,
                             completion: @escaping StoreCompletion<Void>)
     {
-        redis.scripts.call(Self.listing.name, keys: [RedisKeys.channel(id), RedisKeys.members(id)],
+        redis.scripts.call(Self.listing.name,
+                           keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.log(id), RedisKeys.rate(id)],
                            arguments: [RedisArgument(owner.description), listed ? "1" : "0", RedisArgument(title),
-                                       RedisArgument(topic)]) { [redis] result in
+                                       RedisArgument(topic), RedisArgument(now)]) { [redis] result in
             switch result.map(ScriptReply.init) {
             case .failure: completion(.failure(.unavailable))
             case .success(let reply) where reply.status != "ok": completion(.failure(reply.refusal))

@@ -37,6 +37,19 @@ final class BrokerFixture {
 
     var port: Int { broker.port }
 
+    /// One command through `redis-cli --raw` against the fixture's Redis; its output, trimmed.
+    func redisCommand(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["redis-cli", "-p", "\(redis.port)", "--raw"] + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     func get(_ path: String, headers: [(String, String)] = []) throws -> TestSupport.HTTPResponse {
         try HTTPProbe.request(port: port, method: "GET", path: path, headers: headers)
     }

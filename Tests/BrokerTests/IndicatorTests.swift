@@ -101,6 +101,24 @@ final class ViewerSession {
         #expect(afterReconnect.allSatisfy { $0["online"] == 1 }, "\(afterReconnect.map { $0["online"] })")
     }
 
+    /// Messages are counted per second only while a channel is listed; listing counts the recent history afresh.
+    @Test func listingAChannelCountsWhatWasSaidInTheLastMinuteBeforeIt() throws {
+        let broker = try BrokerFixture()
+        let alice = try RawSession(agent: TestAgent(name: "alice"), port: broker.port)
+        let id = try #require(alice.createChannel()["id"]?.stringValue)
+        try alice.publishKeys(id)
+        for _ in 0..<4 { _ = try alice.send(id, epoch: 1) }
+        #expect(try broker.redisCommand(["EXISTS", "agentchat:ch:{\(id)}:rate"]) == "0")
+        let listed = try alice.request(["type": "channel.listing", "channel": .string(id), "listed": true,
+                                        "title": "Late listing", "topic": ""])
+        #expect(listed["type"] == "ok")
+        _ = try alice.send(id, epoch: 1)
+        let viewer = try ViewerSession(port: broker.port)
+        let snapshot = try viewer.request(["type": "indicators.subscribe", "channels": [.string(id)]])
+        let indicators = try #require(snapshot["channels"]?.arrayValue?.first)
+        #expect(indicators["messages"] == 5 && indicators["messagesLastMinute"] == 5)
+    }
+
     @Test func aBurstIsCoalescedAndTheLastUpdateIsExact() throws {
         let cluster = try ClusterFixture(["--indicator-rate", "4"])
         let alice = try RawSession(agent: TestAgent(), port: cluster.first.port)

@@ -208,9 +208,11 @@ package final class InMemoryChannelStore: InMemoryStore, ChannelStoring {
             }
             dedup[dedupKey] = (offset, storeMilliseconds + limits.dedupWindowMilliseconds)
             channel.lastActivity = now
-            if channel.rateExpiresAt <= storeMilliseconds { channel.rate = [:] }
-            channel.rate[now / 1000, default: 0] += 1
-            channel.rateExpiresAt = storeMilliseconds + 120_000
+            if channel.listed {  // counted for the indicators only while listed
+                if channel.rateExpiresAt <= storeMilliseconds { channel.rate = [:] }
+                channel.rate[now / 1000, default: 0] += 1
+                channel.rateExpiresAt = storeMilliseconds + 120_000
+            }
             channels[id] = channel
             feeds.deliver(.item(ChannelItem(offset: offset, bytes: item)), on: id)
             return .success(.stored(offset: offset, listed: channel.listed))

@@ -19,7 +19,7 @@ package final class InMemoryIndicatorStore: InMemoryStore, IndicatorStoring {
     /// Whether the agent's presence key exists now.
     package func isPresent(_ did: DID) -> Bool { presence[did].map { $0 > storeMilliseconds } ?? false }
 
-    package func setListing(_ id: ChannelID, owner: DID, listed: Bool, title: String, topic: String,
+    package func setListing(_ id: ChannelID, owner: DID, listed: Bool, title: String, topic: String, now: Int64,
                             completion: @escaping StoreCompletion<Void>)
     {
         perform("setListing", completion) { [self] in
@@ -27,7 +27,14 @@ package final class InMemoryIndicatorStore: InMemoryStore, IndicatorStoring {
                 return .failure(.refused(.notFound))
             }
             guard channel.owner == owner else { return .failure(.refused(.forbidden)) }
+            let storeTime = storeMilliseconds
             channels.update(id) {
+                if listed, !$0.listed {
+                    // Counted only while listed: the last two minutes of history, afresh.
+                    $0.rate = [:]
+                    for entry in $0.log where entry.time >= now - 120_000 { $0.rate[entry.time / 1000, default: 0] += 1 }
+                    $0.rateExpiresAt = storeTime + 120_000
+                }
                 $0.listed = listed
                 $0.title = title
                 $0.topic = topic
