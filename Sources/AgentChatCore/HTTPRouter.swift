@@ -3,7 +3,8 @@ import AgentChatProtocol
 /// Answers one request, now or later, by calling `respond` exactly once on the loop thread.
 typealias HTTPHandler = (_ request: HTTPRequest, _ respond: @escaping (HTTPResponse) -> Void) -> Void
 
-/// Maps method and path to a handler; unknown paths get 404 and known paths with another method 405.
+/// Maps method and path to a handler; unknown paths get 404 and known paths with another method 405. Responses to
+/// HEAD keep their headers (the length included) and drop the body.
 struct HTTPRouter {
     private var routes: [String: [HTTPMethod: HTTPHandler]] = [:]
 
@@ -11,7 +12,13 @@ struct HTTPRouter {
         routes[path, default: [:]][method] = handler
     }
 
-    func handle(_ request: HTTPRequest, respond: @escaping (HTTPResponse) -> Void) {
+    func handle(_ request: HTTPRequest, respond answer: @escaping (HTTPResponse) -> Void) {
+        // A response to HEAD never carries a body, errors included (RFC 9110 §9.3.2).
+        let respond: (HTTPResponse) -> Void = request.method != .head ? answer : { response in
+            var head = response
+            head.omitBody = true
+            answer(head)
+        }
         guard let methods = routes[request.path] else {
             respond(.error(404, .notFound, "no endpoint at this path"))
             return
@@ -20,11 +27,7 @@ struct HTTPRouter {
         if request.method == .head, let get = methods[.get] {
             var request = request
             request.method = .get
-            get(request) { response in
-                var head = response
-                head.omitBody = true
-                respond(head)
-            }
+            get(request, respond)
             return
         }
         guard let handler = methods[request.method] else {

@@ -120,6 +120,20 @@ func errorCode(_ response: TestSupport.HTTPResponse) throws -> String? {
         #expect(Int(head.headers["content-length"] ?? "") ?? 0 > 20)
     }
 
+    /// A response to HEAD never has a body, errors included (RFC 9110 §9.3.2): its headers end the response.
+    @Test func headGetsNoBodyOnErrorsEither() throws {
+        let fixture = try BrokerFixture()
+        for (path, status) in [("/no/such/thing", 404), ("/api/v1/agents/register", 405)] {
+            let raw = try HTTPProbe.rawExchange(port: fixture.port, bytes: Array(
+                "HEAD \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8))
+            let text = String(decoding: raw, as: UTF8.self)
+            #expect(text.hasPrefix("HTTP/1.1 \(status) "), "\(text)")
+            let parts = text.components(separatedBy: "\r\n\r\n")
+            #expect(parts.count == 2 && parts[1].isEmpty, "HEAD \(path) got a body: \(text)")
+            if status == 405 { #expect(text.contains("Allow: OPTIONS, POST\r\n")) }
+        }
+    }
+
     @Test func unknownPathsAndMethodsGetJSONErrors() throws {
         let fixture = try BrokerFixture()
         let missing = try fixture.get("/no/such/thing")
