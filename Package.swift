@@ -79,7 +79,7 @@ let package = Package(
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                .product(name: "ArgumentParser", package: "swift-argument-parser")],
                 path: "Sources/Broker",
-                resources: [.copy("Web")]),
+                resources: [.copy("Web"), .copy("Admin")]),
         .executableTarget(name: "agentchat-broker", dependencies: ["AgentChatBroker"]),
         // A small blocking RFC 6455 client: tests drive the broker with it, byte by byte when needed.
         .target(name: "WebSocketClient"),

@@ -28,6 +28,23 @@ final class ChannelDelivery {
 
     private var metrics: BrokerMetrics { outbox.metrics }
 
+    /// Channels with subscribers on this broker.
+    var feedCount: Int { feeds.count }
+
+    /// Subscribers reading history rather than live, and the messages waiting for them (read and not yet sent, or
+    /// live and held until their read reaches the live stream). O(subscribers): for `/metrics`, not the hot path.
+    func replayFigures() -> (subscribers: Int, messages: Int) {
+        var subscribers = 0
+        var messages = 0
+        for feed in feeds.values {
+            for subscriber in feed.machine.subscribers.values where subscriber.phase != .live {
+                subscribers += 1
+                messages += subscriber.backlog.count + subscriber.held.count
+            }
+        }
+        return (subscribers, messages)
+    }
+
     /// Sends `session` every message after offset `start`, then live ones.
     func subscribe(_ session: Session, did: DID?, to channel: ChannelID, after start: Int64) {
         let feed = feeds[channel] ?? makeFeed(channel)
@@ -84,15 +101,15 @@ final class ChannelDelivery {
             case .broadcast(let ids, let items):
                 for chunk in ChannelFeed.chunks(items) {
                     let frame = OutboundFrame(MessageItem.batch(channel: feed.id, items: chunk.map(\.bytes)))
-                    outbox.broadcast(frame, to: ids.lazy.compactMap { feed.subscribers[$0]?.session })
-                    metrics.deliveries.increment(by: chunk.count * ids.count)
+                    outbox.broadcast(frame, type: .messages, to: ids.lazy.compactMap { feed.subscribers[$0]?.session })
+                    metrics.delivered(chunk.count * ids.count, replay: false)
                 }
             case .send(let id, let items):
                 guard let session = feed.subscribers[id]?.session else { continue }
                 for chunk in ChannelFeed.chunks(items) {
                     outbox.send(OutboundFrame(MessageItem.batch(channel: feed.id, items: chunk.map(\.bytes))),
-                                to: session)
-                    metrics.deliveries.increment(by: chunk.count)
+                                type: .messages, to: session)
+                    metrics.delivered(chunk.count, replay: true)
                 }
             case .read(let read):
                 store.range(feed.id, after: read.after, count: read.count) { [weak self, weak feed] result in
@@ -134,7 +151,7 @@ final class ChannelDelivery {
         case .event(let event):
             // Delivered after the items already received; then a member who is gone stops receiving.
             flush(feed)
-            outbox.broadcast(OutboundFrame(outbox.codec.encode(event.frame)),
+            outbox.broadcast(OutboundFrame(outbox.codec.encode(event.frame)), type: event.frame.type,
                              to: feed.subscribers.values.map(\.session))
             if event.kind == .memberLeft || event.kind == .memberRemoved {
                 for subscriber in feed.subscribers.values where subscriber.did == event.did {

@@ -109,7 +109,7 @@ final class ChannelService {
                         guard let session else { return }
                         if failed { return storeFailure(.unavailable) }
                         outbox.sendPaced(channelsPage(descriptions, ref: id, more: rest.count > page.count,
-                                               last: page.last, budget: session.queueLimit / 2), to: session)
+                                               last: page.last, budget: session.queueLimit / 2), type: .channels, to: session)
                     }
                 }
             }
@@ -133,7 +133,7 @@ final class ChannelService {
                         case .failure(let failure): storeFailure(failure)
                         case .success(let cursors):
                             outbox.sendPaced(unreadPage(cursors, ref: id, more: rest.count > page.count,
-                                                        last: page.last, budget: session.queueLimit / 2), to: session)
+                                                        last: page.last, budget: session.queueLimit / 2), type: .unread, to: session)
                         }
                     }
                 }
@@ -188,7 +188,7 @@ final class ChannelService {
             store.append(message, sender: did, suffix: suffix, now: now) { [self] result in
                 switch result {
                 case .success(.stored(let offset, let listed)):
-                    metrics.messagesStored.increment()
+                    metrics.messageStored()
                     if listed { indicatorStore.touch(message.channel, at: now) }
                     reply(.messageAck(ref: id, channel: message.channel, offset: offset, duplicate: false))
                 case .success(.duplicate(let offset)):
@@ -228,7 +228,7 @@ final class ChannelService {
                     case .failure(let failure): storeFailure(failure)
                     case .success(let items):
                         outbox.sendPaced(Self.historyPage(items, channel: channel, ref: id,
-                                                          budget: session.queueLimit / 2), to: session)
+                                                          budget: session.queueLimit / 2), type: .messages, to: session)
                     }
                 }
                 if let after {

@@ -21,6 +21,12 @@ package protocol Connection: AnyObject {
     /// Runs `body` once, when the queue has drained to a quarter of its limit or less: how replies paced by the
     /// reader (replays, history) wait for room. Dropped if the connection closes first.
     func whenDrained(_ body: @escaping () -> Void)
+    /// Once the connection has ended: why (the close code the broker sent, the peer's close, or neither).
+    var closeCause: CloseCause { get }
+}
+
+extension Connection {
+    package var closeCause: CloseCause { .lost }
 }
 
 /// What the transport hands the core: connections opening, their messages, their end, and HTTP requests.

@@ -45,12 +45,34 @@ package final class FrameRouter: ConnectionHandler {
     private var router = HTTPRouter()
     private var sessions: [UInt64: Session] = [:]
     private var healthTimer: (any BrokerTimer)?
+    /// The heartbeat and, with a token, the admin page's API; nil when not configured (unit tests).
+    private var admin: AdminService?
 
-    /// `staticFiles` are served at their paths (GET and HEAD); `metricsPage` answers `/metrics`.
+    /// What the admin side is given: its configuration (token, identity), its page's files (served only with a
+    /// token), and the figures only the composition root can read.
+    package struct Admin {
+        package var configuration: AdminService.Configuration
+        package var files: [String: HTTPResponse] = [:]
+        package var storeHealth: () -> StoreHealth
+        package var recentErrors: () -> [RecentLogLine] = { [] }
+
+        package init(configuration: AdminService.Configuration, files: [String: HTTPResponse] = [:],
+                     storeHealth: @escaping () -> StoreHealth, recentErrors: @escaping () -> [RecentLogLine] = { [] })
+        {
+            self.configuration = configuration
+            self.files = files
+            self.storeHealth = storeHealth
+            self.recentErrors = recentErrors
+        }
+    }
+
+    /// `staticFiles` are served at their paths (GET and HEAD); `metricsPage` answers `/metrics` (after the sampled
+    /// gauges are brought up to date); `admin` adds the heartbeat and, with a token, `/admin`.
     package init(configuration: Configuration, clock: any BrokerClock, stores: Stores, keyStore: SigningKeyStore,
                  metrics: BrokerMetrics, payments: (any PaymentGateway)? = nil,
                  staticFiles: [String: HTTPResponse] = [:],
                  metricsPage: @escaping () -> HTTPResponse = { .error(404, .notFound, "no metrics here") },
+                 admin: Admin? = nil,
                  logger: Logger)
     {
         self.configuration = configuration
@@ -90,7 +112,30 @@ package final class FrameRouter: ConnectionHandler {
             router.add(.get, path) { _, respond in respond(response) }
         }
         router.add(.get, "/health") { [unowned self] _, respond in respond(health()) }
-        router.add(.get, "/metrics") { _, respond in respond(metricsPage()) }
+        router.add(.get, "/metrics") { [unowned self] _, respond in
+            sampleGauges()
+            respond(metricsPage())
+        }
+        router.add(.get, "/robots.txt") { _, respond in
+            respond(HTTPResponse(status: 200, contentType: "text/plain; charset=utf-8",
+                                 body: Array("User-agent: *\nDisallow: /admin\n".utf8), cacheControl: "public, max-age=3600"))
+        }
+        if let admin {
+            let service = AdminService(
+                configuration: admin.configuration, clock: clock, store: stores.operations, metrics: metrics,
+                local: { [unowned self] in localFigures() }, storeHealth: admin.storeHealth,
+                recentErrors: admin.recentErrors, logger: Logger(label: "agentchat.admin"))
+            self.admin = service
+            if service.isEnabled {
+                // The page and its files need no token (they hold no data); the status API does.
+                for (path, response) in admin.files {
+                    router.add(.get, path) { _, respond in respond(AdminService.decorate(response)) }
+                }
+                router.add(.get, AdminService.statusPath) { [unowned self] request, respond in
+                    self.admin?.status(request, respond: respond)
+                }
+            }
+        }
         let cors = CORSPolicy(allowedOrigins: Set(configuration.corsOrigins))
         let registration = RegistrationEndpoint(agents: stores.agents, rateLimiter: stores.rateLimits, clock: clock,
                                                 perMinute: configuration.registrationsPerMinute)
@@ -111,7 +156,15 @@ package final class FrameRouter: ConnectionHandler {
                 }
             }
         }
-        healthTimer = clock.makeTimer { [unowned self] in metrics.redisUp.record(stores.isHealthy() ? 1 : 0) }
+        let storeHealth = admin?.storeHealth
+        var counted = (command: 0, pubSub: 0)
+        healthTimer = clock.makeTimer { [unowned self] in
+            metrics.redisUp.record(stores.isHealthy() ? 1 : 0)
+            guard let health = storeHealth?() else { return }
+            for _ in counted.command..<max(counted.command, health.commandReconnects) { metrics.redisReconnected("command") }
+            for _ in counted.pubSub..<max(counted.pubSub, health.pubSubReconnects) { metrics.redisReconnected("pubsub") }
+            counted = (max(counted.command, health.commandReconnects), max(counted.pubSub, health.pubSubReconnects))
+        }
         healthTimer?.start(after: 0, repeat: 1000)
     }
 
@@ -124,12 +177,47 @@ package final class FrameRouter: ConnectionHandler {
     /// Stops the timers (indicators, presence, health); connections are closed by the transport.
     package func stop() {
         healthTimer = nil
+        admin?.stop()
         indicators.stop()
         presence.stop()
         peeks?.stop()
     }
 
     // MARK: HTTP
+
+    /// This process's connections by kind and its channel feeds.
+    private func localFigures() -> AdminService.LocalFigures {
+        var counts: [BrokerMetrics.ConnectionKind: Int] = [:]
+        for session in sessions.values { counts[kind(of: session), default: 0] += 1 }
+        return AdminService.LocalFigures(connections: counts, channelFeeds: channels.delivery.feedCount)
+    }
+
+    private func kind(of session: Session) -> BrokerMetrics.ConnectionKind {
+        if session.authenticatedDID != nil { return .agent }
+        if indicators.isViewer(session) || !session.peeks.isEmpty { return .viewer }
+        return .unauthenticated
+    }
+
+    /// Brings the gauges that are sampled rather than kept up to date (connections by kind, queue bytes, replays,
+    /// channel feeds) to their values now; run before every `/metrics` answer.
+    package func sampleGauges() {
+        var counts: [BrokerMetrics.ConnectionKind: Int] = [:]
+        var queued = 0
+        var largest = 0
+        for session in sessions.values {
+            counts[kind(of: session), default: 0] += 1
+            let bytes = session.queuedBytes
+            queued += bytes
+            largest = max(largest, bytes)
+        }
+        metrics.recordConnections(counts)
+        metrics.outboundQueueBytes.record(queued)
+        metrics.outboundQueueMaxBytes.record(largest)
+        let replay = channels.delivery.replayFigures()
+        metrics.replayingSubscribers.record(replay.subscribers)
+        metrics.replayBacklogMessages.record(replay.messages)
+        metrics.channelFeeds.record(channels.delivery.feedCount)
+    }
 
     private func health() -> HTTPResponse {
         let now = JSONValue.number(Double(clock.unixMilliseconds))
@@ -165,13 +253,14 @@ package final class FrameRouter: ConnectionHandler {
         peeks?.sessionClosed(session)
         if let did = session.authenticatedDID { presence.disconnected(did) }
         metrics.webSocketConnections.record(sessions.count)
+        metrics.closed(connection.closeCause)
         logger.debug("session closed", metadata: ["session": "\(session.id)"])
     }
 
     package func connection(_ connection: any Connection, received message: [UInt8], isBinary: Bool) {
         guard let session = sessions[connection.id] else { return }
-        metrics.framesReceived.increment()
         guard session.frameBudget.take(now: clock.monotonicSeconds) else {
+            metrics.frameReceived(nil)
             outbox.fail(session, ProtocolError(.rateLimited, "too many frames; slow down"), ref: nil)
             return
         }
@@ -182,6 +271,7 @@ package final class FrameRouter: ConnectionHandler {
         } else {
             decoded = codec.decode(message)
         }
+        metrics.frameReceived(decoded.type.flatMap(FrameType.init(rawValue:)))
         if session.authenticatedDID == nil {
             // Before login only `auth` and `ping` are served; every other frame, and every refused one, counts
             // towards closing the connection.

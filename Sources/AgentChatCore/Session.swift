@@ -43,37 +43,37 @@ struct Outbox {
     /// Encodes and queues one frame.
     func send(_ frame: ServerFrame, to session: Session) {
         if case .error(let error, _) = frame { metrics.frameError(error.code.rawValue) }
-        send(OutboundFrame(codec.encode(frame)), to: session)
+        send(OutboundFrame(codec.encode(frame)), type: frame.type, to: session)
     }
 
-    /// Queues one encoded frame.
-    func send(_ frame: OutboundFrame, to session: Session) {
-        metrics.framesSent.increment()
+    /// Queues one encoded frame of `type`.
+    func send(_ frame: OutboundFrame, type: FrameType, to session: Session) {
+        metrics.framesSent(type)
         session.connection.send(frame)
     }
 
-    /// Queues one encoded frame on each of `sessions`.
-    func broadcast(_ frame: OutboundFrame, to sessions: some Sequence<Session>) {
+    /// Queues one encoded frame of `type` on each of `sessions`.
+    func broadcast(_ frame: OutboundFrame, type: FrameType, to sessions: some Sequence<Session>) {
         var count = 0
         for session in sessions {
             session.connection.send(frame)
             count += 1
         }
-        if count > 0 { metrics.framesSent.increment(by: count) }
+        if count > 0 { metrics.framesSent(type, count: count) }
     }
 
     /// Queues a reply to the connection's own request once it fits in the queue, so that asking never makes a
     /// reader a slow consumer (4008).
-    func sendPaced(_ frame: OutboundFrame, to session: Session) {
+    func sendPaced(_ frame: OutboundFrame, type: FrameType, to session: Session) {
         guard session.isOpen else { return }
         if session.queuedBytes > 0, session.queuedBytes + frame.count > session.queueLimit {
             session.whenDrained { [weak session] in
                 guard let session else { return }
-                sendPaced(frame, to: session)
+                sendPaced(frame, type: type, to: session)
             }
             return
         }
-        send(frame, to: session)
+        send(frame, type: type, to: session)
     }
 
     /// An `error` reply.

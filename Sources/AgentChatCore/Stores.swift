@@ -301,12 +301,16 @@ package struct Stores {
     /// Peeks and their ledger, and the notices of their changes between brokers; without them peeks are off.
     package var peeks: (any PeekStoring)?
     package var peekNotifier: (any PeekNotifier)?
+    /// Heartbeats of every broker and the store's own figures, for the admin page; nil: no heartbeat.
+    package var operations: (any OperationsStoring)?
 
     package init(channels: any ChannelStoring, feeds: any ChannelFeedBus, agents: any AgentDirectory,
                  indicators: any IndicatorStoring, rateLimits: any RateLimiting,
                  signingKeys: any SigningKeyDirectoring, peeks: (any PeekStoring)? = nil,
-                 peekNotifier: (any PeekNotifier)? = nil, isHealthy: @escaping () -> Bool)
+                 peekNotifier: (any PeekNotifier)? = nil, operations: (any OperationsStoring)? = nil,
+                 isHealthy: @escaping () -> Bool)
     {
+        self.operations = operations
         self.peeks = peeks
         self.peekNotifier = peekNotifier
         self.channels = channels

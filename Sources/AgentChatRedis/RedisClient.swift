@@ -23,6 +23,8 @@ public final class RedisClient {
     private let configuration: Configuration
     private var pingTimer: LoopTimer?
     private var lastPong: ContinuousClock.Instant?
+    /// The last health PING's round trip (for the admin page); nil until one was answered.
+    public private(set) var lastPingRoundTrip: Duration?
 
     public init(loop: EventLoop, endpoint: RedisEndpoint, configuration: Configuration = .init(),
                 logger: Logger = Logger(label: "agentchat.redis")) {
@@ -79,8 +81,12 @@ public final class RedisClient {
             lastPong = nil
             return
         }
+        let sent = ContinuousClock.now
         connection.send(["PING"]) { [weak self] result in
-            if case .success(.status("PONG")) = result { self?.lastPong = .now }
+            if case .success(.status("PONG")) = result {
+                self?.lastPong = .now
+                self?.lastPingRoundTrip = .now - sent
+            }
         }
     }
 }

@@ -44,6 +44,10 @@ public final class RedisConnection {
     private var connectHooks: [() -> Void] = []
     /// Receives every reply to a subscription command (SUBSCRIBE, UNSUBSCRIBE and the messages that follow).
     var onPush: ((RedisValue) -> Void)?
+    /// Metrics: called with every command's round trip (sent → reply or failure). Nil costs nothing.
+    public var roundTripObserver: ((Duration) -> Void)?
+    /// Metrics: how many times a connection was established; every one after the first is a reconnection.
+    public private(set) var connectCount = 0
 
     /// The live hiredis context, or nil. Owned by hiredis once attached: freed by hiredis after the connect-failure
     /// and disconnect callbacks (where this alias is cleared), or by us with `redisAsyncFree` on timeout/close.
@@ -139,6 +143,15 @@ public final class RedisConnection {
             completion(.failure(isClosed ? .closed : .notConnected))
             return
         }
+        var completion = completion
+        if let observe = roundTripObserver {
+            let sent = ContinuousClock.now
+            let reply = completion
+            completion = { result in
+                observe(ContinuousClock.now - sent)
+                reply(result)
+            }
+        }
         // privdata: retained here, released exactly once in `redisConnectionReply` (hiredis calls it with a NULL
         // reply when the context goes away), or just below when hiredis refuses the command.
         let privdata = Unmanaged.passRetained(ReplyBox(completion)).toOpaque()
@@ -219,6 +232,7 @@ public final class RedisConnection {
         }
         failedAttempts = 0
         hasBeenConnected = true
+        connectCount += 1
         logger.info("connected to Redis")
         insideConnectCallback = true
         state = .connected

@@ -23,6 +23,9 @@ public final class RedisPubSub {
     private var nextID: UInt64 = 0
     private let logger: Logger
 
+    /// Metrics: how many times the subscribe connection was established (see `RedisConnection.connectCount`).
+    public var connectCount: Int { connection.connectCount }
+
     /// The state of the subscribe connection.
     public var state: RedisConnection.State { connection.state }
 

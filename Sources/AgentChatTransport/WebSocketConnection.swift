@@ -24,6 +24,17 @@ final class WebSocketConnection: Connection {
     private(set) var isDropped = false
     /// The peer sent a close frame (libwebsockets answers it).
     var peerSentClose = false
+    /// A close code libwebsockets sends for the broker (1009, 1002: `lws_close_reason`), for `closeCause`.
+    var refusedWith: CloseCode?
+
+    /// Why the connection ended: the code the broker sent (its own close, or libwebsockets' refusal), the peer's
+    /// close, or neither (dropped: silent peer, or a close never taken).
+    var closeCause: CloseCause {
+        if let pendingClose { return .sent(pendingClose.code) }
+        if let refusedWith { return .sent(refusedWith) }
+        if peerSentClose { return .peer }
+        return .lost
+    }
     /// Keep-alive (see `WebSocketServer.sweepKeepAlive`): when the peer was last heard from, and when the
     /// unanswered ping went out.
     var lastHeard: Double

@@ -400,6 +400,7 @@ package final class WebSocketServer {
         guard let id = Self.slotID(user), let connection = connections[id] else { return -1 }
         if Self.frameWasMasked(wsi) == false {
             logger.debug("closing connection: unmasked client frame", metadata: ["connection": "\(id)"])
+            connection.refusedWith = .protocolError
             var reason = Array("client frames must be masked".utf8)
             lws_close_reason(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, &reason, reason.count)
             return -1
@@ -416,6 +417,7 @@ package final class WebSocketServer {
             return 0
         case .tooLarge:
             logger.debug("closing connection: message too large", metadata: ["connection": "\(id)"])
+            connection.refusedWith = .messageTooBig
             var reason = Array("message larger than \(configuration.limits.maxMessageBytes) bytes".utf8)
             lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, &reason, reason.count)
             return -1
@@ -442,6 +444,7 @@ package final class WebSocketServer {
         let reason = Array("protocol error".utf8)
         let close: [UInt8] = [0x88, UInt8(2 + reason.count), 0x03, 0xEA] + reason
         logger.debug("closing connection: frame refused by libwebsockets", metadata: ["connection": "\(connection.id)"])
+        connection.refusedWith = .protocolError
         _ = close.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, agentchat_msg_nosignal_nowait()) }
     }
 

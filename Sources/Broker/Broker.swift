@@ -6,6 +6,7 @@ import AgentChatPersistence
 import AgentChatProtocol
 import AgentChatRedis
 import AgentChatTransport
+import Glibc
 import Logging
 import Prometheus
 
@@ -28,10 +29,16 @@ final class Broker {
     private let httpClient: HTTPClient?
     /// Made by `start()`, once the bound port (and so the default issuer) is known.
     private var router: FrameRouter?
+    /// The worker's index under `--processes`; nil for a single process.
+    private let process: Int?
+    private let recentLogLines: RecentLogLines?
 
     init(loop: EventLoop, configuration: BrokerConfiguration, redisEndpoint: RedisEndpoint,
-         keyStore: SigningKeyStore, logger: Logger, registry: PrometheusCollectorRegistry) throws
+         keyStore: SigningKeyStore, logger: Logger, registry: PrometheusCollectorRegistry, process: Int? = nil,
+         recentLogLines: RecentLogLines? = nil) throws
     {
+        self.process = process
+        self.recentLogLines = recentLogLines
         loop.preconditionInEventLoop()
         self.loop = loop
         self.configuration = configuration
@@ -47,7 +54,12 @@ final class Broker {
                         agents: AgentStore(redis: redis), indicators: IndicatorStore(redis: redis),
                         rateLimits: RateLimiter(redis: redis), signingKeys: SigningKeyDirectory(redis: redis),
                         peeks: PeekStore(redis: redis), peekNotifier: PeekNotices(redis: redis),
+                        operations: OperationsStore(redis: redis),
                         isHealthy: { [redis] in redis.isHealthy })
+        redis.connection.roundTripObserver = { [metrics] in
+            metrics.redisCommandDuration.recordNanoseconds($0.components.seconds * 1_000_000_000
+                + $0.components.attoseconds / 1_000_000_000)
+        }
         // Stripe when a secret key is configured; otherwise peeks are paid in the sandbox.
         if let secretKey = configuration.stripeSecretKey {
             let client = HTTPClient(loop: loop, logger: Logger(label: "agentchat.http-client"))
@@ -94,6 +106,22 @@ final class Broker {
         if configuration.stripeSecretKey != nil, configuration.stripePublishableKey != nil {
             site.policy = StaticFiles.stripeContentSecurityPolicy
         }
+        let identity = BrokerIdentity(
+            id: Base64URL.encode(SecureRandom.bytes(9)), address: "\(configuration.host):\(server.boundPort)",
+            version: BrokerCommand.version, pid: Int(getpid()), process: process, startedAt: clock.unixMilliseconds)
+        var adminConfiguration = AdminService.Configuration(token: configuration.adminToken, identity: identity)
+        adminConfiguration.heartbeatMilliseconds = configuration.heartbeatMilliseconds
+        let admin = FrameRouter.Admin(
+            configuration: adminConfiguration, files: StaticFiles.admin().responses,
+            storeHealth: { [redis] in
+                StoreHealth(up: redis.isHealthy,
+                            latencyMilliseconds: redis.lastPingRoundTrip.map {
+                                Double($0.components.seconds) * 1000 + Double($0.components.attoseconds) / 1e15
+                            },
+                            commandReconnects: max(0, redis.connection.connectCount - 1),
+                            pubSubReconnects: max(0, redis.pubSub.connectCount - 1))
+            },
+            recentErrors: { [recentLogLines] in recentLogLines?.snapshot ?? [] })
         let router = FrameRouter(
             configuration: core, clock: clock, stores: stores, keyStore: keyStore, metrics: metrics, payments: payments,
             staticFiles: site.responses,
@@ -101,6 +129,7 @@ final class Broker {
                 HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
                              body: registry.emitToBuffer())
             },
+            admin: admin,
             logger: logger)
         self.router = router
         server.handler = router

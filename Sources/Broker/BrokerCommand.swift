@@ -1,3 +1,4 @@
+import AgentChatCore
 import AgentChatCrypto
 import AgentChatLoop
 import AgentChatRedis
@@ -18,7 +19,13 @@ public struct BrokerCommand: ParsableCommand {
             Every option can also be set with the environment variable named beside it; a flag wins over the \
             variable, the variable over the default. Without --redis-url the broker starts its own redis-server \
             in --data-dir and stops it on exit. `agentchat-broker ledger --help`: the peek ledger export.
-            """)
+            """,
+        version: BrokerCommand.version)
+
+    /// The broker's version, in `--version`, heartbeats and the admin page.
+    static let version = "0.1.0"
+    /// The last warnings and errors of this process, for the admin page.
+    static let recentLogLines = RecentLogLines()
 
     // Each option's help, variable, default and range are described once, in `BrokerSettings`.
     @Option(help: BrokerSettings.host.help) var host: String?
@@ -54,6 +61,7 @@ public struct BrokerCommand: ParsableCommand {
     @Option(help: BrokerSettings.peekGrantWindow.help) var peekGrantWindow: Double?
     @Option(help: BrokerSettings.peekDuration.help) var peekDuration: Double?
     @Option(help: BrokerSettings.peekPaymentWindow.help) var peekPaymentWindow: Double?
+    @Option(help: BrokerSettings.adminToken.help) var adminToken: String?
     @Flag(help: BrokerSettings.rotateSigningKey.help) var rotateSigningKey = false
 
     public init() {}
@@ -107,6 +115,7 @@ public struct BrokerCommand: ParsableCommand {
         c.peekGrantWindowSeconds = try S.peekGrantWindow.resolve(peekGrantWindow, env)
         c.peekDurationSeconds = try S.peekDuration.resolve(peekDuration, env)
         c.peekPaymentWindowSeconds = try S.peekPaymentWindow.resolve(peekPaymentWindow, env)
+        c.adminToken = try S.adminToken.resolve(adminToken, env)
         if c.stripeSecretKey != nil, c.stripeWebhookSecrets.isEmpty {
             throw ValidationError("with a Stripe secret key, set the webhook secret too (AGENTCHAT_STRIPE_WEBHOOK_SECRET)")
         }
@@ -130,20 +139,22 @@ public struct BrokerCommand: ParsableCommand {
             else if supervises { ["process": "supervisor", "pid": "\(getpid())"] }
             else { [:] }
         let level = configuration.logLevel
+        let recent = Self.recentLogLines
+        // Every logger also keeps its warnings and errors in `recentLogLines`, for the admin page.
         switch configuration.logFormat {
         case .text:
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)
                 handler.logLevel = level
                 handler.metadata = processMetadata
-                return handler
+                return MultiplexLogHandler([handler, RecentLogLines.Handler(label: label, lines: recent)])
             }
         case .json:
             LoggingSystem.bootstrap { label in
                 var handler = JSONLogHandler(label: label)
                 handler.logLevel = level
                 handler.metadata = processMetadata
-                return handler
+                return MultiplexLogHandler([handler, RecentLogLines.Handler(label: label, lines: recent)])
             }
         }
         let logger = Logger(label: "agentchat.broker")
@@ -160,7 +171,14 @@ public struct BrokerCommand: ParsableCommand {
         LibWebSocketsLog.route(to: Logger(label: "agentchat.lws"))
 
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var factory = PrometheusMetricsFactory(registry: registry)
+        // Redis answers in well under a millisecond on a LAN: buckets from 100 µs.
+        factory.durationHistogramBuckets[BrokerMetrics.redisCommandDurationLabel] = [
+            .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .microseconds(2500),
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .milliseconds(1000),
+        ]
+        MetricsSystem.bootstrap(factory)
         if let worker {
             // Each worker has its own /metrics; this says which one answered a scrape.
             Gauge(label: "agentchat_process", dimensions: [("index", "\(worker.index)"), ("pid", "\(getpid())")])
@@ -226,7 +244,8 @@ public struct BrokerCommand: ParsableCommand {
         do {
             started = try await loop.submit {
                 let broker = try Broker(loop: loop, configuration: settled, redisEndpoint: endpoint,
-                                    keyStore: keyStore, logger: logger, registry: registry)
+                                    keyStore: keyStore, logger: logger, registry: registry,
+                                    process: worker?.index, recentLogLines: recent)
                 let port = try broker.start()
                 return (LoopBound(broker, loop: loop), port)
             }

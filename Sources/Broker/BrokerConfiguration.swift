@@ -51,6 +51,10 @@ struct BrokerConfiguration: Sendable {
     var peekGrantWindowSeconds = S.peekGrantWindow.defaultValue!
     var peekDurationSeconds = S.peekDuration.defaultValue!
     var peekPaymentWindowSeconds = S.peekPaymentWindow.defaultValue!
+    /// The admin page's token; nil: `/admin` is off.
+    var adminToken: String?
+    /// How often this process writes its heartbeat for the admin page (tests shorten it).
+    var heartbeatMilliseconds: UInt64 = 5_000
     /// Seconds to wait for WebSocket clients to take their 1001 close before the server stops anyway.
     var shutdownGraceSeconds = 3.0
 }

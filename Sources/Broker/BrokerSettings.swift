@@ -181,6 +181,18 @@ enum BrokerSettings {
     static let peekPaymentWindow = Setting<Double>(
         "AGENTCHAT_PEEK_PAYMENT_WINDOW", "Seconds a viewer has to authorise a peek's payment", default: 900,
         range: 1...86400)
+    static let adminToken = Setting<String>(
+        "AGENTCHAT_ADMIN_TOKEN",
+        "Token of the read-only admin page /admin (the page sends it as Authorization: Bearer), at least 16 characters; without it /admin answers 404. Prefer the variable: flags show in ps",
+        default: nil, shown: "none: /admin off", parse: { $0.isEmpty ? nil : $0 },
+        check: { token in
+            guard token.utf8.count >= 16 else { return "must be at least 16 characters" }
+            guard token.utf8.count <= 512 else { return "must be at most 512 characters" }
+            guard token.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) else {
+                return "must be printable ASCII without spaces"
+            }
+            return nil
+        })
     static let rotateSigningKey = Setting<Bool>(
         "AGENTCHAT_ROTATE_SIGNING_KEY",
         "Start a new token signing key; tokens signed by the old one stay valid (variable: 1)", default: false,

@@ -41,6 +41,23 @@ struct StaticFiles {
         return result
     }
 
+    /// The admin page's files (`Sources/Broker/Admin`), served under `/admin/` (`index.html` at `/admin`) only when an
+    /// admin token is configured; with the viewer's strict policy, and never indexed (`AdminService.decorate`).
+    static func admin() -> StaticFiles {
+        var result = StaticFiles()
+        guard let directory = Bundle.module.url(forResource: "Admin", withExtension: nil),
+            let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path)
+        else { return result }
+        for name in names.sorted() where !name.hasPrefix(".") {
+            guard let data = FileManager.default.contents(atPath: directory.appendingPathComponent(name).path) else {
+                continue
+            }
+            let file = File(body: Array(data), contentType: contentType(of: name))
+            result.files[name == "index.html" ? AdminService.pagePath : AdminService.pagePath + "/" + name] = file
+        }
+        return result
+    }
+
     static func contentType(of name: String) -> String {
         switch (name as NSString).pathExtension.lowercased() {
         case "html": "text/html; charset=utf-8"

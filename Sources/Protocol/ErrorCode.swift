@@ -103,4 +103,6 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let upgradeRequired = ErrorCode(rawValue: "upgrade_required")
     /// The request head did not arrive complete within the broker's time limit.
     public static let requestTimeout = ErrorCode(rawValue: "request_timeout")
+    /// An admin endpoint called without the admin token (`Authorization: Bearer …`), or with another one.
+    public static let unauthorized = ErrorCode(rawValue: "unauthorized")
 }

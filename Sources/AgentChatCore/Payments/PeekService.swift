@@ -199,6 +199,7 @@ final class PeekService {
                     if let deadline = record.deadline { store.schedule(key, at: deadline) }
                     store.create(StoredPeek(record: record, tokenHash: Hash.sha256(Array(token.utf8)))) { [self] result in
                         if case .failure(let failure) = result { return refuse(ProtocolError(failure)) }
+                        outbox.metrics.peek("requested")
                         attach(session, to: record)
                         var view = view(record, forViewer: true)
                         view.token = token
@@ -361,14 +362,17 @@ final class PeekService {
     private func count(_ peek: PeekRecord, settlement: PeekSettlement?) {
         let metrics = outbox.metrics
         switch peek.phase {
+        case .pending: metrics.peek("authorized")
         case .active: metrics.peek("granted")
-        case .refused, .cancelled, .failed: metrics.peek(peek.phase.rawValue)
+        case .refused, .cancelled, .failed, .ended: metrics.peek(peek.phase.rawValue)
         default: break
         }
         switch settlement {
         case .capture(let split, let released, _)?:
             metrics.peekCents("captured", split.amount)
             metrics.peekCents("released", released)
+            metrics.peekCents("platform", split.platform)
+            metrics.peekCents("members", split.amount - split.platform)
         case .cancellation(let released, _)?:
             metrics.peekCents("cancelled", released)
         case nil:
@@ -464,7 +468,7 @@ final class PeekService {
                 guard case .success(let record?) = result else { return }
                 let frame = OutboundFrame(outbox.codec.encode(.peekUpdate(view(peek, forViewer: false))))
                 let sessions = record.members.flatMap { agents[$0].map { Array($0.values) } ?? [] }
-                outbox.broadcast(frame, to: sessions)
+                outbox.broadcast(frame, type: .peekUpdate, to: sessions)
             }
         }
     }
