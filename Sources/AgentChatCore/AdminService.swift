@@ -73,7 +73,12 @@ package final class AdminService {
 
     package var isEnabled: Bool { tokenDigest != nil }
 
-    package func stop() { timer = nil }
+    /// Stops the heartbeat and removes this broker from the list.
+    package func stop() {
+        guard timer != nil else { return }
+        timer = nil
+        store?.forget(id: configuration.identity.id)
+    }
 
     // MARK: Heartbeat
 

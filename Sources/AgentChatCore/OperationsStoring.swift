@@ -6,6 +6,8 @@ package protocol OperationsStoring: AnyObject {
     /// Records this broker's heartbeat (a JSON object), seen at `now`, kept `ttlMilliseconds`.
     func heartbeat(id: String, record: [UInt8], now: Int64, ttlMilliseconds: Int64,
                    completion: @escaping StoreCompletion<Void>)
+    /// Removes a stopping broker's heartbeat, so that it leaves the list at once.
+    func forget(id: String)
     /// The heartbeats seen at `since` or later (JSON objects, as recorded).
     func heartbeats(since: Int64, completion: @escaping StoreCompletion<[[UInt8]]>)
     /// How many channels are listed in the public directory.

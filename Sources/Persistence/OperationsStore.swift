@@ -25,6 +25,11 @@ package final class OperationsStore: OperationsStoring {
         }
     }
 
+    package func forget(id: String) {
+        redis.send(["ZREM", Self.brokers, RedisArgument(id)]) { _ in }
+        redis.send(["DEL", Self.broker(id)]) { _ in }
+    }
+
     package func heartbeats(since: Int64, completion: @escaping StoreCompletion<[[UInt8]]>) {
         redis.send(["ZRANGEBYSCORE", Self.brokers, RedisArgument(since), "+inf"]) { [redis] result in
             guard case .success(.array(let ids)) = result else { return completion(.failure(.unavailable)) }
