@@ -156,12 +156,24 @@ import Testing
         // Shares: 30% (rounded up) to the platform, the rest split between Alice and Bob.
         let platform = shares.filter { $0.party == "platform" }.reduce(0) { $0 + $1.cents }
         #expect(platform == Int64(granted) * 150 + Int64(peeks.filter { $0.phase == .refused }.count) * 30)
-        // Metrics count each outcome once (granted peeks when they became active), and the cents captured.
+        // Metrics count each outcome once (granted peeks when they became active, then again when they ended), and
+        // the cents captured, released and shared.
         let metrics = world.harness.metrics
-        #expect(metrics.counterTotal(label: "agentchat_peeks_total") == 1_000)
-        #expect(metrics.counterTotal(label: "agentchat_peek_cents_total")
+        func outcome(_ name: String) -> Int64 {
+            metrics.counterTotal(label: "agentchat_peeks_total", dimensions: [("outcome", name)])
+        }
+        #expect(["granted", "refused", "cancelled", "failed"].map(outcome).reduce(0, +) == 1_000)
+        #expect(outcome("requested") == 1_000)
+        #expect(outcome("ended") == Int64(granted))
+        #expect(outcome("granted") == Int64(granted))
+        func cents(_ kind: String) -> Int64 {
+            metrics.counterTotal(label: "agentchat_peek_cents_total", dimensions: [("kind", kind)])
+        }
+        #expect(cents("captured") + cents("released") + cents("cancelled")
             == captures.reduce(0) { $0 + $1.cents } + entries.filter { $0.kind != "capture" && $0.kind != "share" }
                 .reduce(0) { $0 + $1.cents })
+        #expect(cents("platform") == platform)
+        #expect(cents("platform") + cents("members") == cents("captured"))
         // Webhooks were delivered twice and more; each event applied at most once (the phases above prove it).
         #expect(world.webhooks.requests.count > 1_000)
     }
