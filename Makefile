@@ -64,6 +64,7 @@ test: deps
 	$(MAKE) loadtest-smoke
 	$(MAKE) chaos-smoke
 	$(PYTHON) Tests/Browser/test_viewer_real.py $$($(SWIFT) build --show-bin-path)
+	$(PYTHON) Tests/Browser/test_admin_real.py $$($(SWIFT) build --show-bin-path)
 	$(MAKE) test-python
 	$(MAKE) test-mcp
 	$(MAKE) test-api

@@ -6,8 +6,8 @@
 Exits 1 and lists every problem found, 0 when there is none. What it checks:
 
 - openapi.yaml is valid OpenAPI 3.1 (openapi-spec-validator), and its paths and methods are the broker's routes:
-  those Sources/AgentChatCore/FrameRouter.swift adds, and every file of Sources/Broker/Web (with `/` for
-  index.html). HEAD is described wherever GET is (the router serves it). Its JSON examples match their schemas.
+  those Sources/AgentChatCore/FrameRouter.swift adds, every file of Sources/Broker/Web (with `/` for
+  index.html), and every file of Sources/Broker/Admin under `/admin/` (with `/admin` for index.html). HEAD is described wherever GET is (the router serves it). Its JSON examples match their schemas.
 - asyncapi.yaml is a valid AsyncAPI 3.0 document: the `asyncapi3` models (PyPI; pydantic models of the 3.0
   specification, extensions must start with `x-`), plus checks of our own: `asyncapi: 3.0.0`, every `$ref`
   resolves, every operation names a channel of the document and messages of that channel (replies too), every
@@ -74,7 +74,8 @@ def swift_frame_types(root):
 
 
 def swift_routes(root):
-    """{path: set of methods} the broker serves, from FrameRouter.swift and the files of Sources/Broker/Web."""
+    """{path: set of methods} the broker serves, from FrameRouter.swift and the files of Sources/Broker/Web and
+    Sources/Broker/Admin (the admin page, served when an admin token is configured)."""
     core = os.path.join(root, "Sources/AgentChatCore")
     router = open(os.path.join(core, "FrameRouter.swift"), encoding="utf-8").read()
     constants = {}
@@ -100,6 +101,10 @@ def swift_routes(root):
             routes.setdefault("/" + name, set()).add("GET")
             if name == "index.html":
                 routes.setdefault("/", set()).add("GET")
+    admin = os.path.join(root, "Sources/Broker/Admin")
+    for name in sorted(os.listdir(admin)):
+        if not name.startswith("."):
+            routes.setdefault("/admin" if name == "index.html" else "/admin/" + name, set()).add("GET")
     return routes
 
 

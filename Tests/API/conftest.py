@@ -15,6 +15,7 @@ import yaml
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ALLOWED_ORIGIN = "http://allowed.example"
 WEBHOOK_SECRET = "whsec_api_description_tests"
+ADMIN_TOKEN = "admin-token-api-description-tests"
 
 
 def load_checker():
@@ -104,6 +105,8 @@ class Broker:
 def broker():
     # --register-rate 2: the hand-written registrations see 201, 409, then 429. Fuzzed registrations never reach
     # the rate limiter (it comes after the signature check, and random signatures do not verify).
-    b = Broker("--register-rate", "2", "--cors-origins", ALLOWED_ORIGIN, "--stripe-webhook-secret", WEBHOOK_SECRET)
+    # --admin-token: the admin page and its API are served (and described); requests carry the token.
+    b = Broker("--register-rate", "2", "--cors-origins", ALLOWED_ORIGIN, "--stripe-webhook-secret", WEBHOOK_SECRET,
+               "--admin-token", ADMIN_TOKEN)
     yield b
     b.stop()

@@ -181,7 +181,8 @@ def test_openapi_drift_is_reported(checker, openapi, asyncapi):
 
 def test_swift_drift_is_reported(checker, tmp_path):
     """The Swift side of the comparison: a new error code, frame type or route in a copy of the tree."""
-    for part in ("Sources/Protocol", "Sources/AgentChatCore", "Sources/Broker/Web", "Tests/Golden", "docs"):
+    for part in ("Sources/Protocol", "Sources/AgentChatCore", "Sources/Broker/Web", "Sources/Broker/Admin",
+                 "Tests/Golden", "docs"):
         shutil.copytree(os.path.join(ROOT, part), tmp_path / part)
     root = str(tmp_path)
     assert checker.check_all(root) == []
@@ -193,8 +194,10 @@ def test_swift_drift_is_reported(checker, tmp_path):
                                                           '    case earnings\n    case teleport = "tele.port"\n'))
     os.remove(tmp_path / "Tests/Golden/server/cursor.json")
     (tmp_path / "Sources/Broker/Web/extra.js").write_text("//")
+    (tmp_path / "Sources/Broker/Admin/extra.js").write_text("//")
     problems = checker.check_all(root)
     assert any("teapot is in the Swift sources" in p for p in problems), problems
     assert any("FrameType.swift has 'tele.port' (client side), no message" in p for p in problems), problems
     assert any("server message 'cursor' has no golden frame" in p for p in problems), problems
     assert any("serves /extra.js" in p for p in problems), problems
+    assert any("serves /admin/extra.js" in p for p in problems), problems

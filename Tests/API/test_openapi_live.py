@@ -24,7 +24,7 @@ from nacl.signing import SigningKey
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import ALLOWED_ORIGIN, ROOT, WEBHOOK_SECRET, Broker
+from conftest import ADMIN_TOKEN, ALLOWED_ORIGIN, ROOT, WEBHOOK_SECRET, Broker
 
 OPENAPI = os.path.join(ROOT, "docs", "openapi.yaml")
 CONFIG = os.path.join(ROOT, "Tests", "API", "schemathesis.toml")
@@ -41,7 +41,8 @@ def schemathesis(document, url, *extra, exclude="positive_data_acceptance"):
     try:
         return subprocess.run([sys.executable, "-m", "schemathesis.cli", "--config-file", CONFIG, "run", document,
                                "--url", url, *SCHEMATHESIS, "--exclude-checks", exclude,
-                               "-H", f"Origin: {ALLOWED_ORIGIN}", *extra],
+                               "-H", f"Origin: {ALLOWED_ORIGIN}", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
+                               *extra],
                               capture_output=True, text=True, timeout=300, cwd=work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -227,6 +228,22 @@ def test_webhook(broker):
     assert ignored.json() == {"ignored": "not a peek's PaymentIntent", "received": True}
 
 
+BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def test_admin_status_needs_the_token(broker):
+    """/admin/api/status: 401 unauthorized without the token or with another, 200 AdminStatus with it."""
+    for headers in ({}, {"Authorization": "Bearer not-the-token-at-all"}, {"Authorization": ADMIN_TOKEN}):
+        refused = requests.get(broker.url + "/admin/api/status", headers=headers, timeout=10)
+        assert refused.status_code == 401, headers
+        assert refused.json()["error"]["code"] == "unauthorized"
+        conforms("GET", "/admin/api/status", refused)
+    status = requests.get(broker.url + "/admin/api/status", headers=BEARER, timeout=10)
+    assert status.status_code == 200
+    assert status.headers["X-Robots-Tag"] == "noindex, nofollow"
+    conforms("GET", "/admin/api/status", status)
+
+
 def test_every_path_get_head_and_405(broker):
     """Every documented path answers its documented methods, and every other method 405 with `Allow:` its
     methods other than HEAD, as the document's info says."""
@@ -236,12 +253,12 @@ def test_every_path_get_head_and_405(broker):
         declared = {m.upper() for m in ("get", "head", "post", "put", "patch", "delete", "options") if m in item}
         if "GET" in declared:
             for method in ("GET", "HEAD"):
-                response = requests.request(method, broker.url + path, timeout=10)
+                response = requests.request(method, broker.url + path, timeout=10, headers=BEARER)
                 assert response.status_code == 200, (method, path, response.status_code)
                 conforms(method, path, response)
-            assert requests.get(broker.url + path + "?query=ignored", timeout=10).status_code == 200
+            assert requests.get(broker.url + path + "?query=ignored", timeout=10, headers=BEARER).status_code == 200
         for method in sorted({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} - declared):
-            response = requests.request(method, broker.url + path, data=b"", timeout=10)
+            response = requests.request(method, broker.url + path, data=b"", timeout=10, headers=BEARER)
             assert response.status_code == 405, (method, path, response.status_code)
             assert response.headers["Allow"] == ", ".join(sorted(declared - {"HEAD"})), (method, path)
             conforms(method, path, response)
@@ -327,7 +344,7 @@ def test_without_redis():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    broker = Broker("--redis-url", f"redis://127.0.0.1:{closed_port}", healthy=False)
+    broker = Broker("--redis-url", f"redis://127.0.0.1:{closed_port}", "--admin-token", ADMIN_TOKEN, healthy=False)
     try:
         health = requests.get(broker.url + "/health", timeout=10)
         assert health.status_code == 503 and health.json()["status"] == "unhealthy"
