@@ -132,6 +132,20 @@ import WebSocketClient
         #expect(alone["brokers"]?.arrayValue?.first?["address"]?.stringValue == "127.0.0.1:\(cluster.first.port)")
     }
 
+    @Test func everyWorkerOfProcessesIsListed() throws {
+        let fixture = try BrokerFixture(["--processes", "2", "--admin-token", Self.token])
+        let status = try Self.waitForStatus(port: fixture.port) { ($0["brokers"]?.arrayValue?.count ?? 0) == 2 }
+        let brokers = try #require(status["brokers"]?.arrayValue)
+        #expect(Set(brokers.compactMap { $0["process"]?.integerValue }) == [0, 1])
+        #expect(Set(brokers.compactMap { $0["address"]?.stringValue }) == ["127.0.0.1:\(fixture.port)"])
+        #expect(Set(brokers.compactMap { $0["pid"]?.integerValue }).count == 2)
+        // Each worker's /metrics says which worker answered.
+        let scrape = try Exposition.scrape(port: fixture.port)
+        let process = try #require(scrape.samples.first { $0.name == "agentchat_process" })
+        #expect(["0", "1"].contains(process.labels["index"]))
+        #expect(brokers.contains { $0["pid"]?.integerValue.map(String.init) == process.labels["pid"] })
+    }
+
     @Test func recentErrorsShowTheBrokersWarningsWithoutSecrets() throws {
         let fixture = try BrokerFixture(["--admin-token", Self.token])
         fixture.redis.kill()
