@@ -157,6 +157,32 @@ file_from() {
     owner "$2" "$4"
 }
 
+tree_from() {
+    # tree_from SOURCE_DIR PATH: PATH becomes a copy of SOURCE_DIR (files 0644, directories 0755, owned by root).
+    if [ -d "$ROOT$2" ] && diff -r "$1" "$ROOT$2" >/dev/null 2>&1; then
+        ok "$2 up to date"
+        return 0
+    fi
+    act "install $2/ (from $1)"
+    if [ "$DRY_RUN" -eq 0 ]; then
+        rm -rf "$ROOT$2.tmp.$$"
+        cp -R "$1" "$ROOT$2.tmp.$$"
+        find "$ROOT$2.tmp.$$" -type d -exec chmod 0755 {} + -o -type f -exec chmod 0644 {} +
+        rm -rf "$ROOT$2"
+        mv "$ROOT$2.tmp.$$" "$ROOT$2"
+        if [ "$SKIP_SYSTEM" -eq 0 ]; then chown -R root:root "$ROOT$2"; fi
+    fi
+    CHANGED=1
+}
+
+link() {
+    # link PATH TARGET: PATH is a symbolic link to TARGET.
+    if [ -L "$ROOT$1" ] && [ "$(readlink "$ROOT$1")" = "$2" ]; then ok "$1 links to $2"; return 0; fi
+    act "ln -sfn $2 $1"
+    run ln -sfn "$2" "$ROOT$1"
+    CHANGED=1
+}
+
 random_hex() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
 
 # A file written once from a template and never rewritten (it holds generated secrets and the operator's edits).
@@ -196,8 +222,17 @@ directory /var/lib/agentchat/redis 0750 agentchat-redis:agentchat
 directory /usr/local/bin 0755 root:root
 directory /etc/systemd/system 0755 root:root
 
-# 4. The broker binary.
-file_from "$BINARY" /usr/local/bin/agentchat-broker 0755 root:root
+# 4. The broker binary, with its resource bundle (the viewer page) beside it where Foundation's Bundle.module looks
+# for it, and a link in /usr/local/bin for operators.
+directory /usr/local/lib/agentchat 0755 root:root
+file_from "$BINARY" /usr/local/lib/agentchat/agentchat-broker 0755 root:root
+BUNDLE=$(dirname "$BINARY")/AgentChat_AgentChatBroker.resources
+if [ -d "$BUNDLE" ]; then
+    tree_from "$BUNDLE" /usr/local/lib/agentchat/AgentChat_AgentChatBroker.resources
+else
+    echo "install.sh: warning: no $BUNDLE beside the binary: the broker will not serve its viewer page" >&2
+fi
+link /usr/local/bin/agentchat-broker /usr/local/lib/agentchat/agentchat-broker
 
 # 5. systemd units (and the optional port-443 drop-in).
 UNITS_BEFORE=$CHANGED
