@@ -65,6 +65,10 @@ for f in agentchat.env.in redis/agentchat-redis.conf redis/redis-users.acl.in sy
     [ -f "$HERE/$f" ] || fail "missing $HERE/$f: run install.sh from the deploy/ directory of the source tree"
 done
 
+if [ ! -f "$ROOT/etc/agentchat/agentchat.env" ] && [ -z "$DOMAIN" ]; then
+    fail "--domain is required to write /etc/agentchat/agentchat.env the first time"
+fi
+
 PACKAGES="libwebsockets17 libsodium23 libhiredis0.14 libuv1 redis-server"
 ENV_FILE=/etc/agentchat/agentchat.env
 ACL_FILE=/etc/agentchat/redis-users.acl
