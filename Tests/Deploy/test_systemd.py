@@ -197,7 +197,8 @@ def test_installed_redis_and_broker_run_with_the_generated_configuration(tmp_pat
                  "redis-server on its socket")
         assert oct(socket_path.stat().st_mode & 0o777) == "0o770"
         # The default user: ordinary commands, no admin or dangerous ones.
-        for command in (["CONFIG", "GET", "appendonly"], ["FLUSHALL"], ["SHUTDOWN"], ["KEYS", "*"]):
+        for command in (["CONFIG", "GET", "appendonly"], ["FLUSHALL"], ["SHUTDOWN"], ["KEYS", "*"], ["MONITOR"],
+                        ["ACL", "SETUSER", "intruder", "on", "nopass", "+@all"]):
             out = redis_cli(socket_path, *command)
             assert "NOPERM" in out.stdout + out.stderr, (command, out.stdout, out.stderr)
         password = settings["AGENTCHAT_REDIS_PASSWORD"]
