@@ -72,6 +72,8 @@ fi
 PACKAGES="libwebsockets17 libsodium23 libhiredis0.14 libuv1 redis-server"
 ENV_FILE=/etc/agentchat/agentchat.env
 ACL_FILE=/etc/agentchat/redis-users.acl
+BROKER_PASSWORD_FILE=/etc/agentchat/redis-password
+ADMIN_PASSWORD_FILE=/etc/agentchat/redis-admin-password
 CHANGED=0
 
 # "+ action" (done unless --dry-run), "= state" (nothing to do), "- action" (skipped: --skip-system).
@@ -255,26 +257,39 @@ UNITS_CHANGED=$CHANGED
 # 6. Redis's configuration.
 file_from "$HERE/redis/agentchat-redis.conf" /etc/agentchat/redis.conf 0640 root:agentchat
 
-# 7. The broker's configuration with a generated Redis password, and Redis's ACL users (the password's SHA-256).
+# 7. The broker's configuration, the two Redis passwords (the broker's, readable by the agentchat group, and the
+# operators' admin one, root only), and Redis's ACL users with the passwords' SHA-256.
 if [ -f "$ROOT$ENV_FILE" ]; then
-    PASSWORD=$(sed -n 's/^AGENTCHAT_REDIS_PASSWORD=//p' "$ROOT$ENV_FILE" | tail -n 1)
     existing_issuer=$(sed -n 's/^AGENTCHAT_ISSUER=//p' "$ROOT$ENV_FILE" | tail -n 1)
     if [ -n "$DOMAIN" ] && [ "$existing_issuer" != "https://$DOMAIN" ]; then
         echo "install.sh: note: $ENV_FILE keeps AGENTCHAT_ISSUER=$existing_issuer (not changed to https://$DOMAIN;" \
             "edit it yourself)" >&2
     fi
-else
-    [ -n "$DOMAIN" ] || fail "--domain is required to write $ENV_FILE the first time"
-    PASSWORD=$(random_hex)
 fi
-sed -e "s|@ISSUER@|https://$DOMAIN|" -e "s|@REDIS_PASSWORD@|$PASSWORD|" "$HERE/agentchat.env.in" |
-    generated_file "$ENV_FILE" 0640 root:agentchat "the broker's configuration with a generated Redis password"
-if [ ! -f "$ROOT$ACL_FILE" ] && [ -z "$PASSWORD" ]; then
-    fail "$ENV_FILE has no AGENTCHAT_REDIS_PASSWORD to write $ACL_FILE from: add one (openssl rand -hex 32)"
+sed -e "s|@ISSUER@|https://$DOMAIN|" "$HERE/agentchat.env.in" |
+    generated_file "$ENV_FILE" 0640 root:agentchat "the broker's configuration, issuer https://$DOMAIN"
+password_file() {
+    # password_file PATH: the password in PATH (generated when PATH does not exist yet).
+    if [ -f "$ROOT$1" ]; then
+        head -n 1 "$ROOT$1"
+    else
+        random_hex
+    fi
+}
+BROKER_PASSWORD=$(password_file "$BROKER_PASSWORD_FILE")
+ADMIN_PASSWORD=$(password_file "$ADMIN_PASSWORD_FILE")
+if [ -z "$BROKER_PASSWORD" ] || [ -z "$ADMIN_PASSWORD" ]; then
+    fail "$BROKER_PASSWORD_FILE or $ADMIN_PASSWORD_FILE is empty: delete both and $ACL_FILE to generate new ones"
 fi
-HASH=$(printf '%s' "$PASSWORD" | sha256sum | cut -d' ' -f1)
-sed -e "s|@REDIS_PASSWORD_SHA256@|$HASH|" "$HERE/redis/redis-users.acl.in" |
-    generated_file "$ACL_FILE" 0640 root:agentchat "Redis users: default (socket only), agentchat (password)"
+printf '%s\n' "$BROKER_PASSWORD" |
+    generated_file "$BROKER_PASSWORD_FILE" 0640 root:agentchat "generated Redis password of the broker's ACL user"
+printf '%s\n' "$ADMIN_PASSWORD" |
+    generated_file "$ADMIN_PASSWORD_FILE" 0600 root:root "generated Redis password of the admin ACL user"
+BROKER_HASH=$(printf '%s' "$BROKER_PASSWORD" | sha256sum | cut -d' ' -f1)
+ADMIN_HASH=$(printf '%s' "$ADMIN_PASSWORD" | sha256sum | cut -d' ' -f1)
+sed -e "s|@BROKER_PASSWORD_SHA256@|$BROKER_HASH|" -e "s|@ADMIN_PASSWORD_SHA256@|$ADMIN_HASH|" \
+    "$HERE/redis/redis-users.acl.in" |
+    generated_file "$ACL_FILE" 0640 root:agentchat "Redis users: agentchat (the broker), admin; default off"
 
 # 8. Services: Debian's own redis-server (TCP 6379, no password) is not used; ours are enabled and started, and
 # restarted when this run changed anything.

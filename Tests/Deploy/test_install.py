@@ -26,6 +26,10 @@ EVERY_STEP = [
     "install /etc/agentchat/redis.conf", "chmod 0640 /etc/agentchat/redis.conf",
     "write /etc/agentchat/agentchat.env", "chmod 0640 /etc/agentchat/agentchat.env",
     "chown root:agentchat /etc/agentchat/agentchat.env",
+    "write /etc/agentchat/redis-password", "chmod 0640 /etc/agentchat/redis-password",
+    "chown root:agentchat /etc/agentchat/redis-password",
+    "write /etc/agentchat/redis-admin-password", "chmod 0600 /etc/agentchat/redis-admin-password",
+    "chown root:root /etc/agentchat/redis-admin-password",
     "write /etc/agentchat/redis-users.acl", "chmod 0640 /etc/agentchat/redis-users.acl",
     "systemctl daemon-reload",
     "systemctl enable --now agentchat-redis.service agentchat-broker.service",
@@ -45,8 +49,9 @@ def test_dry_run_prints_every_step_and_changes_nothing(tmp_path, staged_binary):
     assert any("apt-get install" in line or line.startswith("= packages installed") for line in lines)
     assert not [line for line in lines if line.startswith("+ ") and not line.startswith("+ (dry run) ")]
     assert list(root.iterdir()) == []
-    # The generated password is never printed.
-    assert "AGENTCHAT_REDIS_PASSWORD=" not in result.stdout + result.stderr
+    # No generated password is printed (they are 64 hex digits).
+    import re
+    assert not re.search(r"[0-9a-f]{64}", result.stdout + result.stderr)
 
 
 def test_install_into_root_creates_the_tree_and_a_second_run_changes_nothing(tmp_path, staged_binary):
@@ -58,6 +63,8 @@ def test_install_into_root_creates_the_tree_and_a_second_run_changes_nothing(tmp
         "etc/agentchat/agentchat.env": 0o640,
         "etc/agentchat/redis.conf": 0o640,
         "etc/agentchat/redis-users.acl": 0o640,
+        "etc/agentchat/redis-password": 0o640,
+        "etc/agentchat/redis-admin-password": 0o600,
         "var/lib/agentchat": 0o750,
         "var/lib/agentchat/broker": 0o750,
         "var/lib/agentchat/redis": 0o750,
@@ -81,13 +88,22 @@ def test_install_into_root_creates_the_tree_and_a_second_run_changes_nothing(tmp
     env = (root / "etc/agentchat/agentchat.env").read_text()
     settings = dict(line.split("=", 1) for line in env.splitlines() if line and not line.startswith("#"))
     assert settings["AGENTCHAT_ISSUER"] == f"https://{DOMAIN}"
-    password = settings["AGENTCHAT_REDIS_PASSWORD"]
-    assert len(password) == 64 and int(password, 16) >= 0
+    assert settings["AGENTCHAT_REDIS_USERNAME"] == "agentchat"
+    assert settings["AGENTCHAT_REDIS_PASSWORD_FILE"] == "/etc/agentchat/redis-password"
     assert "@" not in env, "a template placeholder was left"
     acl = (root / "etc/agentchat/redis-users.acl").read_text()
-    assert password not in acl
     import hashlib
-    assert f"#{hashlib.sha256(password.encode()).hexdigest()}" in acl
+    passwords = {}
+    for user, name in (("agentchat", "redis-password"), ("admin", "redis-admin-password")):
+        password = (root / "etc/agentchat" / name).read_text()
+        assert password.endswith("\n") and password.count("\n") == 1
+        password = password.strip()
+        assert len(password) == 64 and int(password, 16) >= 0
+        assert password not in acl and password not in env
+        assert f"user {user} on #{hashlib.sha256(password.encode()).hexdigest()} " in acl
+        passwords[user] = password
+    assert passwords["agentchat"] != passwords["admin"]
+    assert "user default off" in acl.splitlines()
 
     before = snapshot(root)
     second = run_install(root, staged_binary, "--domain", DOMAIN, "--skip-system")
@@ -105,7 +121,8 @@ def test_a_changed_unit_is_replaced_and_the_secrets_kept(tmp_path, staged_binary
     root = tmp_path / "root"
     root.mkdir()
     run_install(root, staged_binary, "--domain", DOMAIN, "--skip-system")
-    env = (root / "etc/agentchat/agentchat.env").read_bytes()
+    secrets = {name: (root / "etc/agentchat" / name).read_bytes()
+               for name in ("agentchat.env", "redis-password", "redis-admin-password", "redis-users.acl")}
     unit = root / "etc/systemd/system/agentchat-broker.service"
     unit.write_text("[Service]\nExecStart=/bin/false\n")
     (root / "var/lib/agentchat/broker").chmod(0o777)
@@ -114,7 +131,8 @@ def test_a_changed_unit_is_replaced_and_the_secrets_kept(tmp_path, staged_binary
     assert actions == ["+ chmod 0750 /var/lib/agentchat/broker",
                        f"+ install /etc/systemd/system/agentchat-broker.service (from {DEPLOY}/systemd/agentchat-broker.service)"]
     assert unit.read_bytes() == (DEPLOY / "systemd/agentchat-broker.service").read_bytes()
-    assert (root / "etc/agentchat/agentchat.env").read_bytes() == env
+    for name, content in secrets.items():
+        assert (root / "etc/agentchat" / name).read_bytes() == content, name
 
 
 def test_port_443_drop_in(tmp_path, staged_binary):

@@ -198,3 +198,67 @@ def test_sentinel_start_scripts_are_valid_shell(tmp_path, script):
     if shutil.which("shellcheck"):
         result = subprocess.run(["shellcheck", "--shell=sh", str(path)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
+
+
+def test_broker_reads_the_redis_password_from_the_mounted_secret():
+    docs = resources(".")
+    config = find(docs, "ConfigMap", "agentchat")["data"]
+    pod = find(docs, "Deployment", "agentchat-broker")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "redis-password")
+    volume = next(v for v in pod["volumes"] if v["name"] == "redis-password")
+    assert volume["secret"]["secretName"] == "agentchat-redis"
+    (item,) = volume["secret"]["items"]
+    assert config["AGENTCHAT_REDIS_PASSWORD_FILE"] == f"{mount['mountPath']}/{item['path']}"
+    assert item["key"] == "password" and config["AGENTCHAT_REDIS_USERNAME"] == "agentchat"
+
+
+def test_k8s_redis_configuration_runs_with_the_broker(tmp_path, broker_binary):
+    """The single Redis's ConfigMap and start command run for real (paths moved to a temporary directory, a unix
+    socket instead of port 6379): the default user is off, and the broker logs in as `agentchat` with the password
+    file, as the Deployment configures it: /health 200."""
+    import os  # noqa: PLC0415
+    import re  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    from test_systemd import health, redis_cli, wait_for  # noqa: PLC0415
+    docs = resources(".")
+    statefulset = find(docs, "StatefulSet", "agentchat-redis")
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    conf = find(docs, "ConfigMap", "agentchat-redis")["data"]["redis.conf"]
+    run, data = tmp_path / "run", tmp_path / "data"
+    run.mkdir()
+    data.mkdir()
+    socket_path = tmp_path / "redis.sock"
+    conf = conf.replace("port 6379", f"port 0\nunixsocket {socket_path}").replace("dir /data", f"dir {data}")
+    conf = conf.replace("/run/redis", str(run))
+    (tmp_path / "redis.conf").write_text(conf)
+    assert container["command"] == ["sh", "-c"]
+    script = container["args"][0].replace("/run/redis", str(run)).replace("/etc/redis/redis.conf",
+                                                                         str(tmp_path / "redis.conf"))
+    env = dict(os.environ, REDIS_PASSWORD="broker-secret", REDIS_ADMIN_PASSWORD="admin-secret")
+    redis = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = None
+    try:
+        wait_for(lambda: socket_path.exists(), "redis-server's socket")
+        assert "NOAUTH" in redis_cli(socket_path, "GET", "x").stdout
+        # The readiness probe's command, as the pod runs it.
+        probe = container["readinessProbe"]["exec"]["command"]
+        probe = [p.replace("redis-cli", f"redis-cli -s {socket_path}") for p in probe]
+        assert subprocess.run(probe, env=env, timeout=30).returncode == 0
+        password_file = tmp_path / "password"
+        password_file.write_text("broker-secret")
+        config = find(docs, "ConfigMap", "agentchat")["data"]
+        broker_env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCHAT_")}
+        broker_env.update(config)
+        broker_env.update(AGENTCHAT_HOST="127.0.0.1", AGENTCHAT_PORT="0", AGENTCHAT_DATA_DIR=str(tmp_path / "keys"),
+                          AGENTCHAT_REDIS_URL=f"unix://{socket_path}", AGENTCHAT_REDIS_PASSWORD_FILE=str(password_file))
+        broker = subprocess.Popen([str(broker_binary)], env=broker_env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", broker.stdout.readline())
+        assert match
+        wait_for(lambda: health(int(match.group(1)))[0] == 200, "/health 200")
+    finally:
+        for process in (broker, redis):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=20)

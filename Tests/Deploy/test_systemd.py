@@ -129,13 +129,12 @@ def known_variables(broker_binary) -> set:
 
 
 # Variables the env file sets or mentions for options other branches are adding (see deploy/README.md).
-UPCOMING = {"AGENTCHAT_REDIS_PASSWORD", "AGENTCHAT_TLS_CERT", "AGENTCHAT_TLS_KEY", "AGENTCHAT_ADMIN_TOKEN",
-            "AGENTCHAT_REDIS_SENTINELS", "AGENTCHAT_REDIS_MASTER"}
+UPCOMING = {"AGENTCHAT_TLS_CERT", "AGENTCHAT_TLS_KEY", "AGENTCHAT_ADMIN_TOKEN"}
 
 
 def test_env_template_names_only_variables_the_broker_knows_or_upcoming_ones(broker_binary):
     known = known_variables(broker_binary)
-    assert {"AGENTCHAT_HOST", "AGENTCHAT_REDIS_URL", "AGENTCHAT_ISSUER"} <= known
+    assert {"AGENTCHAT_HOST", "AGENTCHAT_REDIS_URL", "AGENTCHAT_ISSUER", "AGENTCHAT_REDIS_PASSWORD_FILE"} <= known
     named = set(re.findall(r"^#?(AGENTCHAT_[A-Z_]+)=", (DEPLOY / "agentchat.env.in").read_text(), re.M))
     assert named - known <= UPCOMING, named - known - UPCOMING
 
@@ -171,8 +170,9 @@ def health(port):
 def test_installed_redis_and_broker_run_with_the_generated_configuration(tmp_path, staged_binary, cli_binary):
     """redis-server with the installed /etc/agentchat/redis.conf and ACL file (paths moved under the temporary
     root, `supervised no` instead of systemd), the broker with the installed agentchat.env (port 0 instead of
-    8080): /health 200, an agent registers, creates a channel, sends and reads; Redis's default user (the
-    broker's) has no admin commands, the `agentchat` user with the generated password has them; AOF is on."""
+    8080; the password file under the root): /health 200, an agent registers, creates a channel, sends and reads;
+    Redis's default user is off, the broker's user `agentchat` has no admin commands, `admin` has them; AOF is
+    on."""
     root = tmp_path / "r"
     root.mkdir()
     run_install(root, staged_binary, "--domain", "chat.example.org", "--skip-system")
@@ -193,25 +193,34 @@ def test_installed_redis_and_broker_run_with_the_generated_configuration(tmp_pat
     redis = subprocess.Popen(["redis-server", str(conf_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     broker = None
     try:
-        wait_for(lambda: socket_path.exists() and redis_cli(socket_path, "PING").stdout.strip() == "PONG",
+        admin_password = (root / "etc/agentchat/redis-admin-password").read_text().strip()
+        wait_for(lambda: socket_path.exists() and redis_cli(socket_path, "PING", user="admin",
+                                                            password=admin_password).stdout.strip() == "PONG",
                  "redis-server on its socket")
         assert oct(socket_path.stat().st_mode & 0o777) == "0o770"
-        # The default user: ordinary commands, no admin or dangerous ones.
+        passwords = {user: (root / "etc/agentchat" / name).read_text().strip()
+                     for user, name in (("agentchat", "redis-password"), ("admin", "redis-admin-password"))}
+        # No login, no access: the default user is off.
+        out = redis_cli(socket_path, "GET", "x")
+        assert "NOAUTH" in out.stdout + out.stderr, out
+        # The broker's user: ordinary commands, no admin or dangerous ones.
+        assert redis_cli(socket_path, "SET", "agentchat:deploy-test", "1", user="agentchat",
+                         password=passwords["agentchat"]).stdout.strip() == "OK"
         for command in (["CONFIG", "GET", "appendonly"], ["FLUSHALL"], ["SHUTDOWN"], ["KEYS", "*"], ["MONITOR"],
                         ["ACL", "SETUSER", "intruder", "on", "nopass", "+@all"]):
-            out = redis_cli(socket_path, *command)
+            out = redis_cli(socket_path, *command, user="agentchat", password=passwords["agentchat"])
             assert "NOPERM" in out.stdout + out.stderr, (command, out.stdout, out.stderr)
-        password = settings["AGENTCHAT_REDIS_PASSWORD"]
         for key, value in (("appendonly", "yes"), ("appendfsync", "everysec")):
-            admin = redis_cli(socket_path, "CONFIG", "GET", key, user="agentchat", password=password)
+            admin = redis_cli(socket_path, "CONFIG", "GET", key, user="admin", password=passwords["admin"])
             assert admin.stdout.split() == [key, value], admin.stdout + admin.stderr
-        wrong = redis_cli(socket_path, "CONFIG", "GET", "appendonly", user="agentchat", password="wrong")
+        wrong = redis_cli(socket_path, "CONFIG", "GET", "appendonly", user="admin", password=passwords["agentchat"])
         assert "WRONGPASS" in wrong.stdout + wrong.stderr
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCHAT_")}
         env.update(settings)
         env.update(AGENTCHAT_HOST="127.0.0.1", AGENTCHAT_PORT="0", AGENTCHAT_PROCESSES="1",
                    AGENTCHAT_REDIS_URL=f"unix://{socket_path}",
+                   AGENTCHAT_REDIS_PASSWORD_FILE=str(root / "etc/agentchat/redis-password"),
                    AGENTCHAT_DATA_DIR=str(root / "var/lib/agentchat/broker"))
         broker = subprocess.Popen([str(root / "usr/local/lib/agentchat/agentchat-broker")], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
