@@ -17,7 +17,7 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run demo test test-python test-mcp test-api clean bench bench-compare loadtest-smoke chaos chaos-smoke \
+.PHONY: deps build run demo test test-python test-mcp test-api test-deploy clean bench bench-compare loadtest-smoke chaos chaos-smoke \
 	fuzz sanitize
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
@@ -68,6 +68,7 @@ test: deps
 	$(MAKE) test-python
 	$(MAKE) test-mcp
 	$(MAKE) test-api
+	$(MAKE) test-deploy
 
 # The Python SDK (clients/python, package agentchat): installs it from the tree with pip (with its PyPI
 # dependencies: websockets, PyNaCl, cryptography) and pytest, builds the broker and the Swift CLI (debug), and runs
@@ -108,6 +109,21 @@ test-api: deps
 	$(PYTHON) scripts/check-api-descriptions.py
 	PYTHONDONTWRITEBYTECODE=1 AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest -q \
 		-p no:cacheprovider -p no:benchmark -p no:hypothesispytest Tests/API
+
+# The deployment files (deploy/, Tests/Deploy): systemd-analyze verify and security on the units, install.sh
+# (dry run, an install into a temporary root, idempotence, shellcheck), the installed Redis config and broker run for
+# real, the K8s manifests validated offline against Kubernetes 1.30 (kubernetes-validate's bundled schemas), the
+# Containerfile against the broker's ldd. Under a minute once built.
+DEPLOY_TEST_PACKAGES := "kubernetes-validate==1.37.0" pyyaml pytest
+export DEPLOY_TEST_IMPORTS := import kubernetes_validate, yaml, pytest, importlib.metadata as m; assert m.version("kubernetes-validate") == "1.37.0"
+test-deploy: EXTRA_PACKAGES = shellcheck
+test-deploy: deps
+	$(PYTHON) -c "$$DEPLOY_TEST_IMPORTS" 2>/dev/null || $(PYTHON) -m pip install -q $(DEPLOY_TEST_PACKAGES) \
+		|| $(PYTHON) -m pip install -q --break-system-packages $(DEPLOY_TEST_PACKAGES)
+	$(SWIFT) build --product agentchat-broker
+	$(SWIFT) build --product agentchat
+	PYTHONDONTWRITEBYTECODE=1 AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest -q -rs \
+		-p no:cacheprovider Tests/Deploy
 
 # The standard comparison (issue 6) and the rows of issue 12 (256 B at 100k and 300k deliveries/s, payloads 64 B/
 # 1 KiB/16 KiB at fixed rates, fan-out 1 → 10,000, resume from a 10,000-message backlog, token churn; agentchat
