@@ -20,10 +20,7 @@ public struct RestoreCommand: ParsableCommand {
 
     @Option(name: .customLong("in"), help: "The backup file to read.")
     var input: String
-    @Option(help: "Redis to restore into (env AGENTCHAT_REDIS_URL); default: the embedded Redis of --data-dir.")
-    var redisURL: String?
-    @Option(help: "The data directory of the broker to restore for, when no Redis URL is given (env AGENTCHAT_DATA_DIR, default ./data).")
-    var dataDir: String?
+    @OptionGroup var redis: RedisToolOptions
     @Flag(help: "Restore into a Redis that holds keys (the backup's keys replace existing ones of the same name).")
     var force = false
 
@@ -31,7 +28,7 @@ public struct RestoreCommand: ParsableCommand {
 
     /// Restores; the exit status to end with. (Not `run()`: the executable calls this from its async top level.)
     public func restore() async throws -> Int32 {
-        RedisTarget.quietLogs()
+        RedisToolOptions.quietLogs()
         let restorer = BackupRestorer(path: input)
         let contents: BackupRestorer.Contents
         do { contents = try restorer.verify() } catch { throw ValidationError("refused: \(error)") }
@@ -41,21 +38,21 @@ public struct RestoreCommand: ParsableCommand {
             """)
 
         var embedded: EmbeddedRedis?
-        let endpoint: RedisEndpoint
-        if RedisTarget.usesURL(redisURL) {
-            endpoint = try RedisEndpoint(url: RedisTarget.url(redisURL: redisURL, dataDir: dataDir))
-        } else {
-            let directory = RedisTarget.dataDirectory(dataDir)
-            if let probe = try? await RedisSession.connect(.unix(path: directory + "/redis.sock"), timeout: 500) {
+        let target: RedisTarget
+        switch try redis.resolve() {
+        case .target(let given):
+            target = given
+        case .embedded(let directory):
+            if let probe = try? await RedisSession.connect(RedisToolOptions.socket(in: directory), timeout: 500) {
                 await probe.close()
                 throw ValidationError("""
-                    a Redis is running on \(directory) (a broker?); stop the broker first, or pass --redis-url
+                    a Redis is running on \(directory) (a broker?); stop the broker first, or give the Redis to use
                     """)
             }
             do {
-                let redis = try EmbeddedRedis(configuration: .init(dataDirectory: directory))
-                embedded = redis
-                endpoint = redis.endpoint
+                let started = try EmbeddedRedis(configuration: .init(dataDirectory: directory))
+                embedded = started
+                target = .direct(started.endpoint)
             } catch {
                 throw ValidationError("cannot start the embedded Redis in \(directory): \(error)")
             }
@@ -63,7 +60,7 @@ public struct RestoreCommand: ParsableCommand {
         defer { embedded?.stop() }
 
         let session: RedisSession
-        do { session = try await RedisSession.connect(endpoint) } catch { throw ValidationError("\(error)") }
+        do { session = try await RedisSession.connect(target) } catch { throw ValidationError("\(error)") }
         let started = ContinuousClock.now
         let report: BackupRestorer.Report
         do {
@@ -75,7 +72,7 @@ public struct RestoreCommand: ParsableCommand {
         }
         let seconds = (ContinuousClock.now - started) / .seconds(1)
         print("""
-            restored \(report.restored) keys into \(endpoint) in \(String(format: "%.2f", seconds)) s \
+            restored \(report.restored) keys into \(target) in \(String(format: "%.2f", seconds)) s \
             (\(report.expired) left out: expired)
             agents: \(report.agents)
             channels: \(report.channels) (\(report.channelsWithoutMembers) without members)

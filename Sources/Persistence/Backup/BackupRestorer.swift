@@ -44,7 +44,7 @@ package struct BackupRestorer {
         let size = try await session.command(["DBSIZE"]).int ?? 0
         if size > 0 && !force {
             throw RedisSessionError("""
-                the target Redis (\(session.endpoint)) holds \(size) keys; restore needs an empty one \
+                the target Redis (\(session.target)) holds \(size) keys; restore needs an empty one \
                 (or --force to overwrite the keys the backup holds, keeping the others)
                 """)
         }

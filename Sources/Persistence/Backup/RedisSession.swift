@@ -8,29 +8,29 @@ import Logging
 /// Unlike the broker's client it never waits out an outage: a connection lost mid-way fails the pending batch
 /// (the tool stops with an error rather than carrying on with a gap).
 package final class RedisSession: @unchecked Sendable {
-    package let endpoint: RedisEndpoint
+    package let target: RedisTarget
     private let loop: EventLoop
     /// Touched only on the loop thread.
     private var connection: RedisConnection?
 
-    private init(endpoint: RedisEndpoint, loop: EventLoop) {
-        self.endpoint = endpoint
+    private init(target: RedisTarget, loop: EventLoop) {
+        self.target = target
         self.loop = loop
     }
 
     /// Connects, waiting up to `timeout` ms for the first connection.
-    package static func connect(_ endpoint: RedisEndpoint, timeout: UInt64 = 5_000) async throws -> RedisSession {
-        let session = RedisSession(endpoint: endpoint, loop: EventLoop.startThread(name: "agentchat-redis-tool"))
+    package static func connect(_ target: RedisTarget, timeout: UInt64 = 5_000) async throws -> RedisSession {
+        let session = RedisSession(target: target, loop: EventLoop.startThread(name: "agentchat-redis-tool"))
         do {
             try await session.loop.submitAndWait { (complete: @escaping (Result<Void, any Error>) -> Void) in
-                let connection = RedisConnection(loop: session.loop, endpoint: endpoint,
+                let connection = RedisConnection(loop: session.loop, target: target,
                                                  logger: Logger(label: "agentchat.redis.tool"))
                 session.connection = connection
                 var done = false
                 let timer = LoopTimer(loop: session.loop) {
                     guard !done else { return }
                     done = true
-                    complete(.failure(RedisSessionError("cannot connect to Redis at \(endpoint)")))
+                    complete(.failure(RedisSessionError("cannot connect to Redis at \(target)")))
                 }
                 connection.onStateChange = { state in
                     guard state == .connected, !done else { return }
@@ -52,10 +52,10 @@ package final class RedisSession: @unchecked Sendable {
     /// Throws when the connection is lost.
     package func pipeline(_ commands: [[RedisArgument]]) async throws -> [Result<RedisValue, RedisError>] {
         guard !commands.isEmpty else { return [] }
-        let endpoint = self.endpoint
+        let target = self.target
         return try await loop.submitAndWait { (complete: @escaping (Result<[Result<RedisValue, RedisError>], any Error>) -> Void) in
             guard let connection = self.connection, connection.state == .connected else {
-                complete(.failure(RedisSessionError("lost the connection to Redis at \(endpoint)")))
+                complete(.failure(RedisSessionError("lost the connection to Redis at \(target)")))
                 return
             }
             var replies = [Result<RedisValue, RedisError>?](repeating: nil, count: commands.count)
@@ -67,7 +67,7 @@ package final class RedisSession: @unchecked Sendable {
                     switch result {
                     case .failure(let error) where error.replyMessage == nil:
                         failed = true
-                        complete(.failure(RedisSessionError("lost the connection to Redis at \(endpoint) (\(error))")))
+                        complete(.failure(RedisSessionError("lost the connection to Redis at \(target) (\(error))")))
                         return
                     default:
                         replies[index] = result
