@@ -109,7 +109,8 @@ test-api: deps
 		-p no:cacheprovider -p no:benchmark -p no:hypothesispytest Tests/API
 
 # Backup and restore (docs/ops/backup.md) alone: a backup under traffic restored into a fresh Redis and read back
-# with the SDK, damaged files and a non-empty Redis refused (~5 s). `make test` runs these within `swift test`.
+# with the SDK, damaged files and a non-empty Redis refused, a Sentinel group with a password (~12 s). `make test`
+# runs these already, within `swift test`.
 test-backup: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --filter BackupRestoreTests
