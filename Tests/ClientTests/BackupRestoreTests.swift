@@ -256,4 +256,71 @@ import WebSocketClient
         let again = try await Self.tool(["restore", "--in", second, "--redis-url", "redis://127.0.0.1:\(target.port)"])
         #expect(again.status == 0 && again.out.contains("messages: 10"), "\(again.out)\n\(again.err)")
     }
+
+    /// What spans hash tags is rebuilt on restore: an agent's channel index that drifted from the member set, a
+    /// listed channel missing from the directory, and an open peek whose timer the backup did not hold — without
+    /// that timer the restored peek would stay pending for ever; with it, a broker on the restored Redis moves it
+    /// on, the member's SDK grants, and the capture's shares balance.
+    @Test func restoreRebuildsTheIndexesAndTimersThatSpanHashTags() async throws {
+        let cluster = try await ChannelCluster(brokers: 1, extraArguments: [
+            "--peek-refusal-window", "3", "--peek-grant-window", "10", "--peek-duration", "2"])
+        defer { cluster.stop() }
+        let identity = AgentIdentity.generate(name: "alice")
+        let alice = try AgentChatClient(identity: identity, server: cluster.url(0), configuration: testConfiguration())
+        _ = try await alice.register(name: "alice")
+        try await alice.connect()
+        let channel = try await alice.createChannel(name: "drifted").id
+        try await alice.setListing(channel: channel, listed: true, title: "Drifted", topic: "backup")
+        for n in 1...3 { try await alice.send(channel: channel, text: "message \(n)") }
+        await alice.close()  // offline: nobody refuses or grants on the source
+        let viewer = try await PeekViewer(port: cluster.brokers[0].port)
+        let (peek, paid) = try await viewer.requestAndPay(channel)
+        #expect(paid["phase"] == "pending")
+        let port = "\(cluster.redis.port)"
+        func cli(_ arguments: String...) async throws -> String {
+            try await runTool("/usr/bin/env", ["redis-cli", "-p", port] + arguments)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        // The drift: index entry, directory entry and timer gone.
+        #expect(try await cli("ZREM", "agentchat:peek-timers", "\(channel.rawValue)/\(peek)") == "1")
+        #expect(try await cli("SREM", "agentchat:agent:{\(identity.did)}:channels", channel.rawValue) == "1")
+        #expect(try await cli("ZREM", "agentchat:directory", channel.rawValue) == "1")
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = directory + "/drift.backup"
+        #expect(try await Self.tool(["backup", "--out", file, "--redis-url", "redis://127.0.0.1:\(port)"]).status == 0)
+        cluster.stop()
+
+        let target = try RedisServer()
+        defer { target.stop() }
+        let restore = try await Self.tool(["restore", "--in", file, "--redis-url", "redis://127.0.0.1:\(target.port)"])
+        #expect(restore.status == 0, "\(restore.out)\n\(restore.err)")
+        #expect(restore.out.contains("repaired: agent channel index: 1 entries"), "\(restore.out)")
+        #expect(restore.out.contains("repaired: directory: 1 listed channels added"), "\(restore.out)")
+        #expect(restore.out.contains("repaired: peek timers: 1 open peeks given a timer"), "\(restore.out)")
+        #expect(restore.out.contains("invariants: ok"), "\(restore.out)")
+
+        let broker = try await BrokerProcess.start(
+            extraArguments: ["--redis-url", "redis://127.0.0.1:\(target.port)", "--issuer", ChannelCluster.issuer,
+                             "--peek-refusal-window", "3", "--peek-grant-window", "10", "--peek-duration", "2"],
+            logLevel: "warning")
+        defer { broker.stop() }
+        let back = try AgentChatClient(identity: identity, server: broker.baseURL, configuration: testConfiguration())
+        try await back.connect()
+        #expect(try await back.listChannels().map(\.id) == [channel])
+        // The timer fires on the new broker; the SDK (policy grant) grants; the $5.00 is captured.
+        let phaseKey = "agentchat:ch:{\(channel.rawValue)}:peek:\(peek)"
+        try await waitUntil("the restored peek to be granted and captured", timeout: 30) {
+            let phase = (try? await runTool("/usr/bin/env", ["redis-cli", "-p", "\(target.port)", "HGET", phaseKey,
+                                                             "phase"]))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            return phase == "active" || phase == "ended"
+        }
+        let ledger = try await Self.ledger(target).compactMap { line -> JSONValue? in try? JSONParser.parse(line) }
+        let captured = ledger.filter { $0["kind"] == "capture" }.compactMap { $0["cents"]?.integerValue }
+        let shares = ledger.filter { $0["kind"] == "share" }.compactMap { $0["cents"]?.integerValue }
+        #expect(captured == [500])
+        #expect(shares.reduce(0, +) == 500)
+        await back.close()
+    }
 }
+
