@@ -12,7 +12,7 @@ public struct RestoreCommand: ParsableCommand {
         discussion: """
             The whole file is read and its checksum verified before anything is written; a truncated or altered \
             file is refused. The target Redis must hold no keys, unless --force (then the backup's keys replace \
-            keys of the same name; other keys stay). Without --redis-url the Redis of --data-dir is started for \
+            keys of the same name; other keys stay). With no Redis option the Redis of --data-dir is started for \
             the restore and stopped after it (no broker may be running on that directory); start the broker on \
             it afterwards. Exit status 0: restored and every invariant holds; 1: refused or failed; 2: restored \
             but an invariant does not hold (listed).

@@ -15,14 +15,16 @@ case "backup":
     do {
         try await command.backup()
     } catch {
-        BackupCommand.exit(withError: error)
+        FileHandle.standardError.write(Data("agentchat-broker backup: \(error)\n".utf8))
+        exit(1)
     }
 case "restore":
     let command = RestoreCommand.parseOrExit(Array(CommandLine.arguments.dropFirst(2)))
     do {
         exit(try await command.restore())
     } catch {
-        RestoreCommand.exit(withError: error)
+        FileHandle.standardError.write(Data("agentchat-broker restore: \(error)\n".utf8))
+        exit(1)
     }
 default:
     let command = BrokerCommand.parseOrExit()
