@@ -17,7 +17,7 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run demo test test-python test-mcp test-api test-deploy clean bench bench-compare loadtest-smoke chaos chaos-smoke \
+.PHONY: deps build run demo test test-python test-mcp test-api test-deploy test-backup clean bench bench-compare loadtest-smoke chaos chaos-smoke \
 	fuzz sanitize
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
@@ -124,6 +124,13 @@ test-deploy: deps
 	$(SWIFT) build --product agentchat
 	PYTHONDONTWRITEBYTECODE=1 AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest -q -rs \
 		-p no:cacheprovider Tests/Deploy
+
+# Backup and restore (docs/ops/backup.md) alone: a backup under traffic restored into a fresh Redis and read back
+# with the SDK, damaged files and a non-empty Redis refused, a Sentinel group with a password (~12 s). `make test`
+# runs these already, within `swift test`.
+test-backup: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --filter BackupRestoreTests
 
 # The standard comparison (issue 6) and the rows of issue 12 (256 B at 100k and 300k deliveries/s, payloads 64 B/
 # 1 KiB/16 KiB at fixed rates, fan-out 1 → 10,000, resume from a 10,000-message backlog, token churn; agentchat

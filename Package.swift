@@ -65,7 +65,7 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log")]),
         // The product's Redis stores: the key layout and Lua scripts behind the core's store protocols.
         .target(name: "AgentChatPersistence",
-                dependencies: ["AgentChatCore", "AgentChatProtocol", "AgentChatRedis",
+                dependencies: ["AgentChatCore", "AgentChatProtocol", "AgentChatRedis", "AgentChatCrypto", "AgentChatLoop",
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Persistence"),
         // The composition root: command line, configuration, logging and metrics, the wiring; the viewer page.

@@ -18,7 +18,8 @@ public struct BrokerCommand: ParsableCommand {
         discussion: """
             Every option can also be set with the environment variable named beside it; a flag wins over the \
             variable, the variable over the default. Without --redis-url the broker starts its own redis-server \
-            in --data-dir and stops it on exit. `agentchat-broker ledger --help`: the peek ledger export.
+            in --data-dir and stops it on exit. `agentchat-broker ledger --help`: the peek ledger export; \
+            `agentchat-broker backup --help`, `agentchat-broker restore --help`: backup and restore of the data.
             """,
         version: BrokerCommand.version)
 
