@@ -55,14 +55,17 @@ import TestSupport
         return redis.call('INCRBY', KEYS[2], ARGV[1])
         """)
 
-    private func makeClient(_ loop: EventLoop, _ cluster: RedisClusterGroup) async throws -> OnLoop<RedisClient> {
+    private func makeClient(_ loop: EventLoop, _ cluster: RedisClusterGroup, credentials: RedisCredentials? = nil,
+                            waitHealthy: Bool = true) async throws -> OnLoop<RedisClient>
+    {
         let client = try await loop.submit {
-            let client = RedisClient(loop: loop, target: RedisTarget(.cluster(seeds: cluster.endpoints)))
+            let client = RedisClient(loop: loop, target: RedisTarget(.cluster(seeds: cluster.endpoints),
+                                                                     credentials: credentials))
             client.scripts.register(Self.counter)
             client.start()
             return OnLoop(loop: loop, client)
         }
-        try await eventually("cluster client healthy", on: loop) { client.value.isHealthy }
+        if waitHealthy { try await eventually("cluster client healthy", on: loop) { client.value.isHealthy } }
         return client
     }
 
@@ -147,6 +150,58 @@ import TestSupport
         #expect(try await loop.submit { client.value.cluster!.map.master(of: slot) } == .tcp(host: "127.0.0.1", port: to))
         #expect(cluster.owner(of: slot) == to)
         #expect(try cluster.cli(to, ["GET", "agentchat:ch:{moving}:a"]) == "3")
+    }
+
+    @Test func retriesTryAgainWhileAScriptsKeysAreSplitByAMigration() async throws {
+        let cluster = try RedisClusterGroup()
+        defer { cluster.stop() }
+        let loop = EventLoop.startThread()
+        let client = try await makeClient(loop, cluster)
+        defer { shutDown(loop, closing: [client]) }
+
+        let keys: [RedisArgument] = ["agentchat:ch:{split}:a", "agentchat:ch:{split}:b"]
+        let slot = RedisClusterSlot.of("split")
+        #expect(try await call(client, keys: keys, by: 10) == .integer(10))
+        let from = try #require(cluster.owner(of: slot))
+        let to = try #require(cluster.ports.first { $0 != from })
+        let fromID = try cluster.nodeID(from), toID = try cluster.nodeID(to)
+        _ = try cluster.cli(to, ["CLUSTER", "SETSLOT", "\(slot)", "IMPORTING", fromID])
+        _ = try cluster.cli(from, ["CLUSTER", "SETSLOT", "\(slot)", "MIGRATING", toID])
+        // One key moved, the other not: the source answers the script TRYAGAIN until both have moved.
+        _ = try cluster.cli(from, ["MIGRATE", "127.0.0.1", "\(to)", "agentchat:ch:{split}:a", "0", "5000"])
+        let answer = Collected<Result<RedisValue, RedisError>>()
+        try await loop.submit {
+            client.value.scripts.call("counter", keys: keys, arguments: ["1"]) { answer.items.append($0) }
+        }
+        try await eventually("a TRYAGAIN", on: loop) { client.value.cluster!.tryAgainCount > 0 }
+        #expect(try await loop.submit { answer.items.isEmpty }, "still retrying")
+        _ = try cluster.cli(from, ["MIGRATE", "127.0.0.1", "\(to)", "agentchat:ch:{split}:b", "0", "5000"])
+        try await eventually("the script ran", on: loop) { !answer.items.isEmpty }
+        #expect(try await loop.submit { try answer.items[0].get() } == .integer(11))
+        #expect(try await loop.submit { client.value.cluster!.askCount } >= 1)
+        for port in cluster.ports { _ = try cluster.cli(port, ["CLUSTER", "SETSLOT", "\(slot)", "NODE", toID]) }
+        #expect(try await call(client, keys: keys, by: 1) == .integer(12))
+        #expect(try cluster.cli(to, ["GET", "agentchat:ch:{split}:a"]) == "3")  // three calls, each INCRs it
+    }
+
+    @Test func credentialsApplyToEveryMaster() async throws {
+        let password = "cluster-\(UUID().uuidString.prefix(8))"
+        let cluster = try RedisClusterGroup(password: password)
+        defer { cluster.stop() }
+        let loop = EventLoop.startThread()
+        let client = try await makeClient(loop, cluster, credentials: RedisCredentials(password: password))
+        let anonymous = try await makeClient(loop, cluster, waitHealthy: false)
+        defer { shutDown(loop, closing: [client, anonymous]) }
+        for index in 0..<60 {
+            #expect(try await send(client, ["SET", RedisArgument("agentchat:agent:{a\(index)}"), "1"]) == .status("OK"))
+        }
+        #expect(try cluster.ports.allSatisfy { Int(try cluster.cli($0, ["DBSIZE"])) ?? 0 > 0 })
+        try await Task.sleep(for: .seconds(1))
+        #expect(try await loop.submit { !anonymous.value.isHealthy })
+        let refused = try await loop.submitAndWait { complete in
+            anonymous.value.send(["GET", "agentchat:agent:{a1}"]) { complete(.success($0)) }
+        }
+        #expect(throws: RedisError.self) { try refused.get() }
     }
 
     @Test func shardedSubscriptionFollowsItsSlot() async throws {

@@ -14,7 +14,11 @@ public final class RedisClusterGroup: @unchecked Sendable {
     public var clusterArgument: String { ports.map { "127.0.0.1:\($0)" }.joined(separator: ",") }
     public var endpoints: [RedisEndpoint] { ports.map { .tcp(host: "127.0.0.1", port: $0) } }
 
-    public init(masters: Int = 3) throws {
+    /// `password`: `requirepass` and `masterauth` on every node (and `-a` for `redis-cli`).
+    private let password: String?
+
+    public init(masters: Int = 3, password: String? = nil) throws {
+        self.password = password
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("agentchat-cluster-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -27,7 +31,8 @@ public final class RedisClusterGroup: @unchecked Sendable {
         ports = chosen
         do {
             for port in ports { try startServer(port) }
-            let create = try run(["redis-cli", "--cluster", "create"] + ports.map { "127.0.0.1:\($0)" }
+            let create = try run(["redis-cli", "--no-auth-warning"] + (password.map { ["-a", $0] } ?? [])
+                + ["--cluster", "create"] + ports.map { "127.0.0.1:\($0)" }
                 + ["--cluster-replicas", "0", "--cluster-yes"])
             guard create.contains("All 16384 slots covered") else {
                 throw RedisClusterGroupError.failed("redis-cli --cluster create: \(create.suffix(400))")
@@ -91,7 +96,8 @@ public final class RedisClusterGroup: @unchecked Sendable {
             let keys = try cli(from, ["CLUSTER", "GETKEYSINSLOT", "\(slot)", "100"])
                 .split(separator: "\n").map(String.init).filter { !$0.isEmpty }
             if keys.isEmpty { break }
-            _ = try cli(from, ["MIGRATE", "127.0.0.1", "\(to)", "", "0", "5000", "KEYS"] + keys)
+            _ = try cli(from, ["MIGRATE", "127.0.0.1", "\(to)", "", "0", "5000"]
+                + (password.map { ["AUTH", $0] } ?? []) + ["KEYS"] + keys)
         }
         try beforeNode?()
         _ = try cli(to, ["CLUSTER", "SETSLOT", "\(slot)", "NODE", toID])
@@ -104,8 +110,9 @@ public final class RedisClusterGroup: @unchecked Sendable {
     /// `redis-cli --cluster reshard`: moves `slots` slots from `from` to `to`; its output.
     @discardableResult
     public func reshard(from: Int, to: Int, slots: Int) throws -> String {
-        try run(["redis-cli", "--cluster", "reshard", "127.0.0.1:\(ports[0])", "--cluster-from", try nodeID(from),
-                 "--cluster-to", try nodeID(to), "--cluster-slots", "\(slots)", "--cluster-yes"])
+        try run(["redis-cli", "--no-auth-warning"] + (password.map { ["-a", $0] } ?? [])
+            + ["--cluster", "reshard", "127.0.0.1:\(ports[0])", "--cluster-from", try nodeID(from),
+               "--cluster-to", try nodeID(to), "--cluster-slots", "\(slots)", "--cluster-yes"])
     }
 
     /// Stops every process and removes the directory. Idempotent.
@@ -120,7 +127,8 @@ public final class RedisClusterGroup: @unchecked Sendable {
 
     /// `redis-cli -p port --raw` with `arguments`; its output.
     public func cli(_ port: Int, _ arguments: [String]) throws -> String {
-        try run(["redis-cli", "-p", "\(port)", "--raw"] + arguments)
+        try run(["redis-cli", "-p", "\(port)", "--raw", "--no-auth-warning"] + (password.map { ["-a", $0] } ?? [])
+            + arguments)
     }
 
     private func run(_ arguments: [String]) throws -> String {
@@ -142,6 +150,7 @@ public final class RedisClusterGroup: @unchecked Sendable {
         let file = dir + "/redis.conf"
         let lines = ["port \(port)", "bind 127.0.0.1", "dir \(dir)", "save \"\"", "appendonly yes",
                      "cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000"]
+            + (password.map { ["requirepass \($0)", "masterauth \($0)"] } ?? [])
         try (lines.joined(separator: "\n") + "\n").write(toFile: file, atomically: true, encoding: .utf8)
         let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["redis-server", file])
         lock.withLock { servers[port] = server }
