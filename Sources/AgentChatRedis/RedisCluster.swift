@@ -110,7 +110,7 @@ final class RedisCluster {
     func isHealthy(maximumAge: Duration) -> Bool {
         guard mapLoaded, map.coversEverySlot, !map.masters.isEmpty else { return false }
         let now = ContinuousClock.now
-        return map.masters.allSatisfy { endpoint in
+        return map.masters.filter { map.slotCount(of: $0) > 0 }.allSatisfy { endpoint in
             guard let node = nodes[endpoint], node.connection.state == .connected, let pong = node.lastPong else {
                 return false
             }

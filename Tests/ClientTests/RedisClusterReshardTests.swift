@@ -61,6 +61,7 @@ import WebSocketClient
         var acknowledged = [[Int64: String]](repeating: [:], count: channels.count)
         var round = 0
         var reshardDone = false
+        var doneAtRound = 0
         var reshardOutput = ""
         while round < 400 {
             for (index, channel) in channels.enumerated() {
@@ -83,10 +84,11 @@ import WebSocketClient
             round += 1
             if !reshardDone, finished.isSet {
                 reshardDone = true
+                doneAtRound = round
                 reshardOutput = try await reshard.value
             }
             // Three more rounds after the reshard has finished (at least ten in all).
-            if reshardDone, round >= 10 { break }
+            if reshardDone, round >= max(10, doneAtRound + 3) { break }
         }
         if !reshardDone { reshardOutput = try await reshard.value }
         let elapsed = ContinuousClock.now - started
