@@ -17,7 +17,8 @@ ARGS ?=
 # Load tests (loadtest/, a separate package that depends on this one by path).
 BENCH_PACKAGES := nats-server mosquitto libwebsockets-test-server
 
-.PHONY: deps build run demo test test-python test-mcp test-api test-deploy test-backup clean bench bench-compare loadtest-smoke chaos chaos-smoke \
+.PHONY: deps build run demo test test-python test-mcp test-api test-deploy test-backup test-redis-cluster test-tls clean \
+	bench bench-compare loadtest-smoke chaos chaos-smoke \
 	fuzz sanitize
 
 # Installs the Debian packages that are missing (and only then runs apt-get update).
@@ -207,3 +208,11 @@ sanitize: deps
 
 clean:
 	rm -rf .build loadtest/.build fuzz/.build
+
+# Redis Cluster (docs/ops/redis-cluster.md): the router's unit tests and, against real three-master clusters on
+# loopback (redis-server --cluster-enabled, redis-cli --cluster create/reshard), the router, sharded pub/sub and two
+# brokers with --redis-cluster during live reshards (~40 s). `make test` runs these within its `swift test`; this
+# target runs only them.
+test-redis-cluster: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --filter 'RedisClusterSlotTests|RedisClusterTests|RedisClusterReshardTests'

@@ -5,6 +5,12 @@ import Logging
 ///
 /// Loop-bound. Health: a PING every `pingInterval` on the command connection; `isHealthy` while that connection
 /// is connected and the last PONG is younger than `maximumPongAge`.
+///
+/// With a `.cluster` target the surface is the same and routes (`RedisCluster`): `send` goes to the master of the
+/// command's key (`RedisClusterSlot.routingKey`), `scripts.call` to the master of the script's first key,
+/// `pubSub.subscribe(…, sharded: true)` to `SSUBSCRIBE` on the channel's master (classic channels stay on one
+/// connection), `addConnectHook` runs on every master's (re)connection, `isHealthy` needs every master, and
+/// `waitForReplicas` is refused. `connection` is then the control connection (slot-map queries, any node).
 public final class RedisClient {
     public struct Configuration: Sendable {
         public var connection = RedisConnection.Configuration()
@@ -27,6 +33,11 @@ public final class RedisClient {
     public private(set) var lastPingRoundTrip: Duration?
     /// The completions sharing the `WAIT` on its way, if one is.
     private var waitingForReplicas: [(Result<Int, RedisError>) -> Void]?
+    /// Cluster mode's router; nil for one server or Sentinel.
+    let cluster: RedisCluster?
+
+    /// Whether this client routes over a Redis Cluster (publish feeds with `SPUBLISH` then).
+    public var isCluster: Bool { cluster != nil }
 
     public convenience init(loop: EventLoop, endpoint: RedisEndpoint, configuration: Configuration = .init(),
                             logger: Logger = Logger(label: "agentchat.redis")) {
@@ -44,7 +55,16 @@ public final class RedisClient {
         pubSub = RedisPubSub(loop: loop, target: target, configuration: configuration.connection,
                              logger: logger)
         scripts = RedisScripts(connection: connection, logger: logger)
-        connection.addConnectHook { [weak self] in self?.ping() }
+        if case .cluster = target.location {
+            let cluster = RedisCluster(loop: loop, control: connection, credentials: target.credentials,
+                                       configuration: configuration.connection, logger: logger)
+            self.cluster = cluster
+            scripts.cluster = cluster
+            pubSub.cluster = cluster
+        } else {
+            cluster = nil
+            connection.addConnectHook { [weak self] in self?.ping() }
+        }
         pingTimer = LoopTimer(loop: loop) { [weak self] in self?.ping() }
     }
 
@@ -55,7 +75,7 @@ public final class RedisClient {
     /// Connects both connections and starts the health PINGs. Idempotent.
     public func start() {
         loop.preconditionInEventLoop()
-        connection.start()
+        if let cluster { cluster.start() } else { connection.start() }
         pubSub.start()
         if pingTimer?.isActive == false {
             pingTimer?.start(after: configuration.pingInterval, repeat: configuration.pingInterval)
@@ -66,6 +86,7 @@ public final class RedisClient {
     public func close() {
         loop.preconditionInEventLoop()
         pingTimer?.stop()
+        cluster?.close()
         connection.close()
         pubSub.close()
         lastPong = nil
@@ -74,23 +95,36 @@ public final class RedisClient {
     /// Whether the command connection is up and answered a PING recently.
     public var isHealthy: Bool {
         loop.preconditionInEventLoop()
+        if let cluster { return cluster.isHealthy(maximumAge: configuration.maximumPongAge) }
         guard connection.state == .connected, let lastPong else { return false }
         return ContinuousClock.now - lastPong < configuration.maximumPongAge
     }
 
     /// Sends a command on the command connection; see `RedisConnection.send`.
     public func send(_ arguments: [RedisArgument], completion: @escaping (Result<RedisValue, RedisError>) -> Void) {
+        if let cluster { return cluster.send(arguments, completion: completion) }
         connection.send(arguments, completion: completion)
+    }
+
+    /// Adds a hook run on every (re)connection of the command connection; in cluster mode, of every master's.
+    public func addConnectHook(_ hook: @escaping () -> Void) {
+        loop.preconditionInEventLoop()
+        if let cluster { return cluster.addConnectHook(hook) }
+        connection.addConnectHook(hook)
     }
 
     /// Waits until `replicas` replicas have every write sent so far on the command connection (`WAIT`), for at most
     /// `timeoutMilliseconds`; answers how many have. Calls made while a `WAIT` is on its way share it: their writes'
     /// replies came before its reply, so those writes were sent before it (one connection answers in order).
     /// `WAIT` holds the command connection until it answers; one per batch of replies keeps that short.
+    /// Refused in cluster mode (`WAIT` counts the replicas of one master, and writes go to many).
     public func waitForReplicas(_ replicas: Int, timeoutMilliseconds: Int,
                                 completion: @escaping (Result<Int, RedisError>) -> Void)
     {
         loop.preconditionInEventLoop()
+        if cluster != nil {
+            return completion(.failure(.unexpectedReply("WAIT is not supported on a Redis Cluster client")))
+        }
         if waitingForReplicas != nil {
             waitingForReplicas!.append(completion)
             return
@@ -107,6 +141,7 @@ public final class RedisClient {
     }
 
     private func ping() {
+        if let cluster { return cluster.ping() }
         guard connection.state == .connected else {
             lastPong = nil
             return

@@ -95,6 +95,10 @@ public final class RedisConnection {
             logger[metadataKey: "redis"] = "master \(master)"
             resolver = SentinelResolver(loop: loop, sentinels: sentinels, master: master,
                                         timeout: configuration.connectTimeout, logger: logger)
+        case .cluster(let seeds):
+            // The control connection of a cluster client: any node will do; tries the seeds in turn.
+            self.endpoint = seeds[0]
+            logger[metadataKey: "redis"] = "cluster"
         }
         self.logger = logger
         connectTimer = LoopTimer(loop: loop) { [weak self] in self?.connectTimedOut() }
@@ -210,6 +214,9 @@ public final class RedisConnection {
     private func connect() {
         guard !isClosed, context == nil, !resolving else { return }
         setState(.connecting)
+        if case .cluster(let seeds) = target.location {
+            return open(seeds[(failedAttempts + refusedAttempts) % seeds.count])
+        }
         guard let resolver, case .sentinel(_, let master) = target.location else { return open(endpoint) }
         resolving = true
         resolver.resolve { [weak self] found in
@@ -225,6 +232,7 @@ public final class RedisConnection {
     }
 
     private func open(_ endpoint: RedisEndpoint) {
+        self.endpoint = endpoint
         let ac: UnsafeMutablePointer<redisAsyncContext>?
         switch endpoint {
         case .tcp(let host, let port): ac = redisAsyncConnect(host, Int32(port))

@@ -15,8 +15,13 @@ public struct RedisScript: Sendable, Hashable {
 ///
 /// Loop-bound. A `NOSCRIPT` reply (after `SCRIPT FLUSH` or a server restart that lost the cache) reloads the script
 /// and retries once, transparently.
+///
+/// A cluster client's `scripts` keeps the registrations and hands them, and every call, to the cluster router, which
+/// registers them on each master's own `RedisScripts` and runs a call on the master of its first key's slot.
 public final class RedisScripts {
     private let connection: RedisConnection
+    /// Cluster mode: registrations and calls go there.
+    weak var cluster: RedisCluster?
     private var scripts: [String: RedisScript] = [:]
     private var shas: [String: String] = [:]
     private let logger: Logger
@@ -35,6 +40,7 @@ public final class RedisScripts {
         connection.loop.preconditionInEventLoop()
         if scripts[script.name] != script { shas[script.name] = nil }
         scripts[script.name] = script
+        if let cluster { return cluster.register(script) }
         if connection.state == .connected { load(script.name) { _ in } }
     }
 
@@ -52,6 +58,7 @@ public final class RedisScripts {
             completion(.failure(.unknownScript(name)))
             return
         }
+        if let cluster { return cluster.call(name, keys: keys, arguments: arguments, completion: completion) }
         if let sha = shas[name] {
             evalsha(name, sha: sha, keys: keys, arguments: arguments, retry: true, completion: completion)
         } else {
@@ -108,6 +115,7 @@ public final class RedisScripts {
     }
 
     private func loadAll() {
+        guard cluster == nil else { return }
         for name in scripts.keys.sorted() { load(name) { _ in } }
     }
 }

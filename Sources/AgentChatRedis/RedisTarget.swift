@@ -1,11 +1,13 @@
 /// Which Redis to use and how to log in to it: one server at a fixed address, or the master of a Sentinel-monitored
-/// group, found through the sentinels on every (re)connection.
+/// group, found through the sentinels on every (re)connection, or a Redis Cluster.
 public struct RedisTarget: Sendable, CustomStringConvertible {
     public enum Location: Sendable, Hashable {
         /// One server.
         case direct(RedisEndpoint)
         /// The master that the sentinels at these addresses name for `master` (`SENTINEL get-master-addr-by-name`).
         case sentinel(sentinels: [RedisEndpoint], master: String)
+        /// A Redis Cluster, found through any of these nodes (`CLUSTER SLOTS`); commands go to each slot's master.
+        case cluster(seeds: [RedisEndpoint])
     }
 
     public var location: Location
@@ -56,6 +58,8 @@ public struct RedisTarget: Sendable, CustomStringConvertible {
             return "\(endpoint)\(login)"
         case .sentinel(let sentinels, let master):
             return "master '\(master)' of sentinels \(sentinels.map(\.description).joined(separator: ","))\(login)"
+        case .cluster(let seeds):
+            return "cluster at \(seeds.map(\.description).joined(separator: ","))\(login)"
         }
     }
 }

@@ -35,6 +35,7 @@ public struct BrokerCommand: ParsableCommand {
     @Option(help: BrokerSettings.redisURL.help) var redisURL: String?
     @Option(help: BrokerSettings.redisSentinels.help) var redisSentinels: String?
     @Option(help: BrokerSettings.redisMaster.help) var redisMaster: String?
+    @Option(help: BrokerSettings.redisCluster.help) var redisCluster: String?
     @Option(help: BrokerSettings.redisUsername.help) var redisUsername: String?
     @Option(help: BrokerSettings.redisPasswordFile.help) var redisPasswordFile: String?
     @Option(help: BrokerSettings.redisReplicas.help) var redisReplicas: Int?
@@ -94,12 +95,19 @@ public struct BrokerCommand: ParsableCommand {
         c.redisSentinels = try S.redisSentinels.resolve(parsed(redisSentinels, S.redisSentinels,
                                                                flag: "--redis-sentinels"), env)
         c.redisMaster = try S.redisMaster.resolve(redisMaster, env)
+        c.redisCluster = try S.redisCluster.resolve(parsed(redisCluster, S.redisCluster, flag: "--redis-cluster"), env)
         c.redisUsername = try S.redisUsername.resolve(redisUsername, env)
         c.redisPasswordFile = try S.redisPasswordFile.resolve(redisPasswordFile, env)
         c.redisReplicas = try S.redisReplicas.resolve(redisReplicas, env)
         c.redisReplicasTimeoutMilliseconds = try S.redisReplicasTimeout.resolve(redisReplicasTimeout, env)
         if c.redisSentinels != nil, c.redisURL != nil {
             throw ValidationError("give --redis-url or --redis-sentinels, not both")
+        }
+        if c.redisCluster != nil, c.redisURL != nil || c.redisSentinels != nil {
+            throw ValidationError("give one of --redis-url, --redis-sentinels and --redis-cluster")
+        }
+        if c.redisCluster != nil, c.redisReplicas > 0 {
+            throw ValidationError("--redis-replicas is not supported with --redis-cluster (WAIT counts one master's replicas)")
         }
         if (c.redisSentinels == nil) != (c.redisMaster == nil) {
             throw ValidationError("--redis-sentinels and --redis-master go together")
@@ -211,7 +219,9 @@ public struct BrokerCommand: ParsableCommand {
         var services: [any Service] = []
         var target: RedisTarget
         var embedded: EmbeddedRedis?
-        if let sentinels = configuration.redisSentinels, let master = configuration.redisMaster {
+        if let seeds = configuration.redisCluster {
+            target = RedisTarget(.cluster(seeds: seeds))
+        } else if let sentinels = configuration.redisSentinels, let master = configuration.redisMaster {
             target = RedisTarget(.sentinel(sentinels: sentinels, master: master))
         } else if let url = configuration.redisURL {
             target = try RedisTarget(url: url)

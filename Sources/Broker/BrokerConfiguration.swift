@@ -26,6 +26,8 @@ struct BrokerConfiguration: Sendable {
     /// Sentinel mode (instead of `redisURL`): the sentinels and the master's name.
     var redisSentinels: [RedisEndpoint]?
     var redisMaster: String?
+    /// Cluster mode (instead of `redisURL` and the sentinels): nodes to read the slot map from.
+    var redisCluster: [RedisEndpoint]?
     var redisUsername: String?
     /// A file whose first line is the Redis password.
     var redisPasswordFile: String?

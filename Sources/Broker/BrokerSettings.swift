@@ -116,6 +116,22 @@ enum BrokerSettings {
             }
             return endpoints
         })
+    static let redisCluster = Setting<[RedisEndpoint]>(
+        "AGENTCHAT_REDIS_CLUSTER",
+        "Redis Cluster node addresses, host:port,…, instead of --redis-url and --redis-sentinels: the broker reads "
+            + "the slot map from any of them and sends each command to its slot's master",
+        default: nil,
+        parse: { text in
+            let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !parts.isEmpty, !parts.contains(where: \.isEmpty) else { return nil }
+            var endpoints: [RedisEndpoint] = []
+            for part in parts {
+                guard let endpoint = try? RedisEndpoint(hostPort: part) else { return nil }
+                endpoints.append(endpoint)
+            }
+            return endpoints
+        })
     static let redisMaster = Setting<String>(
         "AGENTCHAT_REDIS_MASTER", "The master's name in Sentinel (with --redis-sentinels)", default: nil)
     static let redisUsername = Setting<String>(

@@ -7,6 +7,9 @@ import AgentChatRedis
 ///
 /// An item is published as the exact bytes clients are sent (`MessageItem`, starting with `{"offset":`); an event
 /// as its `channel.event` frame, decoded again on arrival with the protocol's own codec.
+///
+/// On a Redis Cluster the feed is a sharded channel (`SSUBSCRIBE` on the master of the channel's slot, `SPUBLISH`
+/// from the append script and here): its name carries the channel's hash tag, so it lives beside the channel's keys.
 package final class ChannelFeeds: ChannelFeedBus {
     private let redis: RedisClient
     private let codec = FrameCodec()
@@ -19,7 +22,8 @@ package final class ChannelFeeds: ChannelFeedBus {
                            handler: @escaping (FeedMessage) -> Void) -> FeedSubscription
     {
         let codec = codec
-        let subscription = redis.pubSub.subscribe(channel: RedisKeys.feed(channel).bytes, onActive: onActive) { bytes in
+        let subscription = redis.pubSub.subscribe(channel: RedisKeys.feed(channel).bytes, sharded: true,
+                                                  onActive: onActive) { bytes in
             if let message = Self.decode(bytes, codec: codec) { handler(message) }
         }
         let id = FeedSubscription(channel: channel, id: nextID)
@@ -34,7 +38,7 @@ package final class ChannelFeeds: ChannelFeedBus {
     }
 
     package func publish(_ event: ChannelEvent) {
-        redis.send(["PUBLISH", RedisKeys.feed(event.channel), RedisArgument(codec.encode(event.frame))]) { _ in }
+        redis.send([redis.isCluster ? "SPUBLISH" : "PUBLISH", RedisKeys.feed(event.channel), RedisArgument(codec.encode(event.frame))]) { _ in }
     }
 
     /// A feed message from its bytes; nil for anything else (which nobody publishes).

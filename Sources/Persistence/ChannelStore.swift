@@ -27,7 +27,7 @@ package final class ChannelStore: ChannelStoring {
         self.limits = limits
         self.replication = replication
         for script in [Self.create, Self.invite, Self.join, Self.leave, Self.remove, Self.rotate, Self.publishKeys,
-                       Self.append, Self.state, Self.cursor]
+                       redis.isCluster ? Self.shardedAppend : Self.append, Self.state, Self.cursor]
         {
             redis.scripts.register(script)
         }
@@ -167,6 +167,13 @@ package final class ChannelStore: ChannelStoring {
         redis.call('PUBLISH', ARGV[9], item)
         return {'ok', tonumber(offset), listed and 1 or 0}
         """)
+
+    /// `append` for a Redis Cluster, under the same name: the item goes out with `SPUBLISH` (the feed is a sharded
+    /// channel in the channel's slot, which Redis allows a script to publish to).
+    static let shardedAppend = RedisScript(
+        name: append.name,
+        source: append.source.replacing("redis.call('PUBLISH', ARGV[9], item)",
+                                           with: "redis.call('SPUBLISH', ARGV[9], item)"))
 
     /// KEYS: meta, members, log. ARGV: did. Membership, epochs, latest and first retained offsets.
     static let state = RedisScript(name: "channel_state", source: """

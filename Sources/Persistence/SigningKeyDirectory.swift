@@ -28,6 +28,6 @@ package final class SigningKeyDirectory: SigningKeyDirectoring {
     }
 
     package func whenConnected(_ hook: @escaping () -> Void) {
-        redis.connection.addConnectHook(hook)
+        redis.addConnectHook(hook)  // in a cluster: every master's (re)connection
     }
 }

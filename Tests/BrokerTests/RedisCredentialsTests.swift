@@ -88,6 +88,12 @@ import TestSupport
              "not both"),
             (["--redis-sentinels", "127.0.0.1:1,", "--redis-master", "m"], "not a valid value"),
             (["--redis-username", "agentchat"], "needs --redis-password-file"),
+            (["--redis-cluster", "127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"],
+             "give one of --redis-url, --redis-sentinels and --redis-cluster"),
+            (["--redis-cluster", "127.0.0.1:1", "--redis-sentinels", "127.0.0.1:2", "--redis-master", "m"],
+             "give one of --redis-url, --redis-sentinels and --redis-cluster"),
+            (["--redis-cluster", "127.0.0.1:1,,127.0.0.1:2"], "not a valid value"),
+            (["--redis-cluster", "127.0.0.1:1", "--redis-replicas", "1"], "not supported with --redis-cluster"),
         ] {
             let process = try ChildProcess(executable: BrokerProcess.locateExecutable(),
                                            arguments: ["--port", "0", "--data-dir", "/nonexistent/agentchat"] + arguments)
@@ -99,6 +105,7 @@ import TestSupport
         let help = try ChildProcess(executable: BrokerProcess.locateExecutable(), arguments: ["--help"])
         _ = try help.waitForExit(timeout: 20)
         #expect(help.stdout.contains("--redis-sentinels") && help.stdout.contains("--redis-password-file"))
+        #expect(help.stdout.contains("--redis-cluster") && help.stdout.contains("AGENTCHAT_REDIS_CLUSTER"))
     }
 
     @Test func urlsAndCredentialsParseAndDescribeThemselvesWithoutThePassword() throws {

@@ -1,0 +1,177 @@
+import AgentChatRedis
+import Foundation
+
+/// A Redis Cluster of three masters (no replicas) on loopback, real `redis-server --cluster-enabled yes` processes
+/// joined with `redis-cli --cluster create`; waits until every node says `cluster_state:ok`. `stop()` ends them
+/// and removes their directory.
+public final class RedisClusterGroup: @unchecked Sendable {
+    public let directory: String
+    public let ports: [Int]
+    private var servers: [Int: ChildProcess] = [:]
+    private let lock = NSLock()
+
+    /// `--redis-cluster` for these nodes.
+    public var clusterArgument: String { ports.map { "127.0.0.1:\($0)" }.joined(separator: ",") }
+    public var endpoints: [RedisEndpoint] { ports.map { .tcp(host: "127.0.0.1", port: $0) } }
+
+    /// `password`: `requirepass` and `masterauth` on every node (and `-a` for `redis-cli`).
+    private let password: String?
+
+    public init(masters: Int = 3, password: String? = nil) throws {
+        self.password = password
+        directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("agentchat-cluster-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // Cluster bus ports are port + 10000: keep the data ports below 55536.
+        var chosen: [Int] = []
+        while chosen.count < masters {
+            let port = try EmbeddedRedis.freeLoopbackPort()
+            if port < 55_000, !chosen.contains(port) { chosen.append(port) }
+        }
+        ports = chosen
+        do {
+            for port in ports { try startServer(port) }
+            let create = try run(["redis-cli", "--no-auth-warning"] + (password.map { ["-a", $0] } ?? [])
+                + ["--cluster", "create"] + ports.map { "127.0.0.1:\($0)" }
+                + ["--cluster-replicas", "0", "--cluster-yes"])
+            guard create.contains("All 16384 slots covered") else {
+                throw RedisClusterGroupError.failed("redis-cli --cluster create: \(create.suffix(400))")
+            }
+            try waitUntil("cluster_state:ok on every node", timeout: 30) {
+                self.ports.allSatisfy { ((try? self.cli($0, ["CLUSTER", "INFO"])) ?? "").contains("cluster_state:ok") }
+                    && self.ports.allSatisfy { self.slotCount(of: $0) > 0 }
+            }
+        } catch {
+            stop()
+            throw error
+        }
+    }
+
+    deinit { stop() }
+
+    /// The node id of the master on `port`.
+    public func nodeID(_ port: Int) throws -> String {
+        try cli(port, ["CLUSTER", "MYID"])
+    }
+
+    /// The port of the master that serves `slot`, as the node on `port` (default: the first) sees it.
+    public func owner(of slot: Int, askingPort port: Int? = nil) -> Int? {
+        guard let nodes = try? cli(port ?? ports[0], ["CLUSTER", "NODES"]) else { return nil }
+        for line in nodes.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count > 8, fields[2].contains("master"),
+                let address = fields[1].split(separator: "@").first,
+                let nodePort = address.split(separator: ":").last.flatMap({ Int($0) })
+            else { continue }
+            for field in fields.dropFirst(8) where !field.hasPrefix("[") {
+                let bounds = field.split(separator: "-").compactMap { Int($0) }
+                if bounds.count == 2 ? (bounds[0]...bounds[1]).contains(slot) : bounds.first == slot { return nodePort }
+            }
+        }
+        return nil
+    }
+
+    /// How many slots the master on `port` serves (`CLUSTER NODES`).
+    public func slotCount(of port: Int) -> Int {
+        guard let nodes = try? cli(port, ["CLUSTER", "NODES"]) else { return 0 }
+        for line in nodes.split(separator: "\n") where line.contains("myself") {
+            var count = 0
+            for field in line.split(separator: " ").dropFirst(8) where !field.hasPrefix("[") {
+                let bounds = field.split(separator: "-").compactMap { Int($0) }
+                count += bounds.count == 2 ? bounds[1] - bounds[0] + 1 : 1
+            }
+            return count
+        }
+        return 0
+    }
+
+    /// Moves one slot from the master on `from` to the master on `to` the way `redis-cli --cluster reshard` does:
+    /// `IMPORTING`/`MIGRATING`, `MIGRATE` of every key, then `SETSLOT … NODE` on both. `beforeNode` runs after the
+    /// keys moved and before the slot is handed over (an `ASK` window: the source answers `ASK` for missing keys).
+    public func moveSlot(_ slot: Int, from: Int, to: Int, beforeNode: (() throws -> Void)? = nil) throws {
+        let fromID = try nodeID(from), toID = try nodeID(to)
+        _ = try cli(to, ["CLUSTER", "SETSLOT", "\(slot)", "IMPORTING", fromID])
+        _ = try cli(from, ["CLUSTER", "SETSLOT", "\(slot)", "MIGRATING", toID])
+        while true {
+            let keys = try cli(from, ["CLUSTER", "GETKEYSINSLOT", "\(slot)", "100"])
+                .split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+            if keys.isEmpty { break }
+            _ = try cli(from, ["MIGRATE", "127.0.0.1", "\(to)", "", "0", "5000"]
+                + (password.map { ["AUTH", $0] } ?? []) + ["KEYS"] + keys)
+        }
+        try beforeNode?()
+        _ = try cli(to, ["CLUSTER", "SETSLOT", "\(slot)", "NODE", toID])
+        _ = try cli(from, ["CLUSTER", "SETSLOT", "\(slot)", "NODE", toID])
+        for port in ports where port != from && port != to {
+            _ = try cli(port, ["CLUSTER", "SETSLOT", "\(slot)", "NODE", toID])
+        }
+    }
+
+    /// `redis-cli --cluster reshard`: moves `slots` slots from `from` to `to`; its output.
+    @discardableResult
+    public func reshard(from: Int, to: Int, slots: Int) throws -> String {
+        try run(["redis-cli", "--no-auth-warning"] + (password.map { ["-a", $0] } ?? [])
+            + ["--cluster", "reshard", "127.0.0.1:\(ports[0])", "--cluster-from", try nodeID(from),
+               "--cluster-to", try nodeID(to), "--cluster-slots", "\(slots)", "--cluster-yes"])
+    }
+
+    /// Stops every process and removes the directory. Idempotent.
+    public func stop() {
+        let all = lock.withLock { () -> [ChildProcess] in
+            defer { servers = [:] }
+            return Array(servers.values)
+        }
+        for server in all { server.stop() }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// `redis-cli -p port --raw` with `arguments`; its output.
+    public func cli(_ port: Int, _ arguments: [String]) throws -> String {
+        try run(["redis-cli", "-p", "\(port)", "--raw", "--no-auth-warning"] + (password.map { ["-a", $0] } ?? [])
+            + arguments)
+    }
+
+    private func run(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func startServer(_ port: Int) throws {
+        let dir = directory + "/\(port)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let file = dir + "/redis.conf"
+        let lines = ["port \(port)", "bind 127.0.0.1", "dir \(dir)", "save \"\"", "appendonly yes",
+                     "cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000"]
+            + (password.map { ["requirepass \($0)", "masterauth \($0)"] } ?? [])
+        try (lines.joined(separator: "\n") + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+        let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["redis-server", file])
+        lock.withLock { servers[port] = server }
+        try waitUntil("redis-server on \(port)", timeout: 10) { ((try? self.cli(port, ["PING"])) ?? "") == "PONG" }
+    }
+
+    private func waitUntil(_ what: String, timeout: Double, _ condition: () -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if condition() { return }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        throw RedisClusterGroupError.failed("timed out waiting for \(what)")
+    }
+}
+
+public enum RedisClusterGroupError: Error, CustomStringConvertible {
+    case failed(String)
+    public var description: String {
+        switch self {
+        case .failed(let what): what
+        }
+    }
+}
