@@ -1,4 +1,5 @@
 import AgentChatProtocol
+import AgentChatTransport
 import Logging
 
 /// Everything the broker is configured with, resolved from flags, `AGENTCHAT_*` variables and the defaults in
@@ -20,6 +21,8 @@ struct BrokerConfiguration: Sendable {
     var processes = S.processes.defaultValue!
     /// Set in a worker of a supervisor: listen with `SO_REUSEPORT` beside the other workers.
     var sharesPort = false
+    /// Serve TLS with these files (`--tls-cert`, `--tls-key`); nil: plain HTTP.
+    var tls: TLSFiles?
     /// Where Redis is; nil starts an embedded `redis-server` in `dataDirectory`.
     var redisURL: String?
     var dataDirectory = S.dataDirectory.defaultValue!
