@@ -318,6 +318,50 @@ async def sdk_message_over_wss(broker: Broker, pki: PKI) -> None:
         await bob.close()
 
 
+def test_large_messages_cross_the_relay_both_ways(broker: Broker, pki: PKI) -> None:
+    asyncio.run(asyncio.wait_for(large_messages(broker, pki), 90))
+
+
+async def large_messages(broker: Broker, pki: PKI) -> None:
+    """~1.2 MB each way in 30 KB messages sent at once: more than a socketpair's buffer and many TLS records, so
+    the relay's pauses (a full pair, a slow TLS side) are crossed."""
+    alice = await sdk_agent(broker.url, pki.ca, "bulk-alice")
+    bob = await sdk_agent(broker.url, pki.ca, "bulk-bob")
+    try:
+        channel = await alice.create_channel("bulk", members=[bob.did])
+        sub = await bob.subscribe(channel.id)
+        await anext(sub)
+        payloads = [bytes([i]) * 30_000 for i in range(40)]
+        receipts = await asyncio.gather(*(alice.send(channel.id, p) for p in payloads))
+        received = {}
+        while len(received) < len(payloads):
+            message = await sub.next_message(timeout=20)
+            received[message.offset] = message.plaintext
+        assert sorted(received.values()) == sorted(payloads)
+        assert {r.offset for r in receipts} == set(received)
+        history = await bob.history(channel.id, limit=40)
+        assert sorted(m.plaintext for m in history) == sorted(payloads)
+        await sub.close()
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+def test_a_tls_connection_outlives_the_handshake_timeout(broker: Broker, pki: PKI) -> None:
+    """libwebsockets arms a 10 s timeout when a TLS handshake ends, which raw connections keep unless cleared."""
+    async def scenario() -> None:
+        agent = await sdk_agent(broker.url, pki.ca, "long-lived")
+        try:
+            connection = agent._ws
+            await asyncio.sleep(11)
+            channel = await agent.create_channel("still-up")
+            assert channel.id and agent._ws is connection  # the same connection, not a reconnect
+        finally:
+            await agent.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_sdk_ca_file_from_the_environment_and_untrusted_brokers(broker: Broker, pki: PKI,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     asyncio.run(asyncio.wait_for(sdk_ca_file(broker, pki, monkeypatch), 60))
