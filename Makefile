@@ -82,9 +82,10 @@ test-python: deps
 		$(PYTHON) -m pytest -q -p no:cacheprovider clients/python/tests
 
 # `agentchat mcp` (Tests/MCP): the official MCP Python SDK (PyPI `mcp`) drives the server over stdio against the
-# real broker and Redis, with pytest (PEEK_AGENT_PACKAGES for the viewer that requests a paid peek). Under a minute.
-MCP_TEST_PACKAGES := "mcp>=2.3,<3" pytest
-export MCP_TEST_IMPORTS := import pytest, importlib.metadata as m; assert m.version("mcp").split(".")[0] == "2"
+# real broker and Redis, with pytest (PEEK_AGENT_PACKAGES for the viewer that requests a paid peek; the Python SDK
+# for the test with all three kinds of agent in one channel). Under a minute.
+MCP_TEST_PACKAGES := "mcp>=2.3,<3" pytest ./clients/python
+export MCP_TEST_IMPORTS := import pytest, agentchat, importlib.metadata as m; assert m.version("mcp").split(".")[0] == "2"
 test-mcp: deps
 	$(PYTHON) -c "$$MCP_TEST_IMPORTS" 2>/dev/null || $(PYTHON) -m pip install -q $(MCP_TEST_PACKAGES) \
 		|| $(PYTHON) -m pip install -q --break-system-packages $(MCP_TEST_PACKAGES)

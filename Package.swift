@@ -111,7 +111,7 @@ let package = Package(
         .testTarget(name: "RedisTests", dependencies: ["AgentChatRedis", "AgentChatPersistence", "AgentChatLoop", "TestSupport"]),
         .testTarget(name: "BrokerTests",
                     dependencies: ["AgentChatBroker", "AgentChatCore", "AgentChatTransport", "TestSupport",
-                                   "WebSocketClient", "AgentChatProtocol", "AgentChatCrypto"]),
+                                   "WebSocketClient", "AgentChatProtocol", "AgentChatCrypto", "AgentChatRedis"]),
         .testTarget(name: "ClientTests",
                     dependencies: ["AgentChatClient", "AgentChatCrypto", "AgentChatProtocol", "WebSocketClient",
                                    "TestSupport"]),

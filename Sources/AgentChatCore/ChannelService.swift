@@ -99,18 +99,13 @@ final class ChannelService {
                 }
             }
         case .list(let after, let limit):
-            store.channels(of: did) { [self, weak session] result in
-                switch result {
-                case .failure(let failure): storeFailure(failure)
-                case .success(let ids):
-                    let rest = ids.filter { after == nil || $0.rawValue > after!.rawValue }
-                    let page = Array(rest.prefix(limit))
-                    describeAll(page, for: did) { [self] descriptions, failed in
-                        guard let session else { return }
-                        if failed { return storeFailure(.unavailable) }
-                        outbox.sendPaced(channelsPage(descriptions, ref: id, more: rest.count > page.count,
-                                               last: page.last, budget: session.queueLimit / 2), to: session)
-                    }
+            channelPage(of: did, after: after, limit: limit, failed: storeFailure) { [self, weak session] page, more in
+                describeAll(page, for: did) { [self] descriptions, failed in
+                    guard let session else { return }
+                    if failed { return storeFailure(.unavailable) }
+                    outbox.sendPaced(fittedPage(descriptions, id: \.id, more: more ? page.last : nil,
+                                                budget: session.queueLimit / 2) { .channels(ref: id, $0, next: $1) },
+                                     to: session)
                 }
             }
         case .setCursor(let channel, let offset):
@@ -121,20 +116,15 @@ final class ChannelService {
                 }
             }
         case .unread(let after, let limit):
-            store.channels(of: did) { [self, weak session] result in
-                switch result {
-                case .failure(let failure): storeFailure(failure)
-                case .success(let ids):
-                    let rest = ids.filter { after == nil || $0.rawValue > after!.rawValue }
-                    let page = Array(rest.prefix(limit))
-                    store.cursors(page, for: did) { [self] result in
-                        guard let session else { return }
-                        switch result {
-                        case .failure(let failure): storeFailure(failure)
-                        case .success(let cursors):
-                            outbox.sendPaced(unreadPage(cursors, ref: id, more: rest.count > page.count,
-                                                        last: page.last, budget: session.queueLimit / 2), to: session)
-                        }
+            channelPage(of: did, after: after, limit: limit, failed: storeFailure) { [self, weak session] page, more in
+                store.cursors(page, for: did) { [self] result in
+                    guard let session else { return }
+                    switch result {
+                    case .failure(let failure): storeFailure(failure)
+                    case .success(let cursors):
+                        outbox.sendPaced(fittedPage(cursors, id: \.channel, more: more ? page.last : nil,
+                                                    budget: session.queueLimit / 2) { .unread(ref: id, $0, next: $1) },
+                                         to: session)
                     }
                 }
             }
@@ -255,30 +245,30 @@ final class ChannelService {
                                                next: next))
     }
 
-    /// A `channels` reply with as many descriptions as fit in `budget` bytes (at least one), and `next` when more
-    /// may follow: cut here, or `more` ids after `last`.
-    private func channelsPage(_ descriptions: [ChannelDescription], ref: String?, more: Bool, last: ChannelID?,
-                              budget: Int) -> OutboundFrame
+    /// The ids of `did`'s channels after `after` (in id order), at most `limit`, and whether more follow.
+    private func channelPage(of did: DID, after: ChannelID?, limit: Int, failed: @escaping (StoreFailure) -> Void,
+                             then next: @escaping (_ page: [ChannelID], _ more: Bool) -> Void)
     {
-        var kept = descriptions.count
-        var bytes = codec.encode(.channels(ref: ref, descriptions, next: more ? last : nil))
-        while bytes.count > budget, kept > 1 {
-            kept = max(1, min(kept - 1, kept * budget / bytes.count))
-            bytes = codec.encode(.channels(ref: ref, Array(descriptions.prefix(kept)), next: descriptions[kept - 1].id))
+        store.channels(of: did) { result in
+            switch result {
+            case .failure(let failure): failed(failure)
+            case .success(let ids):
+                let rest = ids.filter { after == nil || $0.rawValue > after!.rawValue }
+                next(Array(rest.prefix(limit)), rest.count > limit)
+            }
         }
-        return OutboundFrame(bytes)
     }
 
-    /// An `unread` reply with as many cursors as fit in `budget` bytes (at least one), and `next` when more may
-    /// follow: cut here, or `more` ids after `last`.
-    private func unreadPage(_ cursors: [ReadCursor], ref: String?, more: Bool, last: ChannelID?, budget: Int)
-        -> OutboundFrame
+    /// A reply over the agent's channels (`channels`, `unread`) with as many entries as fit in `budget` bytes (at
+    /// least one), and `next` when more may follow: the id of the last entry kept when cut here, else `more`.
+    private func fittedPage<Entry>(_ entries: [Entry], id: (Entry) -> ChannelID, more: ChannelID?, budget: Int,
+                                   frame: ([Entry], ChannelID?) -> ServerFrame) -> OutboundFrame
     {
-        var kept = cursors.count
-        var bytes = codec.encode(.unread(ref: ref, cursors, next: more ? last : nil))
+        var kept = entries.count
+        var bytes = codec.encode(frame(entries, more))
         while bytes.count > budget, kept > 1 {
             kept = max(1, min(kept - 1, kept * budget / bytes.count))
-            bytes = codec.encode(.unread(ref: ref, Array(cursors.prefix(kept)), next: cursors[kept - 1].channel))
+            bytes = codec.encode(frame(Array(entries.prefix(kept)), id(entries[kept - 1])))
         }
         return OutboundFrame(bytes)
     }

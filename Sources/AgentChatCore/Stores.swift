@@ -10,6 +10,9 @@ package enum StoreFailure: Error, Equatable, Sendable {
     case unavailable
     /// The store refused: the rules of the channel forbid it. `epoch` is the channel's epoch where it matters.
     case refused(ChannelRefusal, epoch: Int64? = nil)
+    /// The message is stored on the master but did not reach `replicas` replicas in time; a retry with the same
+    /// client message id is answered with its offset once they have it.
+    case notReplicated(replicas: Int)
 }
 
 /// Why a channel operation was refused. The raw values are the statuses the Redis scripts answer.
@@ -32,6 +35,8 @@ extension ProtocolError {
         switch failure {
         case .unavailable:
             self.init(.unavailable, "the store is unreachable; retry")
+        case .notReplicated(let replicas):
+            self.init(.unavailable, "not yet on \(replicas) Redis replica\(replicas == 1 ? "" : "s"); retry with the same clientMessageId")
         case .refused(let refusal, let epoch):
             switch refusal {
             case .notFound, .hidden: self.init(.notFound, "no such channel")

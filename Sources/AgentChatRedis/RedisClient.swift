@@ -16,23 +16,30 @@ public final class RedisClient {
     }
 
     public let loop: EventLoop
-    public let endpoint: RedisEndpoint
+    public let target: RedisTarget
     public let connection: RedisConnection
     public let pubSub: RedisPubSub
     public let scripts: RedisScripts
     private let configuration: Configuration
     private var pingTimer: LoopTimer?
     private var lastPong: ContinuousClock.Instant?
+    /// The completions sharing the `WAIT` on its way, if one is.
+    private var waitingForReplicas: [(Result<Int, RedisError>) -> Void]?
 
-    public init(loop: EventLoop, endpoint: RedisEndpoint, configuration: Configuration = .init(),
+    public convenience init(loop: EventLoop, endpoint: RedisEndpoint, configuration: Configuration = .init(),
+                            logger: Logger = Logger(label: "agentchat.redis")) {
+        self.init(loop: loop, target: .direct(endpoint), configuration: configuration, logger: logger)
+    }
+
+    public init(loop: EventLoop, target: RedisTarget, configuration: Configuration = .init(),
                 logger: Logger = Logger(label: "agentchat.redis")) {
         loop.preconditionInEventLoop()
         self.loop = loop
-        self.endpoint = endpoint
+        self.target = target
         self.configuration = configuration
-        connection = RedisConnection(loop: loop, endpoint: endpoint, configuration: configuration.connection,
+        connection = RedisConnection(loop: loop, target: target, configuration: configuration.connection,
                                      logger: logger)
-        pubSub = RedisPubSub(loop: loop, endpoint: endpoint, configuration: configuration.connection,
+        pubSub = RedisPubSub(loop: loop, target: target, configuration: configuration.connection,
                              logger: logger)
         scripts = RedisScripts(connection: connection, logger: logger)
         connection.addConnectHook { [weak self] in self?.ping() }
@@ -72,6 +79,29 @@ public final class RedisClient {
     /// Sends a command on the command connection; see `RedisConnection.send`.
     public func send(_ arguments: [RedisArgument], completion: @escaping (Result<RedisValue, RedisError>) -> Void) {
         connection.send(arguments, completion: completion)
+    }
+
+    /// Waits until `replicas` replicas have every write sent so far on the command connection (`WAIT`), for at most
+    /// `timeoutMilliseconds`; answers how many have. Calls made while a `WAIT` is on its way share it: their writes'
+    /// replies came before its reply, so those writes were sent before it (one connection answers in order).
+    /// `WAIT` holds the command connection until it answers; one per batch of replies keeps that short.
+    public func waitForReplicas(_ replicas: Int, timeoutMilliseconds: Int,
+                                completion: @escaping (Result<Int, RedisError>) -> Void)
+    {
+        loop.preconditionInEventLoop()
+        if waitingForReplicas != nil {
+            waitingForReplicas!.append(completion)
+            return
+        }
+        waitingForReplicas = [completion]
+        connection.send(["WAIT", RedisArgument(replicas), RedisArgument(timeoutMilliseconds)]) { [weak self] result in
+            let waiting = self?.waitingForReplicas ?? []
+            self?.waitingForReplicas = nil
+            let answer: Result<Int, RedisError> = result.flatMap { value in
+                value.int.map { .success($0) } ?? .failure(.unexpectedReply("WAIT answered \(value)"))
+            }
+            for completion in waiting { completion(answer) }
+        }
     }
 
     private func ping() {

@@ -30,9 +30,18 @@ public final class RedisConnection {
     }
 
     public let loop: EventLoop
-    public let endpoint: RedisEndpoint
+    /// Which server, and how to log in.
+    public let target: RedisTarget
+    /// The server of the current (or last) connection: the target's endpoint, or the master the sentinels named.
+    public private(set) var endpoint: RedisEndpoint
     public let configuration: Configuration
-    private let logger: Logger
+    private var logger: Logger
+    /// Sentinel mode: asks the sentinels for the master before every connection.
+    private var resolver: SentinelResolver?
+    private var resolving = false
+    /// Connections the server refused after connecting (credentials, not the master), for the reconnect backoff;
+    /// reset once a connection passes its checks.
+    private var refusedAttempts = 0
 
     /// The current state; `.disconnected` before `start()` and after `close()`.
     public private(set) var state: State = .disconnected
@@ -61,14 +70,28 @@ public final class RedisConnection {
     private(set) var isClosed = false
     private var hasBeenConnected = false
 
-    public init(loop: EventLoop, endpoint: RedisEndpoint, configuration: Configuration = .init(),
+    public convenience init(loop: EventLoop, endpoint: RedisEndpoint, configuration: Configuration = .init(),
+                            logger: Logger = Logger(label: "agentchat.redis")) {
+        self.init(loop: loop, target: .direct(endpoint), configuration: configuration, logger: logger)
+    }
+
+    public init(loop: EventLoop, target: RedisTarget, configuration: Configuration = .init(),
                 logger: Logger = Logger(label: "agentchat.redis")) {
         loop.preconditionInEventLoop()
         self.loop = loop
-        self.endpoint = endpoint
+        self.target = target
         self.configuration = configuration
         var logger = logger
-        logger[metadataKey: "redis"] = "\(endpoint)"
+        switch target.location {
+        case .direct(let endpoint):
+            self.endpoint = endpoint
+            logger[metadataKey: "redis"] = "\(endpoint)"
+        case .sentinel(let sentinels, let master):
+            self.endpoint = sentinels[0]
+            logger[metadataKey: "redis"] = "master \(master)"
+            resolver = SentinelResolver(loop: loop, sentinels: sentinels, master: master,
+                                        timeout: configuration.connectTimeout, logger: logger)
+        }
         self.logger = logger
         connectTimer = LoopTimer(loop: loop) { [weak self] in self?.connectTimedOut() }
         reconnectTimer = LoopTimer(loop: loop) { [weak self] in self?.connect() }
@@ -108,6 +131,8 @@ public final class RedisConnection {
         isClosed = true
         connectTimer?.stop()
         reconnectTimer?.stop()
+        resolver?.cancel()
+        resolving = false
         if let ac = context {
             context = nil
             if insideConnectCallback {
@@ -170,8 +195,23 @@ public final class RedisConnection {
     // MARK: - Connecting
 
     private func connect() {
-        guard !isClosed, context == nil else { return }
+        guard !isClosed, context == nil, !resolving else { return }
         setState(.connecting)
+        guard let resolver, case .sentinel(_, let master) = target.location else { return open(endpoint) }
+        resolving = true
+        resolver.resolve { [weak self] found in
+            guard let self, self.resolving else { return }
+            self.resolving = false
+            guard let found else {
+                return self.connectFailed(reason: "no sentinel named a master for '\(master)'")
+            }
+            if found != self.endpoint { self.logger.info("the sentinels name the master", metadata: ["at": "\(found)"]) }
+            self.endpoint = found
+            self.open(found)
+        }
+    }
+
+    private func open(_ endpoint: RedisEndpoint) {
         let ac: UnsafeMutablePointer<redisAsyncContext>?
         switch endpoint {
         case .tcp(let host, let port): ac = redisAsyncConnect(host, Int32(port))
@@ -219,15 +259,74 @@ public final class RedisConnection {
         }
         failedAttempts = 0
         hasBeenConnected = true
-        logger.info("connected to Redis")
+        logger.info("connected to Redis", metadata: ["at": "\(endpoint)"])
         insideConnectCallback = true
         state = .connected
+        checkServer()
         for hook in connectHooks {
             hook()
             if isClosed { break }
         }
         insideConnectCallback = false
         if !isClosed { onStateChange?(.connected) }
+    }
+
+    /// Sent first on every connection, before the connect hooks' commands (one pipeline): `AUTH` when the target has
+    /// credentials, and in Sentinel mode `ROLE`, since a sentinel may name a master that has just been demoted. A
+    /// refusal drops the connection, and it is tried again with backoff (through the sentinels).
+    private func checkServer() {
+        var pending = 0
+        let passed = { [weak self] in
+            pending -= 1
+            if pending == 0 { self?.refusedAttempts = 0 }
+        }
+        if let credentials = target.credentials {
+            pending += 1
+            send(credentials.authCommand) { [weak self] result in
+                switch result {
+                case .success: passed()
+                case .failure(let error):
+                    // A reply error is a refusal; anything else means the connection went away (it reconnects).
+                    if let message = error.replyMessage { self?.refuse("Redis refused the credentials", detail: message) }
+                }
+            }
+        }
+        if case .sentinel = target.location {
+            pending += 1
+            send(["ROLE"]) { [weak self] result in
+                guard let self else { return }
+                switch result {
+                case .success(.array(let parts)) where parts.first?.string == "master": passed()
+                case .success(let other):
+                    self.refuse("the server the sentinels named is not the master",
+                                detail: "ROLE: \(other.array?.first?.string ?? "?")")
+                case .failure(let error):
+                    if let message = error.replyMessage { self.refuse("ROLE failed", detail: message) }
+                }
+            }
+        }
+    }
+
+    /// Drops a connection the server refused to serve as asked; it reconnects with backoff.
+    private func refuse(_ reason: String, detail: String) {
+        refusedAttempts += 1
+        logger.error("\(reason); reconnecting", metadata: ["reply": "\(detail)", "at": "\(endpoint)"])
+        drop()
+    }
+
+    /// The server answered `READONLY`: it is a replica now (a failover demoted it). Reconnect to the master.
+    fileprivate func wroteToReplica() {
+        guard context != nil else { return }
+        logger.warning("the server is read-only (a replica after a failover?); reconnecting", metadata: ["at": "\(endpoint)"])
+        refusedAttempts += 1
+        drop()
+    }
+
+    /// Closes the live connection; hiredis reports the disconnect, which schedules a reconnect. Pending commands fail
+    /// with `.connectionLost`.
+    private func drop() {
+        guard let ac = context, !isClosed else { return }
+        redisAsyncDisconnect(ac)
     }
 
     fileprivate func handleDisconnect(_ ac: UnsafePointer<redisAsyncContext>, status: Int32) {
@@ -260,7 +359,7 @@ public final class RedisConnection {
 
     private func scheduleReconnect() {
         guard !isClosed else { return }
-        let exponent = min(failedAttempts, 20)
+        let exponent = min(max(failedAttempts, refusedAttempts), 20)
         let base = min(configuration.maximumReconnectDelay, configuration.initialReconnectDelay << UInt64(exponent))
         let delay = base / 2 + UInt64.random(in: 0...max(base / 2, 1))  // jitter: spread reconnecting brokers
         reconnectTimer?.start(after: delay)
@@ -320,6 +419,9 @@ private func redisConnectionReply(_ ac: UnsafeMutablePointer<redisAsyncContext>?
     let value = RedisValue(reply: reply.assumingMemoryBound(to: redisReply.self))
     if case .error(let message) = value {
         box.completion(.failure(.replyError(message)))
+        if message.hasPrefix("READONLY"), let data = ac?.pointee.data {
+            Unmanaged<RedisConnection>.fromOpaque(data).takeUnretainedValue().wroteToReplica()
+        }
     } else {
         box.completion(.success(value))
     }

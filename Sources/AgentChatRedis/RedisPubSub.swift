@@ -29,9 +29,15 @@ public final class RedisPubSub {
     /// Called on every state change of the subscribe connection.
     public var onStateChange: ((RedisConnection.State) -> Void)?
 
-    public init(loop: EventLoop, endpoint: RedisEndpoint, configuration: RedisConnection.Configuration = .init(),
+    public convenience init(loop: EventLoop, endpoint: RedisEndpoint,
+                            configuration: RedisConnection.Configuration = .init(),
+                            logger: Logger = Logger(label: "agentchat.redis.pubsub")) {
+        self.init(loop: loop, target: .direct(endpoint), configuration: configuration, logger: logger)
+    }
+
+    public init(loop: EventLoop, target: RedisTarget, configuration: RedisConnection.Configuration = .init(),
                 logger: Logger = Logger(label: "agentchat.redis.pubsub")) {
-        connection = RedisConnection(loop: loop, endpoint: endpoint, configuration: configuration, logger: logger)
+        connection = RedisConnection(loop: loop, target: target, configuration: configuration, logger: logger)
         self.logger = logger
         connection.addConnectHook { [weak self] in self?.resubscribe() }
         connection.onPush = { [weak self] value in self?.handlePush(value) }

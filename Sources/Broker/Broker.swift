@@ -29,7 +29,7 @@ final class Broker {
     /// Made by `start()`, once the bound port (and so the default issuer) is known.
     private var router: FrameRouter?
 
-    init(loop: EventLoop, configuration: BrokerConfiguration, redisEndpoint: RedisEndpoint,
+    init(loop: EventLoop, configuration: BrokerConfiguration, redisTarget: RedisTarget,
          keyStore: SigningKeyStore, logger: Logger, registry: PrometheusCollectorRegistry) throws
     {
         loop.preconditionInEventLoop()
@@ -39,11 +39,14 @@ final class Broker {
         self.keyStore = keyStore
         self.registry = registry
         clock = LoopClock(loop: loop)
-        redis = RedisClient(loop: loop, endpoint: redisEndpoint, logger: Logger(label: "agentchat.redis"))
+        redis = RedisClient(loop: loop, target: redisTarget, logger: Logger(label: "agentchat.redis"))
         var channelLimits = ChannelLimits()
         channelLimits.historyMaxCount = configuration.historyMaxCount
         channelLimits.historyMaxAgeMilliseconds = Int64(configuration.historyMaxAgeSeconds) * 1000
-        stores = Stores(channels: ChannelStore(redis: redis, limits: channelLimits), feeds: ChannelFeeds(redis: redis),
+        let replication = ChannelStore.Replication(replicas: configuration.redisReplicas,
+                                                   timeoutMilliseconds: configuration.redisReplicasTimeoutMilliseconds)
+        stores = Stores(channels: ChannelStore(redis: redis, limits: channelLimits, replication: replication),
+                        feeds: ChannelFeeds(redis: redis),
                         agents: AgentStore(redis: redis), indicators: IndicatorStore(redis: redis),
                         rateLimits: RateLimiter(redis: redis), signingKeys: SigningKeyDirectory(redis: redis),
                         peeks: PeekStore(redis: redis), peekNotifier: PeekNotices(redis: redis),

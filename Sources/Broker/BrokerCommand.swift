@@ -27,6 +27,12 @@ public struct BrokerCommand: ParsableCommand {
     @Option(help: BrokerSettings.tlsCertificate.help) var tlsCert: String?
     @Option(help: BrokerSettings.tlsKey.help) var tlsKey: String?
     @Option(help: BrokerSettings.redisURL.help) var redisURL: String?
+    @Option(help: BrokerSettings.redisSentinels.help) var redisSentinels: String?
+    @Option(help: BrokerSettings.redisMaster.help) var redisMaster: String?
+    @Option(help: BrokerSettings.redisUsername.help) var redisUsername: String?
+    @Option(help: BrokerSettings.redisPasswordFile.help) var redisPasswordFile: String?
+    @Option(help: BrokerSettings.redisReplicas.help) var redisReplicas: Int?
+    @Option(help: BrokerSettings.redisReplicasTimeout.help) var redisReplicasTimeout: Int?
     @Option(help: BrokerSettings.dataDirectory.help) var dataDir: String?
     @Option(help: BrokerSettings.appendFsync.help) var appendfsync: String?
     @Option(help: BrokerSettings.logLevel.help) var logLevel: String?
@@ -78,6 +84,22 @@ public struct BrokerCommand: ParsableCommand {
         c.port = try S.port.resolve(port, env)
         c.processes = try S.processes.resolve(parsed(processes, S.processes, flag: "--processes"), env)
         c.redisURL = try S.redisURL.resolve(redisURL, env)
+        c.redisSentinels = try S.redisSentinels.resolve(parsed(redisSentinels, S.redisSentinels,
+                                                               flag: "--redis-sentinels"), env)
+        c.redisMaster = try S.redisMaster.resolve(redisMaster, env)
+        c.redisUsername = try S.redisUsername.resolve(redisUsername, env)
+        c.redisPasswordFile = try S.redisPasswordFile.resolve(redisPasswordFile, env)
+        c.redisReplicas = try S.redisReplicas.resolve(redisReplicas, env)
+        c.redisReplicasTimeoutMilliseconds = try S.redisReplicasTimeout.resolve(redisReplicasTimeout, env)
+        if c.redisSentinels != nil, c.redisURL != nil {
+            throw ValidationError("give --redis-url or --redis-sentinels, not both")
+        }
+        if (c.redisSentinels == nil) != (c.redisMaster == nil) {
+            throw ValidationError("--redis-sentinels and --redis-master go together")
+        }
+        if c.redisUsername != nil, c.redisPasswordFile == nil {
+            throw ValidationError("--redis-username needs --redis-password-file")
+        }
         switch (try S.tlsCertificate.resolve(tlsCert, env) as String?, try S.tlsKey.resolve(tlsKey, env) as String?) {
         case (nil, nil):
             c.tls = nil
@@ -182,19 +204,40 @@ public struct BrokerCommand: ParsableCommand {
         }
 
         var services: [any Service] = []
-        let endpoint: RedisEndpoint
+        var target: RedisTarget
         var embedded: EmbeddedRedis?
-        if let url = configuration.redisURL {
-            endpoint = try RedisEndpoint(url: url)
+        if let sentinels = configuration.redisSentinels, let master = configuration.redisMaster {
+            target = RedisTarget(.sentinel(sentinels: sentinels, master: master))
+        } else if let url = configuration.redisURL {
+            target = try RedisTarget(url: url)
         } else {
             let redis = try EmbeddedRedis(configuration: .init(
                 dataDirectory: configuration.dataDirectory,
                 appendFsync: configuration.appendFsync == .always ? .always : .everysec))
-            endpoint = redis.endpoint
+            target = .direct(redis.endpoint)
             embedded = redis
             services.append(EmbeddedRedisService(redis: redis))
             logger.info("embedded redis started", metadata: ["dataDir": "\(configuration.dataDirectory)"])
         }
+
+        if let file = configuration.redisPasswordFile {
+            let password: String
+            do {
+                password = try String(contentsOfFile: file, encoding: .utf8)
+                    .split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first
+                    .map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
+            } catch {
+                embedded?.stop()
+                throw ValidationError("cannot read --redis-password-file \(file): \(error.localizedDescription)")
+            }
+            guard !password.isEmpty else {
+                embedded?.stop()
+                throw ValidationError("--redis-password-file \(file) holds no password")
+            }
+            target.credentials = RedisCredentials(username: configuration.redisUsername ?? target.credentials?.username,
+                                                  password: password)
+        }
+        logger.info("redis", metadata: ["target": "\(target)"])
 
         let keyStore: SigningKeyStore
         do {
@@ -240,10 +283,11 @@ public struct BrokerCommand: ParsableCommand {
 
         let loop = EventLoop.startThread()
         let settled = configuration
+        let settledTarget = target
         let started: (LoopBound<Broker>, Int)
         do {
             started = try await loop.submit {
-                let broker = try Broker(loop: loop, configuration: settled, redisEndpoint: endpoint,
+                let broker = try Broker(loop: loop, configuration: settled, redisTarget: settledTarget,
                                     keyStore: keyStore, logger: logger, registry: registry)
                 let port = try broker.start()
                 return (LoopBound(broker, loop: loop), port)

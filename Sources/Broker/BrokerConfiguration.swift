@@ -1,4 +1,5 @@
 import AgentChatProtocol
+import AgentChatRedis
 import AgentChatTransport
 import Logging
 
@@ -25,6 +26,15 @@ struct BrokerConfiguration: Sendable {
     var tls: TLSFiles?
     /// Where Redis is; nil starts an embedded `redis-server` in `dataDirectory`.
     var redisURL: String?
+    /// Sentinel mode (instead of `redisURL`): the sentinels and the master's name.
+    var redisSentinels: [RedisEndpoint]?
+    var redisMaster: String?
+    var redisUsername: String?
+    /// A file whose first line is the Redis password.
+    var redisPasswordFile: String?
+    /// Replicas a message must reach (`WAIT`) before it is acknowledged; 0: the master alone.
+    var redisReplicas = S.redisReplicas.defaultValue!
+    var redisReplicasTimeoutMilliseconds = S.redisReplicasTimeout.defaultValue!
     var dataDirectory = S.dataDirectory.defaultValue!
     var appendFsync = S.appendFsync.defaultValue!
     var logLevel = S.logLevel.defaultValue!

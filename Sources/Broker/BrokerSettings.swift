@@ -1,5 +1,7 @@
 import AgentChatProtocol
+import AgentChatRedis
 import ArgumentParser
+import Foundation
 import Glibc
 import Logging
 
@@ -104,6 +106,40 @@ enum BrokerSettings {
         "AGENTCHAT_REDIS_URL",
         "Redis to use, redis://host:port or unix:///path; without it the broker runs an embedded redis-server in the data directory",
         default: nil)
+    static let redisSentinels = Setting<[RedisEndpoint]>(
+        "AGENTCHAT_REDIS_SENTINELS",
+        "Redis Sentinel addresses, host:port,…, instead of --redis-url: the broker asks them for the master of "
+            + "--redis-master on every (re)connection, and so follows failovers",
+        default: nil,
+        parse: { text in
+            let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !parts.isEmpty, !parts.contains(where: \.isEmpty) else { return nil }
+            var endpoints: [RedisEndpoint] = []
+            for part in parts {
+                guard let endpoint = try? RedisEndpoint(hostPort: part) else { return nil }
+                endpoints.append(endpoint)
+            }
+            return endpoints
+        })
+    static let redisMaster = Setting<String>(
+        "AGENTCHAT_REDIS_MASTER", "The master's name in Sentinel (with --redis-sentinels)", default: nil)
+    static let redisUsername = Setting<String>(
+        "AGENTCHAT_REDIS_USERNAME", "Redis ACL user to log in as (with --redis-password-file)", default: nil)
+    static let redisPasswordFile = Setting<String>(
+        "AGENTCHAT_REDIS_PASSWORD_FILE",
+        "File whose first line is the Redis password, sent with AUTH on every connection and never logged (a "
+            + "password may also come in the URL: redis://user:password@host, best through AGENTCHAT_REDIS_URL)",
+        default: nil)
+    static let redisReplicas = Setting<Int>(
+        "AGENTCHAT_REDIS_REPLICAS",
+        "Acknowledge a message only once this many replicas have it (Redis WAIT); 0: once the master has it",
+        default: 0, range: 0...16)
+    static let redisReplicasTimeout = Setting<Int>(
+        "AGENTCHAT_REDIS_REPLICAS_TIMEOUT",
+        "Milliseconds to wait for --redis-replicas; past it the send is refused with unavailable, to be retried "
+            + "with the same clientMessageId",
+        default: 1000, range: 1...60_000)
     static let dataDirectory = Setting<String>(
         "AGENTCHAT_DATA_DIR", "Directory for the embedded Redis's data and the broker's keys", default: "./data")
     static let appendFsync = Setting<BrokerConfiguration.AppendFsync>(

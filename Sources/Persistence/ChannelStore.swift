@@ -8,12 +8,24 @@ import AgentChatRedis
 /// a Redis Cluster. Scripts answer `{status, value…}`; statuses other than `ok` become a `ChannelRefusal`, and a
 /// Redis failure `StoreFailure.unavailable`.
 package final class ChannelStore: ChannelStoring {
+    /// How many replicas a message must reach before it is acknowledged (`WAIT`), and for how long to wait.
+    package struct Replication: Sendable {
+        package var replicas: Int
+        package var timeoutMilliseconds: Int
+        package init(replicas: Int = 0, timeoutMilliseconds: Int = 1000) {
+            self.replicas = replicas
+            self.timeoutMilliseconds = timeoutMilliseconds
+        }
+    }
+
     private let redis: RedisClient
     package let limits: ChannelLimits
+    package let replication: Replication
 
-    package init(redis: RedisClient, limits: ChannelLimits = ChannelLimits()) {
+    package init(redis: RedisClient, limits: ChannelLimits = ChannelLimits(), replication: Replication = Replication()) {
         self.redis = redis
         self.limits = limits
+        self.replication = replication
         for script in [Self.create, Self.invite, Self.join, Self.leave, Self.remove, Self.rotate, Self.publishKeys,
                        Self.append, Self.state, Self.cursor]
         {
@@ -293,8 +305,8 @@ package final class ChannelStore: ChannelStoring {
                         RedisArgument(MessageItem.prefix), RedisArgument(suffix), RedisArgument(now),
                         RedisArgument(limits.historyMaxCount), RedisArgument(now - limits.historyMaxAgeMilliseconds),
                         RedisArgument(limits.dedupWindowMilliseconds), RedisKeys.feed(id)]
-        ) { result in
-            completion(result.flatMap { reply in
+        ) { [redis, replication] result in
+            let outcome: StoreResult<AppendOutcome> = result.flatMap { reply in
                 switch reply.status {
                 case "ok":
                     reply.int(1).map { .success(.stored(offset: $0, listed: reply.flag)) } ?? .failure(.unavailable)
@@ -302,7 +314,17 @@ package final class ChannelStore: ChannelStoring {
                     reply.int(1).map { .success(.duplicate(offset: $0)) } ?? .failure(.unavailable)
                 default: .failure(reply.refusal)
                 }
-            })
+            }
+            // With replicas to reach, a duplicate waits too: its first append may not have reached them.
+            guard replication.replicas > 0, case .success = outcome else { return completion(outcome) }
+            redis.waitForReplicas(replication.replicas, timeoutMilliseconds: replication.timeoutMilliseconds) {
+                acknowledged in
+                switch acknowledged {
+                case .success(let count) where count >= replication.replicas: completion(outcome)
+                case .success: completion(.failure(.notReplicated(replicas: replication.replicas)))
+                case .failure: completion(.failure(.unavailable))
+                }
+            }
         }
     }
 
@@ -386,8 +408,8 @@ package final class ChannelStore: ChannelStoring {
             cursor(id, for: did, to: nil) { result in
                 switch result {
                 case .success(let cursor): found[id] = cursor
-                case .failure(.unavailable): failed = true
                 case .failure(.refused): break  // left meanwhile
+                case .failure: failed = true
                 }
                 remaining -= 1
                 guard remaining == 0 else { return }

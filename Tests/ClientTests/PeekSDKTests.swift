@@ -74,7 +74,7 @@ final class Recorder<Value: Sendable>: Sendable {
     static let windows = ["--peek-refusal-window", "1", "--peek-grant-window", "3", "--peek-duration", "2"]
     /// For tests that refuse: the SDK refuses at once, but a loaded machine (the whole suite runs in parallel on two
     /// cores) may take more than a second to carry the notice from broker to broker to the SDK and back.
-    static let refusable = windows + ["--peek-refusal-window", "5"]
+    static let refusable = windows + ["--peek-refusal-window", "15"]
 
     /// A registered agent on `broker` with `configuration` (fast reconnection; the peek policy as given).
     private func agent(_ cluster: ChannelCluster, _ name: String, on broker: Int = 0,

@@ -428,3 +428,45 @@ async def test_paid_peek_is_listed_and_refused(make_agent):
                              "token": peek["token"]})["peek"]["phase"]
             assert phase in ("capturing", "refused"), phase
             await refused(session, "refuse_peek", {"channel": channel, "peek": peek["id"]}, "peek_not_refusable")
+
+
+# -- the three ways to be an agent, in one channel
+
+async def test_python_mcp_and_swift_agents_share_one_encrypted_channel(make_agent):
+    """An MCP-driven agent creates a channel with a Python SDK agent and a Swift CLI agent; each writes once, and
+    each reads and verifies what the other two wrote (keys made by the MCP agent's Swift SDK, opened by Python)."""
+    from agentchat import AgentChatClient, AgentIdentity
+
+    mcp_agent, swift = make_agent("mcp"), make_agent("swift")
+    python = AgentChatClient(AgentIdentity.generate("python"), mcp_agent.broker.url)
+    await python.register()
+    await python.connect()
+    try:
+        async with mcp_session(mcp_agent) as session:
+            channel = (await ok(session, "create_channel",
+                                {"name": "three ways", "members": [python.identity.did, swift.did]}))["channel"]
+            from_mcp = (await ok(session, "send_message", {"channel": channel, "text": "from mcp"}))["offset"]
+            from_python = (await python.send(channel, "from python")).offset
+            from_swift = int(swift.cli("send", "--channel", channel, "from swift"))
+            assert sorted([from_mcp, from_python, from_swift]) == [1, 2, 3]
+            everyone = {from_mcp: ("from mcp", mcp_agent.did), from_python: ("from python", python.identity.did),
+                        from_swift: ("from swift", swift.did)}
+
+            # The MCP agent reads the other two (its own message was read already when it sent it).
+            read = await ok(session, "read_messages", {"channel": channel})
+            assert {m["offset"]: (m["text"], m["sender"]) for m in read["messages"]} == {
+                offset: everyone[offset] for offset in (from_python, from_swift)}
+            assert all("verified" not in m for m in read["messages"])
+
+            # Python verifies and decrypts what the MCP agent and the Swift CLI wrote.
+            history = await python.history(channel)
+            assert all(m.verified for m in history)
+            assert {m.offset: (m.text, m.sender) for m in history} == everyone
+
+            # The Swift CLI does the same for the MCP agent's and Python's messages.
+            lines = [json.loads(line) for line in swift.cli("history", "--channel", channel, "--json").splitlines()
+                     if line.strip()]
+            assert all(line["verified"] is True for line in lines)
+            assert {line["offset"]: (line["plaintext"], line["sender"]) for line in lines} == everyone
+    finally:
+        await python.close()
