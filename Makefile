@@ -70,6 +70,7 @@ test: deps
 	$(MAKE) test-mcp
 	$(MAKE) test-api
 	$(MAKE) test-deploy
+	$(MAKE) test-tls
 
 # The Python SDK (clients/python, package agentchat): installs it from the tree with pip (with its PyPI
 # dependencies: websockets, PyNaCl, cryptography) and pytest, builds the broker and the Swift CLI (debug), and runs
@@ -96,6 +97,19 @@ test-mcp: deps
 	$(SWIFT) build --product agentchat
 	$(SWIFT) build --product agentchat-broker
 	AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/MCP
+
+# TLS (Tests/TLS, docs/ops/tls.md): real brokers (debug build) with --tls-cert/--tls-key and certificates made by the
+# openssl CLI in a temporary directory; Python's ssl module and the Python SDK (from the tree, with its PyPI
+# dependencies) as clients: https, wss, ALPN, the head gate over TLS, SIGHUP reloads, --processes. ~10 s once built.
+TLS_TEST_PACKAGES := "websockets>=15" pynacl cryptography pytest
+export TLS_TEST_IMPORTS := import websockets.asyncio.client, nacl.public, cryptography, pytest
+test-tls: deps
+	command -v openssl >/dev/null || $(SUDO) apt-get install -y -qq openssl
+	$(PYTHON) -c "$$TLS_TEST_IMPORTS" 2>/dev/null || $(PYTHON) -m pip install -q $(TLS_TEST_PACKAGES) \
+		|| $(PYTHON) -m pip install -q --break-system-packages $(TLS_TEST_PACKAGES)
+	$(SWIFT) build --product agentchat-broker
+	AGENTCHAT_BIN_DIR=$$($(SWIFT) build --show-bin-path) $(PYTHON) -W ignore::DeprecationWarning -m pytest -q \
+		-p no:cacheprovider Tests/TLS
 
 # The machine-readable API descriptions (docs/openapi.yaml, docs/asyncapi.yaml): scripts/check-api-descriptions.py
 # checks them against the golden frames, FrameType/ErrorCode/CloseCode.swift and the broker's routes; Tests/API runs

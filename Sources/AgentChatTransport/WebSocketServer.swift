@@ -31,12 +31,15 @@ package final class WebSocketServer {
         /// `SharedListener` (`SO_REUSEPORT`) accepts and hands each connection to the same head gate as libwebsockets'
         /// own accepted connections go through.
         package var sharesPort = false
+        /// Serve the port over TLS with these files (see `TLSTerminator`); nil: plain HTTP.
+        package var tls: TLSFiles?
 
         package init(host: String, port: Int, limits: Limits, receiveBufferBytes: Int = 1024,
                      pingIntervalSeconds: Int = 30, pingTimeoutSeconds: Int = 10, closeGraceSeconds: Int = 5,
-                     sharesPort: Bool = false)
+                     sharesPort: Bool = false, tls: TLSFiles? = nil)
         {
             self.sharesPort = sharesPort
+            self.tls = tls
             self.host = host
             self.port = port
             self.limits = limits
@@ -59,6 +62,8 @@ package final class WebSocketServer {
     /// Written with nil by libwebsockets when a destroyed context has finished closing (`pcontext`).
     private let contextSlot: UnsafeMutablePointer<OpaquePointer?>
     private let protocols: UnsafeMutablePointer<lws_protocols>
+    /// The TLS vhosts' one raw protocol and its terminator (see `TLSTerminator`).
+    private let tlsProtocols: UnsafeMutablePointer<lws_protocols>
     private let protocolNames: [UnsafeMutablePointer<CChar>]
     private let retryPolicy: UnsafeMutablePointer<lws_retry_bo_t>
     private var nextID: UInt64 = 1
@@ -74,6 +79,8 @@ package final class WebSocketServer {
     private let gate: HTTPHeadGate
     /// The shared listening socket when `configuration.sharesPort`; nil otherwise (libwebsockets listens).
     private var listener: SharedListener?
+    /// Terminates TLS in front of the gate when `configuration.tls` is set.
+    private let terminator: TLSTerminator?
 
     package init(loop: EventLoop, configuration: Configuration, logger: Logger) {
         loop.preconditionInEventLoop()
@@ -83,7 +90,7 @@ package final class WebSocketServer {
         contextSlot = .allocate(capacity: 1)
         contextSlot.initialize(to: nil)
 
-        protocolNames = [strdup("http")!, strdup(Self.subprotocol)!]
+        protocolNames = [strdup("http")!, strdup(Self.subprotocol)!, strdup(TLSTerminator.protocolName)!]
         protocols = .allocate(capacity: 3)
         let slot = MemoryLayout<UInt64>.size
         var http = agentchat_lws_protocols_terminator()
@@ -101,6 +108,13 @@ package final class WebSocketServer {
         protocols.initialize(to: http)
         (protocols + 1).initialize(to: ws)
         (protocols + 2).initialize(to: agentchat_lws_protocols_terminator())
+        var relay = agentchat_lws_protocols_terminator()
+        relay.name = UnsafePointer(protocolNames[2])
+        relay.callback = serverCallback
+        relay.per_session_data_size = slot
+        tlsProtocols = .allocate(capacity: 2)
+        tlsProtocols.initialize(to: relay)
+        (tlsProtocols + 1).initialize(to: agentchat_lws_protocols_terminator())
 
         // Zero validity times switch off libwebsockets' own keep-alive: 4.1 keeps one timer per connection in a
         // list sorted by linear insertion and re-inserts it on every received frame, O(connections) each time.
@@ -110,13 +124,18 @@ package final class WebSocketServer {
             retry_ms_table: nil, retry_ms_table_count: 0, conceal_count: 0, secs_since_valid_ping: 0,
             secs_since_valid_hangup: 0, jitter_percent: 0))
         gate = HTTPHeadGate(loop: loop, headTimeout: 10, logger: logger)
+        terminator = configuration.tls == nil ? nil
+            : TLSTerminator(loop: loop, protocols: UnsafePointer(tlsProtocols), logger: logger)
         gate.admit = { [unowned self] fd, consumed in adopt(fd, consumed) }
+        terminator?.plaintext = { [unowned self] fd in acceptPlain(fd) }
     }
 
     deinit {
         precondition(context == nil, "WebSocketServer released with a live context")
         protocols.deinitialize(count: 3)
         protocols.deallocate()
+        tlsProtocols.deinitialize(count: 2)
+        tlsProtocols.deallocate()
         protocolNames.forEach { free($0) }
         retryPolicy.deallocate()
         contextSlot.deallocate()
@@ -132,6 +151,7 @@ package final class WebSocketServer {
         info.protocols = UnsafePointer(protocols)
         info.options = UInt64(LWS_SERVER_OPTION_LIBUV) | UInt64(LWS_SERVER_OPTION_VALIDATE_UTF8)
         if !configuration.host.contains(":") { info.options |= UInt64(LWS_SERVER_OPTION_DISABLE_IPV6) }
+        if configuration.tls != nil { info.options |= UInt64(LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT) }
         info.user = Unmanaged.passUnretained(self).toOpaque()
         info.retry_and_idle_policy = UnsafePointer(retryPolicy)
         // HTTPRequestHeadValidator admits heads of at most 4096 bytes and 48 fields; libwebsockets keeps names of
@@ -152,6 +172,14 @@ package final class WebSocketServer {
         }
         context = created
         contextSlot.pointee = created
+        if let terminator, let files = configuration.tls {
+            do {
+                try terminator.start(context: created, files: files)
+            } catch {
+                destroyContextNow()
+                throw error
+            }
+        }
         if configuration.sharesPort {
             do {
                 listener = try SharedListener(loop: loop, host: configuration.host, port: configuration.port,
@@ -224,6 +252,7 @@ package final class WebSocketServer {
             // goes in stages, each advanced by another lws_context_destroy() once the handles of the last closed.
             if contextSlot.pointee == nil || now > deadline + 2 {
                 shutdownTimer = nil
+                terminator?.closeAll()
                 completion()
             } else if now - lastDestroyCall > 0.05 {
                 lastDestroyCall = now
@@ -233,12 +262,29 @@ package final class WebSocketServer {
         shutdownTimer?.start(after: 10, repeat: 10)
     }
 
+    /// Destroys the context of a `start()` that failed.
     private func destroyContextNow() {
         listener?.close()
         listener = nil
         gate.closeAll()
-        if let context { lws_context_destroy(context) }
+        if let context {
+            // On a foreign loop libwebsockets finishes destroying the context in later turns of the loop, with
+            // callbacks that find this object through the context's user pointer: it must outlive them, and a
+            // failed start is followed by the process's exit, so it is kept for good.
+            _ = Unmanaged.passRetained(self)
+            lws_context_destroy(context)
+        }
         context = nil
+        terminator?.closeAll()
+    }
+
+    /// Loads new TLS files for the connections accepted from now on (`SIGHUP`); connections already open keep the
+    /// certificate they have. Throws, keeping the current certificate, when the files cannot be read or used, or
+    /// when the server does not serve TLS.
+    package func reloadTLS(_ files: TLSFiles) throws {
+        loop.preconditionInEventLoop()
+        guard let terminator else { throw WebSocketServerError.tlsFailed("the server was started without TLS") }
+        try terminator.reload(files)
     }
 
     // MARK: Callback dispatch
@@ -252,8 +298,16 @@ package final class WebSocketServer {
             // `input` is the accepted descriptor. The gate keeps a duplicate; refusing makes libwebsockets close
             // its own copy and forget the connection, which comes back through `adopt` once its head passed.
             let fd = Int32(truncatingIfNeeded: Int(bitPattern: input))
-            if !gate.take(fd) { logger.warning("could not hold a new connection", metadata: ["errno": "\(errno)"]) }
+            if let terminator {
+                // TLS first: the decrypted bytes come back through `acceptPlain` to the gate.
+                let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+                if copy >= 0 { terminator.adopt(copy) }
+            } else if !gate.take(fd) {
+                logger.warning("could not hold a new connection", metadata: ["errno": "\(errno)"])
+            }
             return 1
+        case LWS_CALLBACK_RAW_ADOPT, LWS_CALLBACK_RAW_RX, LWS_CALLBACK_RAW_WRITEABLE, LWS_CALLBACK_RAW_CLOSE:
+            return terminator?.handle(wsi, reason, user, input, length) ?? -1
         case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
             // `input` names the upgrade; it is deliberately not read (CVE in 4.1.6's path): headers are read instead.
             return confirmUpgrade(wsi)
@@ -348,6 +402,14 @@ package final class WebSocketServer {
         return nil
     }
 
+    /// The client's address; for a connection relayed from TLS, the TLS connection's peer.
+    private func clientAddress(_ wsi: OpaquePointer) -> String {
+        if let terminator, let address = terminator.peerAddress(ofPlaintextFD: lws_get_socket_fd(wsi)) {
+            return address
+        }
+        return Self.peerAddress(wsi)
+    }
+
     static func peerAddress(_ wsi: OpaquePointer) -> String {
         var buffer = [CChar](repeating: 0, count: 64)
         guard lws_get_peer_simple(wsi, &buffer, buffer.count) != nil else { return "unknown" }
@@ -357,6 +419,12 @@ package final class WebSocketServer {
     /// A connection accepted by the shared listener: the same path as one libwebsockets accepted and offered to
     /// `LWS_CALLBACK_FILTER_NETWORK_CONNECTION` (the gate keeps a duplicate, the original is closed).
     private func acceptShared(_ fd: Int32) {
+        if let terminator { return terminator.adopt(fd) }
+        acceptPlain(fd)
+    }
+
+    /// A plaintext connection (accepted, or the HTTP end of a TLS relay) goes to the gate, which keeps a duplicate.
+    private func acceptPlain(_ fd: Int32) {
         if !gate.take(fd) { logger.warning("could not hold a new connection", metadata: ["errno": "\(errno)"]) }
         _ = Glibc.close(fd)
     }
@@ -384,7 +452,7 @@ package final class WebSocketServer {
     private func established(_ wsi: OpaquePointer, _ user: UnsafeMutableRawPointer?) -> Int32 {
         guard let id = allocateID(user) else { return -1 }
         let connection = WebSocketConnection(id: id, wsi: wsi, limits: configuration.limits,
-                                       remoteAddress: Self.peerAddress(wsi))
+                                       remoteAddress: clientAddress(wsi))
         connections[id] = connection
         if isShuttingDown {
             connection.close(.goingAway, "broker shutting down")
@@ -541,7 +609,7 @@ package final class WebSocketServer {
         }
         // The payment webhook's signature (no libwebsockets token).
         if let value = Self.customHeader(wsi, "stripe-signature") { request.headers["stripe-signature"] = value }
-        request.remoteAddress = Self.peerAddress(wsi)
+        request.remoteAddress = clientAddress(wsi)
         let exchange = HTTPExchange(id: id, wsi: wsi, request: request, expectedBodyBytes: expected)
         exchanges[id] = exchange
         // libwebsockets delivers a body (and, for POST with Content-Length 0, an empty one) before completing.

@@ -82,7 +82,7 @@ final class Broker {
                                  receiveBufferBytes: configuration.receiveBufferBytes,
                                  pingIntervalSeconds: configuration.pingIntervalSeconds,
                                  pingTimeoutSeconds: configuration.pingTimeoutSeconds,
-                                 sharesPort: configuration.sharesPort),
+                                 sharesPort: configuration.sharesPort, tls: configuration.tls),
             logger: logger)
     }
 
@@ -92,7 +92,8 @@ final class Broker {
         try httpClient?.start()
         var core = FrameRouter.Configuration()
         core.limits = configuration.limits
-        core.issuer = configuration.issuer ?? "http://\(configuration.host):\(server.boundPort)"
+        core.issuer = configuration.issuer
+            ?? "\(configuration.tls == nil ? "http" : "https")://\(configuration.host):\(server.boundPort)"
         core.tokenLifetimeSeconds = configuration.tokenLifetimeSeconds
         core.corsOrigins = configuration.corsOrigins
         core.registrationsPerMinute = configuration.registrationsPerMinute
@@ -139,6 +140,18 @@ final class Broker {
         redis.start()
         logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(server.boundPort)"])
         return server.boundPort
+    }
+
+    /// Loads the TLS certificate and key again (SIGHUP) for new connections; on failure the current ones stay and
+    /// the error is logged.
+    func reloadTLS() {
+        guard let files = configuration.tls else { return }
+        do {
+            try server.reloadTLS(files)
+            logger.info("reloaded the TLS certificate", metadata: ["certificate": "\(files.certificate)"])
+        } catch {
+            logger.error("TLS reload failed; keeping the current certificate", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Closes every client with 1001, stops the server, then closes Redis. Calls `completion` on the loop thread.

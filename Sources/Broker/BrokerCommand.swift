@@ -32,6 +32,8 @@ public struct BrokerCommand: ParsableCommand {
     @Option(help: BrokerSettings.host.help) var host: String?
     @Option(help: BrokerSettings.port.help) var port: Int?
     @Option(help: BrokerSettings.processes.help) var processes: String?
+    @Option(help: BrokerSettings.tlsCertificate.help) var tlsCert: String?
+    @Option(help: BrokerSettings.tlsKey.help) var tlsKey: String?
     @Option(help: BrokerSettings.redisURL.help) var redisURL: String?
     @Option(help: BrokerSettings.redisSentinels.help) var redisSentinels: String?
     @Option(help: BrokerSettings.redisMaster.help) var redisMaster: String?
@@ -114,6 +116,18 @@ public struct BrokerCommand: ParsableCommand {
         }
         if c.redisUsername != nil, c.redisPasswordFile == nil {
             throw ValidationError("--redis-username needs --redis-password-file")
+        }
+        switch (try S.tlsCertificate.resolve(tlsCert, env) as String?, try S.tlsKey.resolve(tlsKey, env) as String?) {
+        case (nil, nil):
+            c.tls = nil
+        case (let certificate?, let key?):
+            let files = TLSFiles(certificate: certificate, privateKey: key)
+            if let problem = files.unreadable() { throw ValidationError(problem) }
+            c.tls = files
+        case (_?, nil):
+            throw ValidationError("--tls-cert needs --tls-key (AGENTCHAT_TLS_KEY) too")
+        case (nil, _?):
+            throw ValidationError("--tls-key needs --tls-cert (AGENTCHAT_TLS_CERT) too")
         }
         c.dataDirectory = try S.dataDirectory.resolve(dataDir, env)
         c.appendFsync = try S.appendFsync.resolve(parsed(appendfsync, S.appendFsync), env)
@@ -270,7 +284,8 @@ public struct BrokerCommand: ParsableCommand {
             throw error
         }
         let hostForURL = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
-        func announcement(_ port: Int) -> String { "AgentChat broker listening on http://\(hostForURL):\(port)\n" }
+        let scheme = configuration.tls == nil ? "http" : "https"
+        func announcement(_ port: Int) -> String { "AgentChat broker listening on \(scheme)://\(hostForURL):\(port)\n" }
 
         if supervises {
             // Bound, never listening: it fixes the port (port 0 picks one here) for every worker, restarted ones too,
@@ -287,6 +302,9 @@ public struct BrokerCommand: ParsableCommand {
                 count: configuration.processes, port: reservation.port,
                 arguments: Array(CommandLine.arguments.dropFirst()), environment: environment,
                 redisURL: embedded.map { "\($0.endpoint)" }, logger: logger)
+            // Each worker reloads its own certificate; the supervisor passes SIGHUP on.
+            let hangups = configuration.tls == nil ? nil : Self.onHangup { supervisor.signalWorkers(SIGHUP) }
+            defer { hangups?.cancel() }
             services.append(SupervisorService(supervisor: supervisor, announcement: announcement(reservation.port)))
             try await runGroup(services, logger: logger)
             return
@@ -310,6 +328,10 @@ public struct BrokerCommand: ParsableCommand {
             throw error
         }
         let (broker, port) = started
+        let hangups = configuration.tls == nil ? nil : Self.onHangup {
+            loop.execute { broker.value.reloadTLS() }
+        }
+        defer { hangups?.cancel() }
         let announce: @Sendable () -> Void
         if let worker {
             announce = { worker.reportReady(port: port) }
@@ -319,6 +341,15 @@ public struct BrokerCommand: ParsableCommand {
         }
         services.append(BrokerService(loop: loop, broker: broker, announce: announce))
         try await runGroup(services, logger: logger)
+    }
+
+    /// Calls `action` on each SIGHUP (instead of the default: exit) until the source is cancelled.
+    private static func onHangup(_ action: @escaping @Sendable () -> Void) -> any DispatchSourceSignal {
+        signal(SIGHUP, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        source.setEventHandler(handler: action)
+        source.resume()
+        return source
     }
 
     private func runGroup(_ services: [any Service], logger: Logger) async throws {

@@ -1,5 +1,6 @@
 import AgentChatProtocol
 import AgentChatRedis
+import AgentChatTransport
 import Logging
 
 /// Everything the broker is configured with, resolved from flags, `AGENTCHAT_*` variables and the defaults in
@@ -21,6 +22,8 @@ struct BrokerConfiguration: Sendable {
     var processes = S.processes.defaultValue!
     /// Set in a worker of a supervisor: listen with `SO_REUSEPORT` beside the other workers.
     var sharesPort = false
+    /// Serve TLS with these files (`--tls-cert`, `--tls-key`); nil: plain HTTP.
+    var tls: TLSFiles?
     /// Where Redis is; nil starts an embedded `redis-server` in `dataDirectory`.
     var redisURL: String?
     /// Sentinel mode (instead of `redisURL`): the sentinels and the master's name.

@@ -96,6 +96,12 @@ enum BrokerSettings {
         "Broker processes serving the one port (SO_REUSEPORT) under a supervisor; auto: one per online CPU",
         default: 1, parse: { $0 == "auto" ? onlineProcessors : Int($0) },
         check: { (1...256).contains($0) ? nil : "must be 1...256 or auto" })
+    static let tlsCertificate = Setting<String>(
+        "AGENTCHAT_TLS_CERT",
+        "PEM certificate chain to serve https:// and wss:// with, leaf first (with --tls-key; SIGHUP reloads both)",
+        default: nil, shown: "none: plain http")
+    static let tlsKey = Setting<String>(
+        "AGENTCHAT_TLS_KEY", "PEM private key of --tls-cert", default: nil)
     static let redisURL = Setting<String>(
         "AGENTCHAT_REDIS_URL",
         "Redis to use, redis://host:port or unix:///path; without it the broker runs an embedded redis-server in the data directory",

@@ -30,6 +30,8 @@ final class Supervisor: Sendable {
 
     private struct Shared {
         var stopRequested = false
+        /// Signals to pass on to every running worker (SIGHUP: reload the TLS certificate).
+        var pendingSignals: [Int32] = []
         var ready: CheckedContinuation<Void, any Error>?
         var readyOutcome: Result<Void, Failure>?
         var stopped: CheckedContinuation<Void, Never>?
@@ -60,6 +62,11 @@ final class Supervisor: Sendable {
             thread.name = "agentchat-supervisor"
             thread.start()
         }
+    }
+
+    /// Passes `signal` on to every running worker (from any thread; the supervising thread sends it).
+    func signalWorkers(_ signal: Int32) {
+        state.withLock { $0.pendingSignals.append(signal) }
     }
 
     /// Stops every worker (SIGTERM, SIGKILL after the grace period) and returns once all are gone.
@@ -109,6 +116,13 @@ final class Supervisor: Sendable {
                 for i in workers.indices where workers[i].pid == 0 {
                     if let due = workers[i].restartAt, due <= now { spawn(&workers[i]) }
                 }
+            }
+            let signals = state.withLock { shared in
+                defer { shared.pendingSignals = [] }
+                return shared.pendingSignals
+            }
+            for signal in signals {
+                for worker in workers where worker.pid > 0 { kill(worker.pid, signal) }
             }
             readChannels(&workers)
             for i in workers.indices where workers[i].pid > 0 {

@@ -1,3 +1,4 @@
+import Foundation
 import AgentChatProtocol
 import Testing
 
@@ -125,6 +126,45 @@ import Testing
         #expect(throws: (any Error).self) {
             try BrokerCommand.parse(arguments).resolvedConfiguration(environment: environment)
         }
+    }
+}
+
+@Suite struct TLSSettingsTests {
+    /// Two readable files (their content is checked when the server loads them, not here).
+    private func files() throws -> (String, String) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tls-settings-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let cert = directory + "/cert.pem", key = directory + "/key.pem"
+        #expect(FileManager.default.createFile(atPath: cert, contents: Data("cert".utf8)))
+        #expect(FileManager.default.createFile(atPath: key, contents: Data("key".utf8)))
+        return (cert, key)
+    }
+
+    @Test func plainHTTPByDefaultAndBothFilesFromFlagsOrVariables() throws {
+        #expect(try BrokerCommand.parse([]).resolvedConfiguration(environment: [:]).tls == nil)
+        let (cert, key) = try files()
+        let flags = try BrokerCommand.parse(["--tls-cert", cert, "--tls-key", key]).resolvedConfiguration(environment: [:])
+        #expect(flags.tls == TLSFiles(certificate: cert, privateKey: key))
+        let env = try BrokerCommand.parse([]).resolvedConfiguration(
+            environment: ["AGENTCHAT_TLS_CERT": cert, "AGENTCHAT_TLS_KEY": key])
+        #expect(env.tls == TLSFiles(certificate: cert, privateKey: key))
+        #expect(BrokerCommand.helpMessage(columns: 400).contains("(env AGENTCHAT_TLS_CERT, default none: plain http)"))
+    }
+
+    @Test func bothOrNeitherAndReadable() throws {
+        let (cert, key) = try files()
+        func problem(_ arguments: [String], _ environment: [String: String] = [:]) -> String {
+            do {
+                _ = try BrokerCommand.parse(arguments).resolvedConfiguration(environment: environment)
+                return "accepted"
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(problem(["--tls-cert", cert]).contains("--tls-cert needs --tls-key"))
+        #expect(problem([], ["AGENTCHAT_TLS_KEY": key]).contains("--tls-key needs --tls-cert"))
+        #expect(problem(["--tls-cert", cert, "--tls-key", cert + ".missing"])
+            .contains("cannot read the TLS private key \(cert).missing: No such file or directory"))
     }
 }
 

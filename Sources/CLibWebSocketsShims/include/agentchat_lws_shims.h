@@ -16,6 +16,8 @@ static inline size_t agentchat_lws_pre(void) { return LWS_PRE; }
 static inline enum lws_write_protocol agentchat_lws_write_text(void) { return LWS_WRITE_TEXT; }
 static inline enum lws_write_protocol agentchat_lws_write_binary(void) { return LWS_WRITE_BINARY; }
 static inline enum lws_write_protocol agentchat_lws_write_ping(void) { return LWS_WRITE_PING; }
+/// `LWS_WRITE_RAW` is an alias of `LWS_WRITE_HTTP` in the enum, which Swift does not import.
+static inline enum lws_write_protocol agentchat_lws_write_raw(void) { return LWS_WRITE_RAW; }
 /// 4 is the opcode's place in the enum, between `LWS_WRITE_HTTP` (3) and `LWS_WRITE_PING` (5): checked below.
 _Static_assert(LWS_WRITE_HTTP == 3 && LWS_WRITE_PING == 5, "LWS_WRITE_CLOSE is no longer the 4 between HTTP and PING");
 static inline enum lws_write_protocol agentchat_lws_write_close(void) { return (enum lws_write_protocol)4; }
@@ -44,4 +46,11 @@ static inline int agentchat_msg_nosignal_nowait(void) { return MSG_NOSIGNAL | MS
 /// and `lws_frame_is_binary()`.
 static inline unsigned char agentchat_lws_ws_frame_flags(struct lws *wsi) {
     return lws_get_close_payload(wsi)[128 - 3];
+}
+
+/// The `SSL_OP_…` options that refuse SSLv3, TLS 1.0 and TLS 1.1 on the broker's TLS vhost (`ssl_options_set`):
+/// Swift cannot import OpenSSL's option macros (they are built from `SSL_OP_BIT()`).
+#include <openssl/ssl.h>
+static inline long agentchat_tls_minimum_version_options(void) {
+    return (long)(SSL_OP_NO_SSLv3 | SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1);
 }

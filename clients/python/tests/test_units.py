@@ -94,7 +94,7 @@ def test_backoff_ceilings_and_jitter() -> None:
 
 def test_urls_and_names_are_checked_before_anything_is_sent() -> None:
     identity = AgentIdentity.generate()
-    for url, code in (("https://example.com", "unsupported_scheme"), ("ftp://x", "unsupported_scheme"),
+    for url, code in (("ftp://x", "unsupported_scheme"), ("gopher://example.com", "unsupported_scheme"),
                       ("http://", "invalid_argument")):
         with pytest.raises(AgentChatError) as e:
             AgentChatClient(identity, url)
@@ -102,6 +102,10 @@ def test_urls_and_names_are_checked_before_anything_is_sent() -> None:
     client = AgentChatClient(identity, "http://[::1]:8080/prefix/")
     assert client._url.websocket == "ws://[::1]:8080/prefix/"
     assert client._url.http("/api/v1/agents/register") == "http://[::1]:8080/prefix/api/v1/agents/register"
+    tls = AgentChatClient(identity, "https://broker.example")
+    assert tls._url.websocket == "wss://broker.example:443/"
+    assert tls._url.http("/health") == "https://broker.example:443/health"
+    assert AgentChatClient(identity, "wss://[::1]:8443")._url.websocket == "wss://[::1]:8443/"
     for name in ("", "   ", "a\nb", "x" * 65, "bell\x07"):
         with pytest.raises(AgentChatError) as e:
             client.registration_body(name)

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import random
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -119,16 +120,15 @@ class _BrokerURL:
     def __init__(self, text: str) -> None:
         parts = urllib.parse.urlsplit(text)
         scheme = parts.scheme.lower()
-        if scheme in ("https", "wss"):
-            raise AgentChatError(Codes.UNSUPPORTED_SCHEME, Category.INVALID_ARGUMENT,
-                                 f"{scheme}:// is not supported yet (no TLS); use http://")
-        if scheme not in ("http", "ws"):
+        if scheme not in ("http", "ws", "https", "wss"):
             raise AgentChatError(Codes.UNSUPPORTED_SCHEME, Category.INVALID_ARGUMENT,
                                  f"unsupported URL scheme {scheme!r} in {text}")
         if not parts.hostname:
             raise AgentChatError.invalid_argument(f"no host in {text}")
+        #: https:// and wss:// use TLS (verified against ``ClientConfig.ca_file``, else the system's CAs).
+        self.tls = scheme in ("https", "wss")
         try:
-            port = parts.port or 80
+            port = parts.port or (443 if self.tls else 80)
         except ValueError:
             raise AgentChatError.invalid_argument(f"bad port in {text}") from None
         self.text = text
@@ -137,11 +137,11 @@ class _BrokerURL:
         self.base_path = parts.path.rstrip("/")
 
     def http(self, endpoint: str) -> str:
-        return f"http://{self.netloc}{self.base_path}{endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.netloc}{self.base_path}{endpoint}"
 
     @property
     def websocket(self) -> str:
-        return f"ws://{self.netloc}{self.base_path}/"
+        return f"{'wss' if self.tls else 'ws'}://{self.netloc}{self.base_path}/"
 
 
 def _now_ms() -> int:
@@ -160,6 +160,7 @@ class AgentChatClient:
         self.identity = identity
         self.server = server
         self._url = _BrokerURL(server)
+        self._ssl_context: ssl.SSLContext | None = None
         self.config = config or ClientConfig()
         self._state = ConnectionState.DISCONNECTED
         #: The profile from the last ``welcome``.
@@ -275,7 +276,10 @@ class AgentChatClient:
     def _post(self, url: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         request = urllib.request.Request(url, data=body, method="POST", headers={
             "Content-Type": "application/json", "Accept": "application/json", "User-Agent": "agentchat-python/1"})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if self._url.tls:
+            handlers.append(urllib.request.HTTPSHandler(context=self._tls_context()))
+        opener = urllib.request.build_opener(*handlers)
         try:
             with opener.open(request, timeout=self.config.connect_timeout) as response:
                 return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
@@ -390,11 +394,25 @@ class AgentChatClient:
                 await ws.close()
             raise
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """Verifies the broker's certificate and name against ``config.ca_file`` (else ``$AGENTCHAT_CA_FILE``,
+        else the system's trusted CAs); HTTP/1.1 only."""
+        if self._ssl_context is None:
+            ca_file = self.config.ca_file or os.environ.get("AGENTCHAT_CA_FILE") or None
+            try:
+                context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as e:
+                raise AgentChatError.invalid_argument(f"cannot use the CA file {ca_file}: {e}") from None
+            context.set_alpn_protocols(["http/1.1"])
+            self._ssl_context = context
+        return self._ssl_context
+
     async def _open_websocket(self) -> ClientConnection:
         try:
             ws = await websockets.connect(
                 self._url.websocket, subprotocols=[Subprotocol(SUBPROTOCOL)], open_timeout=self.config.connect_timeout,
-                ping_interval=None, compression=None, proxy=None, max_size=None, close_timeout=2)
+                ping_interval=None, compression=None, proxy=None, max_size=None, close_timeout=2,
+                **({"ssl": self._tls_context()} if self._url.tls else {}))
         except websockets.exceptions.InvalidStatus as e:
             response = e.response
             raise self._http_error(response.status_code, {k.lower(): v for k, v in response.headers.raw_items()},

@@ -79,6 +79,9 @@ class ClientConfig:
     #: A stored token is used only if it stays valid at least this many more seconds.
     token_expiry_margin: float = 5.0
     peek_policy: PeekPolicy = PeekPolicy.GRANT
+    #: PEM file of the CA(s) to trust for an https:// or wss:// broker instead of the system's (also
+    #: ``$AGENTCHAT_CA_FILE``).
+    ca_file: str | None = None
     #: Keep every frame written in ``AgentChatClient.sent_frames`` (tests; it holds signatures and tokens).
     record_frames: bool = False
 
