@@ -128,15 +128,12 @@ def known_variables(broker_binary) -> set:
     return set(re.findall(r"env (AGENTCHAT_[A-Z_]+)", re.sub(r"\s+", " ", help_text)))
 
 
-# Variables the env file sets or mentions for options other branches are adding (see deploy/README.md).
-UPCOMING = {"AGENTCHAT_TLS_CERT", "AGENTCHAT_TLS_KEY", "AGENTCHAT_ADMIN_TOKEN"}
-
-
-def test_env_template_names_only_variables_the_broker_knows_or_upcoming_ones(broker_binary):
+def test_env_template_names_only_variables_the_broker_knows(broker_binary):
     known = known_variables(broker_binary)
-    assert {"AGENTCHAT_HOST", "AGENTCHAT_REDIS_URL", "AGENTCHAT_ISSUER", "AGENTCHAT_REDIS_PASSWORD_FILE"} <= known
+    assert {"AGENTCHAT_HOST", "AGENTCHAT_REDIS_URL", "AGENTCHAT_ISSUER", "AGENTCHAT_REDIS_PASSWORD_FILE",
+            "AGENTCHAT_TLS_CERT", "AGENTCHAT_TLS_KEY", "AGENTCHAT_ADMIN_TOKEN"} <= known
     named = set(re.findall(r"^#?(AGENTCHAT_[A-Z_]+)=", (DEPLOY / "agentchat.env.in").read_text(), re.M))
-    assert named - known <= UPCOMING, named - known - UPCOMING
+    assert named <= known, named - known
 
 
 def wait_for(condition, what: str, seconds: float = 30):

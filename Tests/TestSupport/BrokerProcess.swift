@@ -230,16 +230,23 @@ public final class ChildProcess: @unchecked Sendable {
     /// The exit status once exited: the exit code, or 128 + signal number if a signal ended it.
     public var exitStatus: Int32? { condition.withLock { reapLocked(blocking: false); return rawStatus.map(Self.decode) } }
 
-    /// Waits for the child to exit; returns the exit code, or 128 + signal number if a signal ended it.
+    /// Waits for the child to exit; returns the exit code, or 128 + signal number if a signal ended it. Its output
+    /// is then complete (both pipes read to their end), unless a process it left behind keeps them open: then this
+    /// waits at most half a second more for them.
     /// Throws `.timeout` (the child keeps running) if it does not exit within `timeout` seconds.
     @discardableResult
     public func waitForExit(timeout: Double) throws -> Int32 {
         let limit = Date(timeIntervalSinceNow: timeout)
         condition.lock()
         defer { condition.unlock() }
+        var exitSeenAt: Date?
         while true {
             reapLocked(blocking: false)
-            if let status = rawStatus { return Self.decode(status) }
+            if let status = rawStatus {
+                exitSeenAt = exitSeenAt ?? Date()
+                if openStreams == 0 || Date().timeIntervalSince(exitSeenAt!) > 0.5 { return Self.decode(status) }
+            }
+            if Date() >= limit, let status = rawStatus { return Self.decode(status) }
             if Date() >= limit {
                 throw ChildProcessError.timeout("exit of \(executable) (pid \(pid))", stdout: text(stdoutBytes),
                                                 stderr: text(stderrBytes))
