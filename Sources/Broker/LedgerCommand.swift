@@ -8,8 +8,8 @@ import Foundation
 import Logging
 
 /// `agentchat-broker ledger`: every ledger entry of paid peeks as JSON lines on standard output, channel by channel,
-/// oldest first within a channel. Reads the Redis the brokers use (`--redis-url`), or the embedded one of a running
-/// broker's data directory.
+/// oldest first within a channel. Reads the Redis the brokers use (`--redis-url`, or `--redis-sentinels` with
+/// `--redis-master`, with `--redis-password-file`), or the embedded one of a running broker's data directory.
 public struct LedgerCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "agentchat-broker ledger",
@@ -20,19 +20,19 @@ public struct LedgerCommand: ParsableCommand {
             capture) or share (party: a member's DID, or "platform"). The shares of a capture sum to it.
             """)
 
-    @Option(help: "Redis the brokers use (env AGENTCHAT_REDIS_URL); default: the embedded one in --data-dir.")
-    var redisURL: String?
-    @Option(help: "A running broker's data directory, whose embedded Redis to read (env AGENTCHAT_DATA_DIR, default ./data).")
-    var dataDir: String?
+    /// The Redis the brokers use, as for `backup` and `restore`: `--redis-url`, or the sentinels, with credentials;
+    /// by default the embedded one of `--data-dir`.
+    @OptionGroup var redis: RedisToolOptions
 
     public init() {}
 
     /// Prints the ledger. (Not `run()`: the executable calls this from its async top level.)
     public func export() async throws {
-        let environment = ProcessInfo.processInfo.environment
-        let url = redisURL ?? environment["AGENTCHAT_REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? "unix://" + (dataDir ?? environment["AGENTCHAT_DATA_DIR"] ?? "./data") + "/redis.sock"
-        let endpoint = try RedisEndpoint(url: url)
+        let target: RedisTarget
+        switch try redis.resolve() {
+        case .target(let given): target = given
+        case .embedded(let dataDirectory): target = RedisToolOptions.socket(in: dataDirectory)
+        }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = .error
@@ -41,7 +41,7 @@ public struct LedgerCommand: ParsableCommand {
         let loop = EventLoop.startThread()
         defer { loop.stop() }
         let lines: Result<[String], StoreFailure> = try await loop.submitAndWait { complete in
-            let redis = RedisClient(loop: loop, endpoint: endpoint, logger: Logger(label: "agentchat.redis"))
+            let redis = RedisClient(loop: loop, target: target, logger: Logger(label: "agentchat.redis"))
             redis.start()
             let store = PeekStore(redis: redis)
             var attempts = 0
@@ -66,7 +66,7 @@ public struct LedgerCommand: ParsableCommand {
         case .success(let lines):
             for line in lines { print(line) }
         case .failure:
-            throw ValidationError("could not read the ledger from \(endpoint)")
+            throw ValidationError("could not read the ledger from \(target)")
         }
     }
 

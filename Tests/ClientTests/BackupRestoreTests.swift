@@ -248,6 +248,11 @@ import WebSocketClient
         #expect(restored.status == 0, "\(restored.out)\n\(restored.err)")
         #expect(restored.out.contains("messages: 10") && restored.out.contains("invariants: ok"), "\(restored.out)")
         #expect(!restored.out.contains("backup-pw") && !restored.err.contains("backup-pw"))
+        // The ledger export reads through the sentinels too (no peeks here: no lines, exit 0); without the password
+        // it fails.
+        let ledger = try await Self.tool(["ledger"] + sentinel + ["--redis-password-file", passwordFile])
+        #expect(ledger.status == 0 && ledger.out.isEmpty, "\(ledger.out)\n\(ledger.err)")
+        #expect(try await Self.tool(["ledger"] + sentinel).status != 0)
 
         let backup = try await Self.tool(["backup", "--out", second] + sentinel + ["--redis-password-file", passwordFile])
         #expect(backup.status == 0, "\(backup.err)")
