@@ -106,38 +106,31 @@ enum BrokerSettings {
         "AGENTCHAT_REDIS_URL",
         "Redis to use, redis://host:port or unix:///path; without it the broker runs an embedded redis-server in the data directory",
         default: nil)
+    /// `host:port,host:port,…`; nil when empty or any address is malformed.
+    @Sendable static func redisAddresses(_ text: String) -> [RedisEndpoint]? {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !parts.isEmpty, !parts.contains(where: \.isEmpty) else { return nil }
+        var endpoints: [RedisEndpoint] = []
+        for part in parts {
+            guard let endpoint = try? RedisEndpoint(hostPort: part) else { return nil }
+            endpoints.append(endpoint)
+        }
+        return endpoints
+    }
+
     static let redisSentinels = Setting<[RedisEndpoint]>(
         "AGENTCHAT_REDIS_SENTINELS",
         "Redis Sentinel addresses, host:port,…, instead of --redis-url: the broker asks them for the master of "
             + "--redis-master on every (re)connection, and so follows failovers",
         default: nil,
-        parse: { text in
-            let parts = text.split(separator: ",", omittingEmptySubsequences: false)
-                .map { $0.trimmingCharacters(in: .whitespaces) }
-            guard !parts.isEmpty, !parts.contains(where: \.isEmpty) else { return nil }
-            var endpoints: [RedisEndpoint] = []
-            for part in parts {
-                guard let endpoint = try? RedisEndpoint(hostPort: part) else { return nil }
-                endpoints.append(endpoint)
-            }
-            return endpoints
-        })
+        parse: redisAddresses)
     static let redisCluster = Setting<[RedisEndpoint]>(
         "AGENTCHAT_REDIS_CLUSTER",
         "Redis Cluster node addresses, host:port,…, instead of --redis-url and --redis-sentinels: the broker reads "
             + "the slot map from any of them and sends each command to its slot's master",
         default: nil,
-        parse: { text in
-            let parts = text.split(separator: ",", omittingEmptySubsequences: false)
-                .map { $0.trimmingCharacters(in: .whitespaces) }
-            guard !parts.isEmpty, !parts.contains(where: \.isEmpty) else { return nil }
-            var endpoints: [RedisEndpoint] = []
-            for part in parts {
-                guard let endpoint = try? RedisEndpoint(hostPort: part) else { return nil }
-                endpoints.append(endpoint)
-            }
-            return endpoints
-        })
+        parse: redisAddresses)
     static let redisMaster = Setting<String>(
         "AGENTCHAT_REDIS_MASTER", "The master's name in Sentinel (with --redis-sentinels)", default: nil)
     static let redisUsername = Setting<String>(
