@@ -26,26 +26,19 @@ struct StaticFiles {
 
     /// Loads every file of the bundled `Web` directory; `/` serves `index.html`.
     static func bundled() -> StaticFiles {
-        var result = StaticFiles()
-        guard let directory = Bundle.module.url(forResource: "Web", withExtension: nil),
-            let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path)
-        else { return result }
-        for name in names.sorted() where !name.hasPrefix(".") {
-            guard let data = FileManager.default.contents(atPath: directory.appendingPathComponent(name).path) else {
-                continue
-            }
-            let file = File(body: Array(data), contentType: contentType(of: name))
-            result.files["/" + name] = file
-            if name == "index.html" { result.files["/"] = file }
-        }
-        return result
+        load("Web") { name in name == "index.html" ? ["/" + name, "/"] : ["/" + name] }
     }
 
     /// The admin page's files (`Sources/Broker/Admin`), served under `/admin/` (`index.html` at `/admin`) only when an
     /// admin token is configured; with the viewer's strict policy, and never indexed (`AdminService.decorate`).
     static func admin() -> StaticFiles {
+        load("Admin") { name in [name == "index.html" ? AdminService.pagePath : AdminService.pagePath + "/" + name] }
+    }
+
+    /// Every file of a bundled directory, at the paths `paths` gives for its name.
+    private static func load(_ folder: String, paths: (String) -> [String]) -> StaticFiles {
         var result = StaticFiles()
-        guard let directory = Bundle.module.url(forResource: "Admin", withExtension: nil),
+        guard let directory = Bundle.module.url(forResource: folder, withExtension: nil),
             let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path)
         else { return result }
         for name in names.sorted() where !name.hasPrefix(".") {
@@ -53,7 +46,7 @@ struct StaticFiles {
                 continue
             }
             let file = File(body: Array(data), contentType: contentType(of: name))
-            result.files[name == "index.html" ? AdminService.pagePath : AdminService.pagePath + "/" + name] = file
+            for path in paths(name) { result.files[path] = file }
         }
         return result
     }
