@@ -22,6 +22,9 @@ public enum WebSocketError: Error, Sendable, Equatable, CustomStringConvertible 
     case addressResolution(String)
     /// A system call failed.
     case system(operation: String, errno: Int32)
+    /// TLS failed: the handshake (e.g. `certificate verify failed: unable to get local issuer certificate`), the
+    /// options (an unreadable CA file), or a TLS record later on. The message is OpenSSL's reason.
+    case tls(String)
     /// The client was already closed locally.
     case notConnected
 
@@ -34,6 +37,7 @@ public enum WebSocketError: Error, Sendable, Equatable, CustomStringConvertible 
         case .protocolViolation(let m): "protocol violation: \(m)"
         case .addressResolution(let m): "address resolution failed: \(m)"
         case .system(let op, let e): "\(op) failed: \(String(cString: strerror(e))) (errno \(e))"
+        case .tls(let m): "TLS: \(m)"
         case .notConnected: "not connected"
         }
     }
@@ -132,7 +136,7 @@ public struct Deadline: Sendable {
 /// A non-blocking TCP socket driven with poll(), offering blocking calls with timeouts.
 ///
 /// Low-level building block shared by `WebSocketClient` and test probes. Not thread-safe: use from one thread at a time.
-public final class BlockingTCPSocket: @unchecked Sendable {
+public final class BlockingTCPSocket: ByteStream, @unchecked Sendable {
     public private(set) var fd: Int32
     public var isOpen: Bool { fd >= 0 }
 
@@ -195,8 +199,13 @@ public final class BlockingTCPSocket: @unchecked Sendable {
 
     /// Writes every byte or throws (`.timeout`, `.connectionClosed` on EPIPE/ECONNRESET, `.system`).
     public func write(_ bytes: [UInt8], timeout: Double) throws {
+        try write(bytes, deadline: Deadline(seconds: timeout))
+    }
+
+    /// Writes every byte before `deadline` or throws (`.timeout`, `.connectionClosed` on EPIPE/ECONNRESET,
+    /// `.system`).
+    public func write(_ bytes: [UInt8], deadline: Deadline) throws {
         guard fd >= 0 else { throw WebSocketError.notConnected }
-        let deadline = Deadline(seconds: timeout)
         var sent = 0
         while sent < bytes.count {
             let n = bytes.withUnsafeBytes { raw in

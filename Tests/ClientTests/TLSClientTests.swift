@@ -1,0 +1,279 @@
+import AgentChatClient
+import AgentChatProtocol
+import Foundation
+import TestSupport
+import Testing
+import WebSocketClient
+
+/// The SDK and the CLI over TLS (`https://`, `wss://`) against real brokers started with `--tls-cert`/`--tls-key`,
+/// with a throwaway CA and server certificates made by the `openssl` command line (``TestPKI``).
+@Suite(.serialized) struct TLSClientTests {
+    static let issuer = "https://agentchat.tls.test"
+
+    /// A CA and a broker serving TLS with a certificate it issued for `names`; `stop()` ends both.
+    final class TLSBroker: Sendable {
+        let pki: TestPKI
+        let broker: BrokerProcess
+
+        init(names: [String] = ["IP:127.0.0.1", "DNS:localhost"], extraArguments: [String] = []) async throws {
+            let pki = try await DedicatedThread.run { try TestPKI() }
+            do {
+                let (certificate, key) = try await DedicatedThread.run { try pki.issue("server", serial: 2, names: names) }
+                broker = try await BrokerProcess.start(
+                    extraArguments: ["--tls-cert", certificate, "--tls-key", key, "--issuer", TLSClientTests.issuer,
+                                     "--register-rate", "1000"] + extraArguments,
+                    logLevel: "warning")
+            } catch {
+                pki.remove()
+                throw error
+            }
+            self.pki = pki
+        }
+
+        var url: String { broker.baseURL }
+        var port: Int { broker.port }
+        func stop() {
+            broker.stop()
+            pki.remove()
+        }
+    }
+
+    static func configuration(caFile: String?) -> AgentChatClient.Configuration {
+        var configuration = testConfiguration()
+        configuration.caFile = caFile
+        configuration.autoReconnect = false
+        return configuration
+    }
+
+    // MARK: - URLs
+
+    @Test func brokerURLAcceptsHTTPSAndWSSWithPort443ByDefault() throws {
+        let https = try BrokerURL("https://chat.example.com")
+        #expect(https.isTLS && https.host == "chat.example.com" && https.port == 443 && https.basePath.isEmpty)
+        let wss = try BrokerURL("wss://chat.example.com:8443/prefix/")
+        #expect(wss.isTLS && wss.port == 8443 && wss.basePath == "/prefix")
+        let upper = try BrokerURL("HTTPS://[::1]")
+        #expect(upper.isTLS && upper.host == "::1" && upper.port == 443)
+        let plain = try BrokerURL("http://127.0.0.1")
+        #expect(!plain.isTLS && plain.port == 80)
+        let ws = try BrokerURL("ws://127.0.0.1:9000")
+        #expect(!ws.isTLS && ws.port == 9000)
+        #expect(throws: AgentChatError(code: AgentChatError.Codes.unsupportedScheme, category: .invalidArgument,
+                                       message: "")) { try BrokerURL("ftp://chat.example.com") }
+        #expect(throws: AgentChatError(code: AgentChatError.Codes.invalidArgument, category: .invalidArgument,
+                                       message: "")) { try BrokerURL("https://") }
+    }
+
+    // MARK: - The stream
+
+    /// TLSStream on its own: a verified TLS 1.2+ connection with ALPN http/1.1 that carries an HTTP exchange.
+    @Test func tlsStreamVerifiesNegotiatesALPNAndCarriesHTTP() async throws {
+        let server = try await TLSBroker()
+        defer { server.stop() }
+        let port = server.port, caFile = server.pki.caFile
+        let (version, alpn, response) = try await DedicatedThread.run { () throws -> (String?, String?, String) in
+            let stream = try TLSStream.connect(host: "127.0.0.1", port: port, options: TLSOptions(caFile: caFile),
+                                               timeout: 10)
+            defer { stream.close() }
+            try stream.write(Array("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8),
+                             timeout: 10)
+            var received: [UInt8] = []
+            let deadline = Deadline(seconds: 10)
+            while !String(decoding: received, as: UTF8.self).contains("\r\n\r\n") {
+                guard let chunk = try stream.read(deadline: deadline) else { break }
+                received += chunk
+            }
+            return (stream.protocolVersion, stream.negotiatedALPN, String(decoding: received, as: UTF8.self))
+        }
+        #expect(version == "TLSv1.3" || version == "TLSv1.2")
+        #expect(alpn == "http/1.1")
+        #expect(response.hasPrefix("HTTP/1.1 200"), "\(response)")
+
+        // The same name check for "localhost" (a DNS name, sent as SNI).
+        let viaName = try await DedicatedThread.run {
+            let stream = try TLSStream.connect(host: "localhost", port: port, options: TLSOptions(caFile: caFile),
+                                               timeout: 10)
+            defer { stream.close() }
+            return stream.serverName
+        }
+        #expect(viaName == "localhost")
+    }
+
+    // MARK: - The SDK
+
+    /// (a) An agent registers and logs in over TLS (https:// registration, wss:// WebSocket) with the CA file, creates
+    /// a channel and exchanges end-to-end encrypted messages with an agent on a plain broker on the same Redis.
+    @Test func agentsExchangeMessagesOverTLSAndPlain() async throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let redisURL = "redis://127.0.0.1:\(redis.port)"
+        let server = try await TLSBroker(extraArguments: ["--redis-url", redisURL])
+        defer { server.stop() }
+        let plain = try await BrokerProcess.start(
+            extraArguments: ["--redis-url", redisURL, "--issuer", Self.issuer, "--register-rate", "1000"],
+            logLevel: "warning")
+        defer { plain.stop() }
+        #expect(server.url.hasPrefix("https://") && plain.baseURL.hasPrefix("http://"))
+
+        let alice = try AgentChatClient(identity: .generate(name: "alice"), server: server.url,
+                                        configuration: Self.configuration(caFile: server.pki.caFile))
+        #expect(alice.server.isTLS)
+        _ = try await alice.register()
+        // The WebSocket under the other spelling of the same URL.
+        let aliceWSS = try AgentChatClient(identity: alice.identity, server: "wss://127.0.0.1:\(server.port)",
+                                           configuration: Self.configuration(caFile: server.pki.caFile))
+        let profile = try await aliceWSS.connect()
+        #expect(profile.did == alice.identity.did && profile.name == "alice")
+
+        let bob = try AgentChatClient(identity: .generate(name: "bob"), server: plain.baseURL,
+                                      configuration: Self.configuration(caFile: nil))
+        _ = try await bob.register()
+        try await bob.connect()
+
+        let channel = try await aliceWSS.createChannel(name: "tls-room", members: [bob.identity.did])
+        #expect(Set(channel.members.map(\.did)) == [alice.identity.did, bob.identity.did])
+        let bobStream = Collector(try await bob.subscribe(channel: channel.id))
+        let aliceStream = Collector(try await aliceWSS.subscribe(channel: channel.id))
+        let secret = "over-tls-\(UUID().uuidString)"
+        #expect(try await aliceWSS.send(channel: channel.id, text: secret).offset == 1)
+        try await waitUntil("bob receives alice's message", timeout: 20) { bobStream.messages.count == 1 }
+        let received = try #require(bobStream.messages.first)
+        #expect(received.verified && received.text == secret && received.sender == alice.identity.did.description)
+
+        let reply = "back-over-plain-\(UUID().uuidString)"
+        #expect(try await bob.send(channel: channel.id, text: reply).offset == 2)
+        try await waitUntil("alice receives both over TLS", timeout: 20) { aliceStream.messages.count == 2 }
+        #expect(aliceStream.messages.map(\.text) == [secret, reply])
+        #expect(aliceStream.messages.allSatisfy { $0.verified })
+        #expect(try await aliceWSS.history(channel: channel.id, limit: 10).map(\.text) == [secret, reply])
+
+        bobStream.cancel()
+        aliceStream.cancel()
+        await aliceWSS.close()
+        await bob.close()
+    }
+
+    /// (b) Without the CA file the broker's certificate does not verify: registration and login fail at once with
+    /// `tls_failed`, naming the reason; a plain broker behind an https:// URL and an unreadable CA file are
+    /// `tls_failed` too.
+    @Test func withoutTheCAFileTLSFailsWithItsOwnCode() async throws {
+        let server = try await TLSBroker()
+        defer { server.stop() }
+        let identity = AgentIdentity.generate(name: "carol")
+        let untrusting = try AgentChatClient(identity: identity, server: server.url,
+                                             configuration: Self.configuration(caFile: nil))
+        let registration = await #expect(throws: AgentChatError.tlsFailed) { try await untrusting.register() }
+        #expect(registration?.category == .network)
+        #expect(registration?.message.contains("certificate verify failed: unable to get local issuer certificate")
+                == true, "\(String(describing: registration))")
+
+        // Registered with the CA file, then logging in without it.
+        _ = try await AgentChatClient(identity: identity, server: server.url,
+                                      configuration: Self.configuration(caFile: server.pki.caFile)).register()
+        let login = await #expect(throws: AgentChatError.tlsFailed) { try await untrusting.connect() }
+        #expect(login?.message.contains("certificate verify failed") == true)
+        #expect(await untrusting.profile == nil)
+        await untrusting.close()
+
+        // A CA file that cannot be read.
+        let missing = try AgentChatClient(identity: identity, server: server.url,
+                                          configuration: Self.configuration(caFile: server.pki.directory + "/none.pem"))
+        let unreadable = await #expect(throws: AgentChatError.tlsFailed) { try await missing.connect() }
+        #expect(unreadable?.message.contains("cannot read the CA file") == true)
+        await missing.close()
+
+        // A plain broker behind an https:// URL: the handshake fails (it does not hang).
+        let plain = try await BrokerProcess.start(logLevel: "warning")
+        defer { plain.stop() }
+        let confused = try AgentChatClient(identity: identity, server: "https://127.0.0.1:\(plain.port)",
+                                           configuration: Self.configuration(caFile: server.pki.caFile))
+        let handshake = await #expect(throws: AgentChatError.tlsFailed) { try await confused.register() }
+        #expect(handshake?.message.contains("handshake failed") == true, "\(String(describing: handshake))")
+        await confused.close()
+    }
+
+    /// (c) A certificate issued by the trusted CA for another name is refused, for an IP address and for a host name.
+    @Test func aCertificateForAnotherNameIsRefused() async throws {
+        let server = try await TLSBroker(names: ["DNS:chat.other.example"])
+        defer { server.stop() }
+        for (host, reason) in [("127.0.0.1", "IP address mismatch"), ("localhost", "hostname mismatch")] {
+            let client = try AgentChatClient(identity: .generate(name: "dave"),
+                                             server: "https://\(host):\(server.port)",
+                                             configuration: Self.configuration(caFile: server.pki.caFile))
+            let refused = await #expect(throws: AgentChatError.tlsFailed) { try await client.register() }
+            #expect(refused?.message.contains("certificate verify failed: \(reason)") == true,
+                    "\(String(describing: refused))")
+            #expect(refused?.message.contains("not for \(host)") == true)
+            let login = await #expect(throws: AgentChatError.tlsFailed) { try await client.connect() }
+            #expect(login?.message.contains(reason) == true)
+            await client.close()
+        }
+        // The WebSocket client on its own refuses it too.
+        let port = server.port, caFile = server.pki.caFile
+        let error = await #expect(throws: WebSocketError.self) {
+            _ = try await WebSocketClient.connect(port: port, subprotocols: [AgentChatClient.subprotocol],
+                                                  tls: TLSOptions(caFile: caFile), timeout: 10)
+        }
+        guard case .tls(let reason)? = error else {
+            Issue.record("expected a TLS error, got \(String(describing: error))")
+            return
+        }
+        #expect(reason.contains("IP address mismatch"))
+    }
+
+    // MARK: - The CLI
+
+    /// (d) The CLI with `--ca-file` (and `AGENTCHAT_CA_FILE`) against a TLS broker: keygen, register, channel create,
+    /// send, history; without it, status 4 and `tls_failed`.
+    @Test func cliWithCAFile() async throws {
+        let server = try await TLSBroker()
+        defer { server.stop() }
+        let root = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let alice = ["--server", server.url, "--identity", root + "/alice.json", "--ca-file", server.pki.caFile]
+        let bob = ["--server", "wss://127.0.0.1:\(server.port)", "--identity", root + "/bob.json"]
+        let bobEnvironment = ["AGENTCHAT_CA_FILE": server.pki.caFile]
+        #expect(try await runCLI(["keygen"] + alice).status == 0)
+        #expect(try await runCLI(["keygen"] + bob).status == 0)
+
+        // Without a CA file: refused before anything is sent, status 4, the code and OpenSSL's reason on stderr.
+        let untrusting = try await runCLI(["register", "--name", "bob"] + bob)
+        #expect(untrusting.status == 4)
+        #expect(untrusting.stderr.contains("certificate verify failed") && untrusting.stderr.contains("(tls_failed)"),
+                "\(untrusting.stderr)")
+        #expect(untrusting.stdout.isEmpty)
+        let untrustingJSON = try await runCLI(["register", "--name", "bob", "--json"] + bob)
+        #expect(untrustingJSON.status == 4)
+        let error = try JSONParser.parse(untrustingJSON.stderr.trimmingCharacters(in: .newlines))
+        #expect(error["error"]?["code"]?.stringValue == "tls_failed")
+
+        let registerAlice = try await runCLI(["register", "--name", "alice"] + alice)
+        #expect(registerAlice.status == 0, "\(registerAlice.stderr)")
+        let registerBob = try await runCLI(["register", "--name", "bob"] + bob, environment: bobEnvironment)
+        #expect(registerBob.status == 0, "\(registerBob.stderr)")
+        let bobDID = try AgentIdentity.load(from: root + "/bob.json").did.description
+
+        let create = try await runCLI(["channel", "create", "--name", "tls-cli", "--member", bobDID] + alice)
+        #expect(create.status == 0, "\(create.stderr)")
+        let channel = create.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(ChannelID(channel) != nil)
+        let secret = "cli-over-tls-\(UUID().uuidString)"
+        let send = try await runCLI(["send", "--channel", channel, secret] + alice)
+        #expect(send.status == 0, "\(send.stderr)")
+        #expect(send.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+        let history = try await runCLI(["history", "--channel", channel] + bob, environment: bobEnvironment)
+        #expect(history.status == 0, "\(history.stderr)")
+        #expect(history.stdout.split(separator: "\n").last?.hasSuffix(": " + secret) == true, "\(history.stdout)")
+
+        // The flag wins over the variable; login without any CA file fails cleanly.
+        let wrongFlag = try await runCLI(["whoami", "--ca-file", root + "/missing.pem"] + bob,
+                                         environment: bobEnvironment)
+        #expect(wrongFlag.status == 4 && wrongFlag.stderr.contains("cannot read the CA file"), "\(wrongFlag.stderr)")
+        let whoami = try await runCLI(["whoami"] + bob)
+        #expect(whoami.status == 4 && whoami.stderr.contains("tls_failed"), "\(whoami.stderr)")
+
+        // `agentchat mcp` takes the same option.
+        let mcpHelp = try await runCLI(["mcp", "--help"])
+        #expect(mcpHelp.stdout.contains("--ca-file") && mcpHelp.stdout.contains("AGENTCHAT_CA_FILE"))
+    }
+}
