@@ -66,12 +66,17 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
     static func network(_ message: String, closeCode: CloseCode? = nil) -> AgentChatError {
         AgentChatError(code: Codes.networkError, category: .network, message: message, closeCode: closeCode)
     }
-    /// A failure to reach the broker: `tls_failed` when TLS failed, else `network_error`.
+    /// A failure to reach the broker: `tls_failed` when TLS failed, `invalid_argument` for a CA file that cannot
+    /// be used, else `network_error`.
     static func connection(_ context: String, _ error: any Error) -> AgentChatError {
-        if case WebSocketError.tls(let reason)? = error as? WebSocketError {
-            return AgentChatError(code: Codes.tlsFailed, category: .network, message: "\(context): TLS: \(reason)")
+        switch error as? WebSocketError {
+        case .tls(let reason)?:
+            AgentChatError(code: Codes.tlsFailed, category: .network, message: "\(context): TLS: \(reason)")
+        case .tlsOptions(let reason)?:
+            .invalidArgument(reason)
+        default:
+            .network("\(context): \(error)")
         }
-        return .network("\(context): \(error)")
     }
     static func protocolViolation(_ message: String) -> AgentChatError {
         AgentChatError(code: Codes.unexpectedResponse, category: .protocolViolation, message: message)
@@ -116,7 +121,8 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
         public static let closed = "client_closed"
         public static let unsupportedScheme = "unsupported_scheme"
         /// TLS with the broker failed: its certificate did not verify (unknown CA, expired, issued for another name),
-        /// the handshake failed (e.g. a plain-HTTP broker at an `https://` URL), or the CA file could not be used.
+        /// or the handshake failed (e.g. a plain-HTTP broker at an `https://` URL). (A CA file that cannot be read
+        /// or holds no certificate is `invalid_argument`.)
         public static let tlsFailed = "tls_failed"
         /// A channel key set failed verification (signature, sender membership, or the envelope did not open).
         public static let keyVerificationFailed = "key_verification_failed"

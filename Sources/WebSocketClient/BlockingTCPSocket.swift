@@ -22,9 +22,13 @@ public enum WebSocketError: Error, Sendable, Equatable, CustomStringConvertible 
     case addressResolution(String)
     /// A system call failed.
     case system(operation: String, errno: Int32)
-    /// TLS failed: the handshake (e.g. `certificate verify failed: unable to get local issuer certificate`), the
-    /// options (an unreadable CA file), or a TLS record later on. The message is OpenSSL's reason.
+    /// TLS failed: the handshake (e.g. `certificate verify failed: unable to get local issuer certificate`, or
+    /// `handshake failed: wrong version number` from a plain server) or a TLS record later on. The message carries
+    /// OpenSSL's reason.
     case tls(String)
+    /// The TLS options cannot be used (e.g. `cannot read the CA file /x.pem: No such file or directory`); nothing
+    /// was sent.
+    case tlsOptions(String)
     /// The client was already closed locally.
     case notConnected
 
@@ -38,6 +42,7 @@ public enum WebSocketError: Error, Sendable, Equatable, CustomStringConvertible 
         case .addressResolution(let m): "address resolution failed: \(m)"
         case .system(let op, let e): "\(op) failed: \(String(cString: strerror(e))) (errno \(e))"
         case .tls(let m): "TLS: \(m)"
+        case .tlsOptions(let m): "TLS options: \(m)"
         case .notConnected: "not connected"
         }
     }

@@ -46,8 +46,8 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
 
     /// Connects to `host:port` and performs the TLS handshake, all within `timeout` seconds.
     ///
-    /// - Throws: `WebSocketError.tls` when the options cannot be used (e.g. an unreadable CA file), when the
-    ///   certificate does not verify (`certificate verify failed: <OpenSSL's reason>`) or the handshake fails
+    /// - Throws: `WebSocketError.tlsOptions` when the options cannot be used (e.g. an unreadable CA file, checked
+    ///   after connecting); `.tls` when the certificate does not verify (`certificate verify failed: <OpenSSL's reason>`) or the handshake fails
     ///   otherwise (e.g. `wrong version number` from a plain-HTTP server); `.timeout`, `.addressResolution`,
     ///   `.system` from connecting.
     public static func connect(host: String, port: Int, sourceAddress: String? = nil, options: TLSOptions,
@@ -75,7 +75,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     private init(socket: BlockingTCPSocket, host: String, options: TLSOptions) throws {
         self.socket = socket
         let name = options.serverName ?? host
-        guard !name.isEmpty else { throw WebSocketError.tls("no server name to verify the certificate against") }
+        guard !name.isEmpty else { throw WebSocketError.tlsOptions("no server name to verify the certificate against") }
         serverName = name
         ERR_clear_error()
         guard let context = SSL_CTX_new(TLS_client_method()) else {
@@ -98,10 +98,10 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         }
         if let caFile = options.caFile {
             guard access(caFile, R_OK) == 0 else {
-                throw WebSocketError.tls("cannot read the CA file \(caFile): \(String(cString: strerror(errno)))")
+                throw WebSocketError.tlsOptions("cannot read the CA file \(caFile): \(String(cString: strerror(errno)))")
             }
             guard SSL_CTX_load_verify_locations(context, caFile, nil) == 1 else {
-                throw WebSocketError.tls("cannot load the CA file \(caFile): \(Self.drainErrors())")
+                throw WebSocketError.tlsOptions("cannot load the CA file \(caFile): \(Self.drainErrors())")
             }
         }
         made = SSL_new(context)

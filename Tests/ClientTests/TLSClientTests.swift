@@ -154,8 +154,8 @@ import WebSocketClient
     }
 
     /// (b) Without the CA file the broker's certificate does not verify: registration and login fail at once with
-    /// `tls_failed`, naming the reason; a plain broker behind an https:// URL and an unreadable CA file are
-    /// `tls_failed` too.
+    /// `tls_failed`, naming the reason; a plain broker behind an https:// URL is `tls_failed` too; a CA file that
+    /// cannot be used is `invalid_argument`.
     @Test func withoutTheCAFileTLSFailsWithItsOwnCode() async throws {
         let server = try await TLSBroker()
         defer { server.stop() }
@@ -175,12 +175,21 @@ import WebSocketClient
         #expect(await untrusting.profile == nil)
         await untrusting.close()
 
-        // A CA file that cannot be read.
+        // A CA file that cannot be read, or holds no certificate: a bad argument.
         let missing = try AgentChatClient(identity: identity, server: server.url,
                                           configuration: Self.configuration(caFile: server.pki.directory + "/none.pem"))
-        let unreadable = await #expect(throws: AgentChatError.tlsFailed) { try await missing.connect() }
-        #expect(unreadable?.message.contains("cannot read the CA file") == true)
+        let unreadable = await #expect(throws: AgentChatError.self) { try await missing.connect() }
+        #expect(unreadable?.code == AgentChatError.Codes.invalidArgument && unreadable?.category == .invalidArgument)
+        #expect(unreadable?.message.contains("cannot read the CA file") == true, "\(String(describing: unreadable))")
         await missing.close()
+        let notPEM = server.pki.directory + "/not.pem"
+        try Data("not a certificate\n".utf8).write(to: URL(fileURLWithPath: notPEM))
+        let garbage = try AgentChatClient(identity: identity, server: server.url,
+                                          configuration: Self.configuration(caFile: notPEM))
+        let unusable = await #expect(throws: AgentChatError.self) { try await garbage.register() }
+        #expect(unusable?.code == AgentChatError.Codes.invalidArgument)
+        #expect(unusable?.message.contains("cannot load the CA file") == true, "\(String(describing: unusable))")
+        await garbage.close()
 
         // A plain broker behind an https:// URL: the handshake fails (it does not hang).
         let plain = try await BrokerProcess.start(logLevel: "warning")
@@ -268,7 +277,7 @@ import WebSocketClient
         // The flag wins over the variable; login without any CA file fails cleanly.
         let wrongFlag = try await runCLI(["whoami", "--ca-file", root + "/missing.pem"] + bob,
                                          environment: bobEnvironment)
-        #expect(wrongFlag.status == 4 && wrongFlag.stderr.contains("cannot read the CA file"), "\(wrongFlag.stderr)")
+        #expect(wrongFlag.status == 2 && wrongFlag.stderr.contains("cannot read the CA file"), "\(wrongFlag.stderr)")
         let whoami = try await runCLI(["whoami"] + bob)
         #expect(whoami.status == 4 && whoami.stderr.contains("tls_failed"), "\(whoami.stderr)")
 
