@@ -99,6 +99,78 @@ import WebSocketClient
         #expect(viaName == "localhost")
     }
 
+    /// A TLS echo server (Python's ssl module) that logs how each connection ended: `clean close` after the client's
+    /// close_notify, `ragged close` after a bare TCP close.
+    static let echoServer = """
+        import socket, ssl, sys
+        port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        listener = socket.create_server(("127.0.0.1", port))
+        while True:
+            raw, _ = listener.accept()
+            try:
+                connection = context.wrap_socket(raw, server_side=True, suppress_ragged_eofs=False)
+            except (ssl.SSLError, OSError) as error:
+                print("handshake failed:", error, flush=True)
+                raw.close()
+                continue
+            total = 0
+            try:
+                while True:
+                    data = connection.recv(65536)
+                    if not data:
+                        print(f"clean close after {total} bytes", flush=True)
+                        break
+                    total += len(data)
+                    connection.sendall(data)
+            except ssl.SSLEOFError:
+                print(f"ragged close after {total} bytes", flush=True)
+            except (ssl.SSLError, OSError) as error:
+                print("error:", error, flush=True)
+            connection.close()
+        """
+
+    /// TLSStream against another implementation: a read that times out leaves the stream usable, 1 MiB goes there and
+    /// back in 64 KiB pieces (records split across reads), and close sends close_notify.
+    @Test func tlsStreamTimesOutEchoesAndClosesWithCloseNotify() async throws {
+        let pki = try await DedicatedThread.run { try TestPKI() }
+        defer { pki.remove() }
+        let (certificate, key) = try await DedicatedThread.run { try pki.issue("echo", serial: 3) }
+        let server = try await DedicatedThread.run {
+            try PythonServer(name: "tls-echo", script: Self.echoServer, arguments: [certificate, key])
+        }
+        defer { server.stop() }
+        let port = server.port, caFile = pki.caFile
+        let echoed = try await DedicatedThread.run { () throws -> Bool in
+            let stream = try TLSStream.connect(host: "127.0.0.1", port: port, options: TLSOptions(caFile: caFile),
+                                               timeout: 10)
+            defer { stream.close() }
+            do {
+                _ = try stream.read(deadline: Deadline(seconds: 0.1))
+                return false
+            } catch WebSocketError.timeout {}
+            var generator = SystemRandomNumberGenerator()
+            for _ in 0..<16 {
+                let piece = (0..<65536).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                try stream.write(piece, timeout: 10)
+                var back: [UInt8] = []
+                let deadline = Deadline(seconds: 10)
+                while back.count < piece.count {
+                    guard let chunk = try stream.read(deadline: deadline) else { return false }
+                    back += chunk
+                }
+                guard back == piece else { return false }
+            }
+            return true
+        }
+        #expect(echoed)
+        try await waitUntil("the server logs how the connection ended") {
+            server.logTail().contains("close after 1048576 bytes")
+        }
+        #expect(server.logTail().contains("clean close after 1048576 bytes"), "\(server.logTail())")
+    }
+
     // MARK: - The SDK
 
     /// (a) An agent registers and logs in over TLS (https:// registration, wss:// WebSocket) with the CA file, creates
