@@ -357,4 +357,79 @@ import WebSocketClient
         let mcpHelp = try await runCLI(["mcp", "--help"])
         #expect(mcpHelp.stdout.contains("--ca-file") && mcpHelp.stdout.contains("AGENTCHAT_CA_FILE"))
     }
+
+    /// `agentchat mcp --ca-file` logs in over TLS (its `whoami` tool answers with the profile); without the CA file
+    /// the tool answers `tls_failed`.
+    @Test func mcpWithCAFile() async throws {
+        let server = try await TLSBroker()
+        defer { server.stop() }
+        let root = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let global = ["--server", server.url, "--identity", root + "/mcp.json"]
+        #expect(try await runCLI(["keygen", "--name", "mcp-agent"] + global).status == 0)
+        let register = try await runCLI(["register"] + global + ["--ca-file", server.pki.caFile])
+        #expect(register.status == 0, "\(register.stderr)")
+        let did = register.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+
+        let trusted = try await Self.mcpWhoami(global + ["--ca-file", server.pki.caFile])
+        #expect(trusted.contains("\"isError\":false") && trusted.contains(did), "\(trusted)")
+        let untrusted = try await Self.mcpWhoami(global)
+        #expect(untrusted.contains("\"isError\":true") && untrusted.contains("tls_failed")
+                && untrusted.contains("certificate verify failed"), "\(untrusted)")
+    }
+
+    /// Runs `agentchat mcp <arguments>`, calls its `whoami` tool, and returns the answer's line (or all of stdout if
+    /// none came; the process is terminated after 30 s at the latest).
+    static func mcpWhoami(_ arguments: [String]) async throws -> String {
+        let binary = try locateCLI()
+        return try await DedicatedThread.run {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["mcp"] + arguments
+            process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("AGENTCHAT_") }
+            let input = Pipe(), output = Pipe()
+            process.standardInput = input
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let watchdog = ProcessWatchdog(process, seconds: 30)
+            defer {
+                watchdog.cancel()
+                if process.isRunning { process.terminate() }
+                process.waitUntilExit()
+            }
+            let requests = [
+                #"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","#
+                    + #""capabilities":{},"clientInfo":{"name":"tls-test","version":"1"}}}"#,
+                #"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                #"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#,
+            ]
+            input.fileHandleForWriting.write(Data((requests.joined(separator: "\n") + "\n").utf8))
+            var text = ""
+            while !text.split(separator: "\n").contains(where: { $0.contains(#""id":2,"#) }) {
+                let data = output.fileHandleForReading.availableData
+                if data.isEmpty { break }
+                text += String(decoding: data, as: UTF8.self)
+            }
+            try? input.fileHandleForWriting.close()
+            return text.split(separator: "\n").first { $0.contains(#""id":2,"#) }.map(String.init) ?? text
+        }
+    }
+}
+
+/// Terminates a process that is still running after `seconds`, unless cancelled first.
+final class ProcessWatchdog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var process: Process?
+
+    init(_ process: Process, seconds: Double) {
+        self.process = process
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [self] in
+            lock.withLock {
+                if let running = self.process, running.isRunning { running.terminate() }
+            }
+        }
+    }
+
+    func cancel() { lock.withLock { process = nil } }
 }
