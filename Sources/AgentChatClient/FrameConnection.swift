@@ -42,8 +42,7 @@ final class FrameConnection: @unchecked Sendable {
     private var finishWaiters: [CheckedContinuation<Void, Never>] = []
 
     /// Opens the WebSocket (offering `WireProtocol.subprotocol`) on a dedicated thread, then starts the connection thread.
-    /// A TLS failure is `tls_failed`.
-    /// `tls` is nil for a plain URL.
+    /// `tls` is nil for a plain URL; a TLS failure is `tls_failed`.
     static func open(url: BrokerURL, tls: TLSOptions?, timeout: Double) async throws(AgentChatError)
         -> FrameConnection
     {
