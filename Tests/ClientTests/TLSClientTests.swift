@@ -225,6 +225,38 @@ import WebSocketClient
         await bob.close()
     }
 
+    /// A TLS connection cut under the client (no close_notify, as a network failure would) is reopened over TLS:
+    /// the agent logs in again and resumes its subscription without gaps.
+    @Test func aCutTLSConnectionReconnectsAndResumes() async throws {
+        let server = try await TLSBroker()
+        defer { server.stop() }
+        let proxy = try FaultProxy(targetPort: server.port)
+        defer { proxy.stop() }
+        var configuration = Self.configuration(caFile: server.pki.caFile)
+        configuration.autoReconnect = true
+        let alice = try AgentChatClient(identity: .generate(name: "alice"), server: server.url,
+                                        configuration: configuration)
+        let bob = try AgentChatClient(identity: .generate(name: "bob"), server: "https://127.0.0.1:\(proxy.port)",
+                                      configuration: configuration)
+        for client in [alice, bob] {
+            _ = try await client.register()
+            try await client.connect()
+        }
+        let channel = try await alice.createChannel(name: "tls-cut", members: [bob.identity.did])
+        let stream = Collector(try await bob.subscribe(channel: channel.id, since: 0))
+        for index in 1...20 { _ = try await alice.send(channel: channel.id, text: "before-\(index)") }
+        try await waitUntil("bob has the first 20", timeout: 20) { stream.messages.count >= 20 }
+        proxy.cutAll()
+        for index in 1...20 { _ = try await alice.send(channel: channel.id, text: "after-\(index)") }
+        try await waitUntil("bob has all 40", timeout: 30) { stream.messages.count >= 40 }
+        #expect(stream.messages.map(\.offset) == Array(1...40))
+        #expect(stream.messages.map(\.text) == (1...20).map { "before-\($0)" } + (1...20).map { "after-\($0)" })
+        #expect(stream.resumes.contains { $0.isReconnect && $0.recovered })
+        stream.cancel()
+        await alice.close()
+        await bob.close()
+    }
+
     /// (b) Without the CA file the broker's certificate does not verify: registration and login fail at once with
     /// `tls_failed`, naming the reason; a plain broker behind an https:// URL is `tls_failed` too; a CA file that
     /// cannot be used is `invalid_argument`.
