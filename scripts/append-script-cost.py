@@ -6,8 +6,9 @@ revisions on a noisy machine: instruction counts do not depend on what else the 
 
 For each git revision (default: the working tree), the `channel_append` script is read out of
 Sources/Persistence/ChannelStore.swift, and redis-server runs under `valgrind --tool=callgrind` twice: once idle
-and once serving COUNT appends (pipelined, 100 at a time, one channel with 10 members, 256-byte payloads as the
-load test sends them). The difference divided by COUNT is printed, with the same for two references: the script
+and once serving COUNT appends (pipelined, 100 calls at a time, one channel with 10 members, 256-byte payloads as the
+load test sends them). A script that takes several appends per call (the layout since batching) is measured with
+1, 4 and 16 per call (--per-call). The difference divided by COUNT is printed, with the same for two references: the script
 reduced to `return`, and the five commands of the hot path sent as plain pipelined commands (no script). Redis's
 own timers run during both runs, so the figures vary by about 1% between runs.
 """
@@ -57,15 +58,16 @@ class Redis:
         return self.read()
 
 
-def appends(redis, source, count):
-    """Sends `count` appends of one channel; `source` None sends the hot path's commands without a script."""
+def appends(redis, source, count, per_call=1):
+    """Sends `count` appends of one channel; `source` None sends the hot path's commands without a script.
+    With `per_call` > 1, `source` is the batch script and each call carries that many appends."""
     sha = redis.call("SCRIPT", "LOAD", source or "return 1").decode()
     redis.call("HSET", CHANNEL, "epoch", 1, "keyedEpoch", 1, "seq", 0, "historyEpoch", "x", "name", "n", "owner", DID)
     redis.call("SADD", CHANNEL + ":members", DID, *[DID[:-4] + "%04d" % i for i in range(1, 10)])
     suffix = (',"ciphertext":"' + "A" * 342 + '","epoch":1,"id":"m%d","nonce":"AAAAAAAAAAAAAAAA","sender":"' + DID
               + '","signature":"' + "B" * 86 + '","ts":1764700000000}')
     now = int(time.time() * 1000)
-    batch = []
+    batch, calls = [], []
     for n in range(count):
         keys = [CHANNEL, CHANNEL + ":members", CHANNEL + ":log", f"{CHANNEL}:dedup:{DID}:m{n}", CHANNEL + ":rate"]
         if source is None:
@@ -76,9 +78,17 @@ def appends(redis, source, count):
                       Redis.encode("XADD", keys[2], "MAXLEN", 10000, "0-%d" % (n + 1), "m", item, "t", now),
                       Redis.encode("HSET", CHANNEL, "seq", n + 1, "lastActivity", now),
                       Redis.encode("PUBLISH", CHANNEL + ":feed", item)]
-        else:
+        elif "local function append(" not in source:
+            # The layout before batching (one message per call, everything in ARGV).
             batch.append(Redis.encode("EVALSHA", sha, 5, *keys, DID, 1, '{"offset":', suffix % n, now, 10000,
                                       now - 30 * 86_400_000, 300_000, CHANNEL + ":feed"))
+        else:
+            calls.append((keys, [DID, 1, suffix % n, now, CHANNEL + ":feed"]))
+            if len(calls) == per_call or n == count - 1:
+                batch.append(Redis.encode("EVALSHA", sha, 5 * len(calls), *[k for keys, _ in calls for k in keys],
+                                          '{"offset":', 10000, 30 * 86_400_000, 300_000,
+                                          *[a for _, args in calls for a in args]))
+                calls = []
         if len(batch) >= 100 or n == count - 1:
             redis.sock.sendall(b"".join(batch))
             for _ in batch:
@@ -86,7 +96,7 @@ def appends(redis, source, count):
             batch = []
 
 
-def instructions(source, count, workdir):
+def instructions(source, count, workdir, per_call=1):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -105,7 +115,7 @@ def instructions(source, count, workdir):
         else:
             raise RuntimeError("redis-server under callgrind did not start")
         if count:
-            appends(redis, source, count)
+            appends(redis, source, count, per_call)
         try:
             redis.call("SHUTDOWN", "NOSAVE")
         except (RuntimeError, OSError):
@@ -125,6 +135,8 @@ def instructions(source, count, workdir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=10000)
+    parser.add_argument("--per-call", default="1,4,16",
+                        help="appends per call, comma-separated (scripts that take several; default 1,4,16)")
     parser.add_argument("revisions", nargs="*")
     options = parser.parse_args()
     for tool in ("valgrind", "redis-server"):
@@ -132,12 +144,20 @@ def main():
             sys.exit(f"{tool} is needed")
     with tempfile.TemporaryDirectory() as workdir:
         idle = instructions(None, 0, workdir)
-        rows = [(f"channel_append at {rev or 'the working tree'}", script_source(rev)) for rev in options.revisions or [None]]
-        rows += [("a script that only returns (the cost of calling one)", "return {'ok', 1, 0}"),
-                 ("the six commands, pipelined, no script", None)]
+        per_call = [int(n) for n in options.per_call.split(",")]
+        rows = []
+        for rev in options.revisions or [None]:
+            source = script_source(rev)
+            name = f"channel_append at {rev or 'the working tree'}"
+            if "local function append(" in source:
+                rows += [(f"{name}, {n} per call", source, n) for n in per_call]
+            else:
+                rows.append((name, source, 1))
+        rows += [("a script that only returns (the cost of calling one)", "return {'ok', 1, 0}", 1),
+                 ("the six commands, pipelined, no script", None, 1)]
         print(f"redis-server idle: {idle:,} instructions; {options.count:,} appends each")
-        for label, source in rows:
-            total = instructions(source, options.count, workdir)
+        for label, source, n in rows:
+            total = instructions(source, options.count, workdir, n)
             print(f"{(total - idle) / options.count / 1000:8.1f}k instructions per append  {label}")
 
 
