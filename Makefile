@@ -1,11 +1,11 @@
 # AgentChat broker. `make run` and `make test` install what they need on Debian 12, then build.
 SWIFT ?= swift
 APT_PACKAGES := pkg-config libwebsockets-dev libwebsockets-evlib-uv libsodium-dev libhiredis-dev libuv1-dev \
-	redis-server
-# What only the tests use: a reference WebSocket server for the client library's own tests, and a headless
-# browser for the viewer page's test. (From PyPI, below: selenium for that test, localstripe, a fake Stripe, for
+	libssl-dev redis-server
+# What only the tests use: a reference WebSocket server for the client library's own tests, a headless
+# browser for the viewer page's test, and the openssl command (the Swift TLS tests make their CA with it). (From PyPI, below: selenium for that test, localstripe, a fake Stripe, for
 # the payments tests.)
-TEST_PACKAGES := libwebsockets-test-server chromium chromium-driver
+TEST_PACKAGES := libwebsockets-test-server chromium chromium-driver openssl
 PYTHON ?= python3
 # The Python agents of the viewer page's peek tests (Tests/Browser/peek_agents.py): the threaded WebSocket client
 # (websockets 12 or later), libsodium's sealed boxes (PyNaCl), X25519, Ed25519, HKDF and AES-GCM (cryptography).

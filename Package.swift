@@ -29,6 +29,9 @@ let package = Package(
         .systemLibrary(name: "CLibWebSockets", pkgConfig: "libwebsockets", providers: [.apt(["libwebsockets-dev"])]),
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
         .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
+        // TLS for the client side (the SDK and the CLI over https:// and wss://); the broker's TLS goes through
+        // libwebsockets, which links the same OpenSSL.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         // What Swift cannot import from a C library (expression macros, enumerators, glue), one module per library,
         // checked against the installed headers by the C compiler.
         .target(name: "CLibWebSocketsShims", dependencies: ["CLibWebSockets"]),
@@ -81,8 +84,9 @@ let package = Package(
                 path: "Sources/Broker",
                 resources: [.copy("Web"), .copy("Admin")]),
         .executableTarget(name: "agentchat-broker", dependencies: ["AgentChatBroker"]),
-        // A small blocking RFC 6455 client: tests drive the broker with it, byte by byte when needed.
-        .target(name: "WebSocketClient"),
+        // A small blocking RFC 6455 client: tests drive the broker with it, byte by byte when needed; the SDK
+        // connects with it, over TLS (OpenSSL) for wss://.
+        .target(name: "WebSocketClient", dependencies: ["COpenSSL"]),
 
         // The agent SDK: identity files, registration, login, reconnection, the frame request/reply core.
         .target(name: "AgentChatClient", dependencies: ["AgentChatCrypto", "AgentChatProtocol", "WebSocketClient"]),

@@ -3,7 +3,8 @@
 
 - AgentChatCore's dependency closure holds no libwebsockets, hiredis or libuv module, nor any target built on them
   (AgentChatPayments among them: the core is handed a PaymentGateway, it never imports Stripe's);
-- only AgentChatTransport (and its shim) imports libwebsockets, only AgentChatRedis (and its shim) hiredis;
+- only AgentChatTransport (and its shim) imports libwebsockets, only AgentChatRedis (and its shim) hiredis, only
+  WebSocketClient (the clients' TLS) OpenSSL;
 - AgentChatProtocol depends on nothing.
 
 Exits 1 and names the offending path when a rule is broken. Run by `make test`; run it by hand with
@@ -48,7 +49,8 @@ if targets["AgentChatProtocol"].get("target_dependencies") or targets["AgentChat
 owners = {"CLibWebSockets": {"AgentChatTransport", "CLibWebSocketsShims"},
           "CLibWebSocketsShims": {"AgentChatTransport"},
           "CHiredis": {"AgentChatRedis", "CHiredisShims"},
-          "CHiredisShims": {"AgentChatRedis"}}
+          "CHiredisShims": {"AgentChatRedis"},
+          "COpenSSL": {"WebSocketClient"}}
 for name, target in targets.items():
     for dep in target.get("target_dependencies", []):
         if dep in owners and name not in owners[dep]:

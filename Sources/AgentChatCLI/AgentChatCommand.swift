@@ -14,7 +14,9 @@ struct AgentChatCommand: AsyncParsableCommand {
         abstract: "An AgentChat agent: create an identity, register it, log in, use end-to-end encrypted channels.",
         discussion: """
             Exit status: 0 success, 1 identity file problem, 2 usage, 3 refused by the broker, \
-            4 network failure, 5 unexpected answer from the broker.
+            4 network failure (also TLS: tls_failed), 5 unexpected answer from the broker. \
+            An https:// broker is reached over TLS: its certificate and name are verified against the system's \
+            CAs, plus those in --ca-file (AGENTCHAT_CA_FILE) for a private CA.
             """,
         subcommands: [Keygen.self, Register.self, Whoami.self, ChannelCommand.self, Send.self, Listen.self,
                       History.self, PeekCommand.self, EarningsCommand.self, MCPCommand.self])
@@ -60,12 +62,17 @@ struct CLIFailure: Error {
 
 /// Options every subcommand takes.
 struct GlobalOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Broker URL (env AGENTCHAT_SERVER).", valueName: "url"))
+    @Option(help: ArgumentHelp("Broker URL, http:// or https:// (env AGENTCHAT_SERVER).", valueName: "url"))
     var server: String?
 
     @Option(help: ArgumentHelp("Identity file (env AGENTCHAT_IDENTITY; default ~/.agentchat/identity.json).",
                                valueName: "path"))
     var identity: String?
+
+    @Option(name: .customLong("ca-file"),
+            help: ArgumentHelp("For an https:// broker: a PEM file of CA certificates to trust besides the "
+                               + "system's (env AGENTCHAT_CA_FILE).", valueName: "path"))
+    var caFile: String?
 
     @Flag(help: "Print JSON on stdout (and errors as JSON on stderr).")
     var json = false
@@ -77,6 +84,19 @@ struct GlobalOptions: ParsableArguments {
         if let server { return server }
         if let env = ProcessInfo.processInfo.environment["AGENTCHAT_SERVER"], !env.isEmpty { return env }
         return Self.defaultServer
+    }
+
+    /// `--ca-file`, else `AGENTCHAT_CA_FILE`, with `~` expanded; nil when neither is set.
+    var caFilePath: String? {
+        let raw = caFile ?? ProcessInfo.processInfo.environment["AGENTCHAT_CA_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+        return raw.map { ($0 as NSString).expandingTildeInPath }
+    }
+
+    /// The SDK's configuration with this command line's TLS settings.
+    var clientConfiguration: AgentChatClient.Configuration {
+        var configuration = AgentChatClient.Configuration()
+        configuration.caFile = caFilePath
+        return configuration
     }
 
     var identityPath: String {
@@ -185,7 +205,8 @@ struct Register: AsyncParsableCommand {
         let server = options.serverURL
         let profile = try await options.run { () async throws(AgentChatError) -> AgentProfile in
             var identity = try AgentIdentity.load(from: path)
-            let client = try AgentChatClient(identity: identity, server: server)
+            let client = try AgentChatClient(identity: identity, server: server,
+                                             configuration: options.clientConfiguration)
             let profile = try await client.register(name: name)
             identity.name = profile.name
             identity.registeredAt = profile.registeredAt
@@ -208,7 +229,7 @@ struct Whoami: AsyncParsableCommand {
         let server = options.serverURL
         let profile = try await options.run { () async throws(AgentChatError) -> AgentProfile in
             let identity = try AgentIdentity.load(from: path)
-            var configuration = AgentChatClient.Configuration()
+            var configuration = options.clientConfiguration
             configuration.autoReconnect = false
             let client = try AgentChatClient(identity: identity, server: server, configuration: configuration)
             do throws(AgentChatError) {

@@ -17,7 +17,7 @@ extension GlobalOptions {
             let identity = try AgentIdentity.load(from: path)
             var policies = try PeekPolicyFile.load(forIdentity: path)
             if let peekPolicy { policies.defaultPolicy = peekPolicy }
-            var configuration = AgentChatClient.Configuration()
+            var configuration = clientConfiguration
             configuration.autoReconnect = autoReconnect
             let client = try AgentChatClient(identity: identity, server: server, configuration: configuration)
             await policies.apply(to: client)

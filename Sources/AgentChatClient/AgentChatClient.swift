@@ -82,6 +82,10 @@ public actor AgentChatClient {
         /// it later, or per channel, with ``AgentChatClient/setPeekPolicy(_:)`` and
         /// ``AgentChatClient/setPeekPolicy(_:for:)``.
         public var peekPolicy: PeekPolicy = .grant
+        /// For an `https://` (`wss://`) broker: a PEM file of CA certificates to trust besides the system's (e.g. a
+        /// private CA). The certificate chain and the host name are always verified; a failure is `tls_failed`.
+        /// Unused for a plain `http://` broker.
+        public var caFile: String?
 
         public init() {}
     }
@@ -136,7 +140,7 @@ public actor AgentChatClient {
         self.peekState = PeekClientState(defaultPolicy: configuration.peekPolicy)
     }
 
-    /// A client for the broker at `server` (e.g. `http://127.0.0.1:8080`).
+    /// A client for the broker at `server` (e.g. `http://127.0.0.1:8080`, or `https://chat.example.com` over TLS).
     public init(identity: AgentIdentity, server: String, configuration: Configuration = Configuration())
         throws(AgentChatError)
     {
@@ -160,18 +164,20 @@ public actor AgentChatClient {
     ///
     /// - Throws: ``AgentChatError`` with the broker's code: `already_registered` (``AgentChatError/existingDID``
     ///   set), `rate_limited` (``AgentChatError/retryAfterSeconds`` set), `bad_signature`, `stale_timestamp`,
-    ///   `invalid_field`, ...; `invalid_argument` for a name the broker would refuse; `network_error`.
+    ///   `invalid_field`, ...; `invalid_argument` for a name the broker would refuse; `network_error`; `tls_failed`
+    ///   (an `https://` broker whose certificate does not verify, see ``Configuration/caFile``).
     public nonisolated func register(name: String? = nil) async throws(AgentChatError) -> AgentProfile {
         guard let name = name ?? identity.name else { throw .invalidArgument("registration needs a name") }
         let request = try AgentRegistration(identity: identity, name: name, timestamp: Self.nowMilliseconds())
         let response: HTTPResponse
         do {
-            response = try await HTTPClient.post(url: server, path: server.path("/api/v1/agents/register"),
+            response = try await HTTPClient.post(url: server, tls: server.tlsOptions(caFile: configuration.caFile),
+                                                 path: server.path("/api/v1/agents/register"),
                                                  contentType: "application/json",
                                                  body: JSONWriter.encode(request.json),
                                                  timeout: configuration.connectTimeout)
         } catch {
-            throw .network("cannot reach \(server): \(error)")
+            throw .connection("cannot reach \(server)", error)
         }
         guard response.status == 201 else {
             throw Self.httpError(status: response.status, headers: response.headers, body: response.body)
@@ -207,8 +213,9 @@ public actor AgentChatClient {
     /// Connects and logs in; returns the agent's profile from `welcome`. Returns at once when connected already;
     /// joins a login in progress.
     ///
-    /// - Throws: `auth_failed` (bad signature or unregistered DID), `network_error`, `timeout`,
-    ///   `unexpected_response`, `client_closed`.
+    /// - Throws: `auth_failed` (bad signature or unregistered DID), `network_error`, `tls_failed` (TLS with an
+    ///   `https://` broker failed, e.g. its certificate did not verify), `timeout`, `unexpected_response`,
+    ///   `client_closed`.
     @discardableResult
     public func connect() async throws(AgentChatError) -> AgentProfile {
         if isClosed { throw .closed }
@@ -249,7 +256,8 @@ public actor AgentChatClient {
     private func establish() async throws(AgentChatError) -> AgentProfile {
         defer { establishing = false }
         setState(.connecting)
-        let opened = try await FrameConnection.open(url: server, timeout: configuration.connectTimeout)
+        let opened = try await FrameConnection.open(url: server, tls: server.tlsOptions(caFile: configuration.caFile),
+                                                    timeout: configuration.connectTimeout)
         guard !isClosed else {
             await opened.close()
             throw .closed

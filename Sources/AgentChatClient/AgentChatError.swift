@@ -1,4 +1,5 @@
 import AgentChatProtocol
+import WebSocketClient
 
 /// Why an SDK call failed.
 ///
@@ -65,6 +66,18 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
     static func network(_ message: String, closeCode: CloseCode? = nil) -> AgentChatError {
         AgentChatError(code: Codes.networkError, category: .network, message: message, closeCode: closeCode)
     }
+    /// A failure to reach the broker: `tls_failed` when TLS failed, `invalid_argument` for a CA file that cannot
+    /// be used, else `network_error`.
+    static func connection(_ context: String, _ error: any Error) -> AgentChatError {
+        switch error as? WebSocketError {
+        case .tls(let reason)?:
+            AgentChatError(code: Codes.tlsFailed, category: .network, message: "\(context): TLS: \(reason)")
+        case .tlsOptions(let reason)?:
+            .invalidArgument(reason)
+        default:
+            .network("\(context): \(error)")
+        }
+    }
     static func protocolViolation(_ message: String) -> AgentChatError {
         AgentChatError(code: Codes.unexpectedResponse, category: .protocolViolation, message: message)
     }
@@ -107,6 +120,10 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
         public static let notConnected = "not_connected"
         public static let closed = "client_closed"
         public static let unsupportedScheme = "unsupported_scheme"
+        /// TLS with the broker failed: its certificate did not verify (unknown CA, expired, issued for another name),
+        /// or the handshake failed (e.g. a plain-HTTP broker at an `https://` URL). (A CA file that cannot be read
+        /// or holds no certificate is `invalid_argument`.)
+        public static let tlsFailed = "tls_failed"
         /// A channel key set failed verification (signature, sender membership, or the envelope did not open).
         public static let keyVerificationFailed = "key_verification_failed"
         /// A member's encryption key is not vouched for by its registration signature (missing or not verifying),
@@ -142,6 +159,7 @@ public struct AgentChatError: Error, Hashable, Sendable, CustomStringConvertible
     public static let identityExists = AgentChatError.identity(Codes.identityExists, "")
     public static let identityInsecure = AgentChatError.identity(Codes.identityInsecure, "")
     public static let identityInvalid = AgentChatError.identity(Codes.identityInvalid, "")
+    public static let tlsFailed = AgentChatError(code: Codes.tlsFailed, category: .network, message: "")
     public static let memberKeyUnverified = AgentChatError(code: Codes.memberKeyUnverified,
                                                            category: .protocolViolation, message: "")
 }

@@ -1,14 +1,16 @@
 import Foundation
+import WebSocketClient
 
-/// Where a broker listens: an `http://` (or `ws://`) URL with host and optional port. The same address serves the
-/// HTTP endpoints and the WebSocket.
-///
-/// TLS (`https`, `wss`) is not supported yet: such URLs are refused with `unsupported_scheme`.
+/// Where a broker listens: an `http://` (or `ws://`) URL, or over TLS an `https://` (or `wss://`) one, with host and
+/// optional port (default 80, or 443 over TLS). The same address serves the HTTP endpoints and the WebSocket.
+/// Any other scheme is refused with `unsupported_scheme`.
 public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
     /// The URL as given.
     public let description: String
     public let host: String
     public let port: Int
+    /// Whether the broker is reached over TLS (`https`, `wss`).
+    public let isTLS: Bool
     /// A path prefix before `/api/...` (usually empty), without a trailing slash.
     public let basePath: String
 
@@ -17,10 +19,8 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
             throw .invalidArgument("not a URL: \(text)")
         }
         switch scheme {
-        case "http", "ws": break
-        case "https", "wss":
-            throw AgentChatError(code: AgentChatError.Codes.unsupportedScheme, category: .invalidArgument,
-                                 message: "\(scheme):// is not supported yet (no TLS); use http://")
+        case "http", "ws": isTLS = false
+        case "https", "wss": isTLS = true
         default:
             throw AgentChatError(code: AgentChatError.Codes.unsupportedScheme, category: .invalidArgument,
                                  message: "unsupported URL scheme \(scheme) in \(text)")
@@ -29,7 +29,7 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         self.description = text
         self.host = host
-        self.port = components.port ?? 80
+        self.port = components.port ?? (isTLS ? 443 : 80)
         var path = components.path
         while path.hasSuffix("/") { path.removeLast() }
         self.basePath = path
@@ -37,4 +37,10 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
 
     /// The path of an HTTP endpoint, e.g. `path("/api/v1/agents/register")`.
     func path(_ endpoint: String) -> String { basePath + endpoint }
+
+    /// The TLS options for connecting to this broker (nil for a plain `http://` URL): trusting the system's CAs plus
+    /// those in `caFile`, checking the certificate against ``host``.
+    func tlsOptions(caFile: String?) -> TLSOptions? {
+        isTLS ? TLSOptions(caFile: caFile) : nil
+    }
 }

@@ -42,17 +42,21 @@ final class FrameConnection: @unchecked Sendable {
     private var finishWaiters: [CheckedContinuation<Void, Never>] = []
 
     /// Opens the WebSocket (offering `WireProtocol.subprotocol`) on a dedicated thread, then starts the connection thread.
-    static func open(url: BrokerURL, timeout: Double) async throws(AgentChatError) -> FrameConnection {
+    /// `tls` is nil for a plain URL; a TLS failure is `tls_failed`.
+    static func open(url: BrokerURL, tls: TLSOptions?, timeout: Double) async throws(AgentChatError)
+        -> FrameConnection
+    {
         let client: WebSocketClient
         do {
             client = try await WebSocketClient.connect(host: url.host, port: url.port, path: url.path("/"),
-                                                       subprotocols: [WireProtocol.subprotocol], timeout: timeout)
+                                                       subprotocols: [WireProtocol.subprotocol], tls: tls,
+                                                       timeout: timeout)
         } catch let error as WebSocketError {
             if case .upgradeRejected(let response) = error {
                 throw AgentChatClient.httpError(status: response.status, headers: response.headers,
                                                 body: response.body)
             }
-            throw .network("cannot open a WebSocket to \(url): \(error)")
+            throw .connection("cannot open a WebSocket to \(url)", error)
         } catch {
             throw .network("cannot open a WebSocket to \(url): \(error)")
         }

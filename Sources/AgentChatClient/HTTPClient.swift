@@ -7,26 +7,27 @@ struct HTTPResponse: Sendable {
     var body: [UInt8]
 }
 
-/// The one HTTP call the SDK makes, over a plain blocking socket (`BlockingTCPSocket`): one request per
-/// connection (`Connection: close`), the response read by `Content-Length`, chunked encoding or until EOF.
+/// The one HTTP call the SDK makes, over a blocking `ByteStream` (a plain socket, or TLS for `https://`): one request
+/// per connection (`Connection: close`), the response read by `Content-Length`, chunked encoding or until EOF.
 ///
 /// Blocking: call it only from a dedicated thread (``post(url:path:contentType:body:timeout:)`` async does).
 enum HTTPClient {
     static let maxResponseBytes = 1 << 20
 
-    static func post(url: BrokerURL, path: String, contentType: String, body: [UInt8], timeout: Double) async throws
-        -> HTTPResponse
+    /// `tls` is nil for a plain URL (see ``BrokerURL/tlsOptions(caFile:)``).
+    static func post(url: BrokerURL, tls: TLSOptions?, path: String, contentType: String, body: [UInt8],
+                     timeout: Double) async throws -> HTTPResponse
     {
         try await DedicatedThread.run {
-            try postBlocking(url: url, path: path, contentType: contentType, body: body, timeout: timeout)
+            try postBlocking(url: url, tls: tls, path: path, contentType: contentType, body: body, timeout: timeout)
         }
     }
 
-    static func postBlocking(url: BrokerURL, path: String, contentType: String, body: [UInt8], timeout: Double)
-        throws -> HTTPResponse
+    static func postBlocking(url: BrokerURL, tls: TLSOptions?, path: String, contentType: String, body: [UInt8],
+                             timeout: Double) throws -> HTTPResponse
     {
         let deadline = Deadline(seconds: timeout)
-        let socket = try BlockingTCPSocket(host: url.host, port: url.port, timeout: timeout)
+        let socket = try ByteStreams.connect(host: url.host, port: url.port, tls: tls, timeout: timeout)
         defer { socket.close() }
         let hostHeader = url.host.contains(":") ? "[\(url.host)]:\(url.port)" : "\(url.host):\(url.port)"
         let head = "POST \(path) HTTP/1.1\r\nHost: \(hostHeader)\r\nContent-Type: \(contentType)\r\n"

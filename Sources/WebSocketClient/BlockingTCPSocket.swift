@@ -22,6 +22,13 @@ public enum WebSocketError: Error, Sendable, Equatable, CustomStringConvertible 
     case addressResolution(String)
     /// A system call failed.
     case system(operation: String, errno: Int32)
+    /// TLS failed: the handshake (e.g. `certificate verify failed: unable to get local issuer certificate`, or
+    /// `handshake failed: wrong version number` from a plain server) or a TLS record later on. The message carries
+    /// OpenSSL's reason.
+    case tls(String)
+    /// The TLS options cannot be used (e.g. `cannot read the CA file /x.pem: No such file or directory`); nothing
+    /// was sent.
+    case tlsOptions(String)
     /// The client was already closed locally.
     case notConnected
 
@@ -34,6 +41,8 @@ public enum WebSocketError: Error, Sendable, Equatable, CustomStringConvertible 
         case .protocolViolation(let m): "protocol violation: \(m)"
         case .addressResolution(let m): "address resolution failed: \(m)"
         case .system(let op, let e): "\(op) failed: \(String(cString: strerror(e))) (errno \(e))"
+        case .tls(let m): "TLS: \(m)"
+        case .tlsOptions(let m): "TLS options: \(m)"
         case .notConnected: "not connected"
         }
     }
@@ -132,7 +141,7 @@ public struct Deadline: Sendable {
 /// A non-blocking TCP socket driven with poll(), offering blocking calls with timeouts.
 ///
 /// Low-level building block shared by `WebSocketClient` and test probes. Not thread-safe: use from one thread at a time.
-public final class BlockingTCPSocket: @unchecked Sendable {
+public final class BlockingTCPSocket: ByteStream, @unchecked Sendable {
     public private(set) var fd: Int32
     public var isOpen: Bool { fd >= 0 }
 
@@ -195,8 +204,13 @@ public final class BlockingTCPSocket: @unchecked Sendable {
 
     /// Writes every byte or throws (`.timeout`, `.connectionClosed` on EPIPE/ECONNRESET, `.system`).
     public func write(_ bytes: [UInt8], timeout: Double) throws {
+        try write(bytes, deadline: Deadline(seconds: timeout))
+    }
+
+    /// Writes every byte before `deadline` or throws (`.timeout`, `.connectionClosed` on EPIPE/ECONNRESET,
+    /// `.system`).
+    public func write(_ bytes: [UInt8], deadline: Deadline) throws {
         guard fd >= 0 else { throw WebSocketError.notConnected }
-        let deadline = Deadline(seconds: timeout)
         var sent = 0
         while sent < bytes.count {
             let n = bytes.withUnsafeBytes { raw in

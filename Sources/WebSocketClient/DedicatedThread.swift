@@ -53,12 +53,13 @@ extension WebSocketClient {
     /// Async `connect`: performs the blocking handshake on a dedicated thread.
     public static func connect(host: String = "127.0.0.1", port: Int, path: String = "/",
                                subprotocols: [String], headers: [(String, String)] = [],
-                               sourceAddress: String? = nil, timeout: Double = 5) async throws -> WebSocketClient {
+                               sourceAddress: String? = nil, tls: TLSOptions? = nil,
+                               timeout: Double = 5) async throws -> WebSocketClient {
         let sendableHeaders = headers.map { SendablePair(name: $0.0, value: $0.1) }
         return try await DedicatedThread.run {
             try WebSocketClient.connect(host: host, port: port, path: path, subprotocols: subprotocols,
                                         headers: sendableHeaders.map { ($0.name, $0.value) },
-                                        sourceAddress: sourceAddress, timeout: timeout)
+                                        sourceAddress: sourceAddress, tls: tls, timeout: timeout)
         }
     }
 

@@ -30,7 +30,7 @@ public final class WebSocketClient: @unchecked Sendable {
     /// Timeout for writes, in seconds.
     public var sendTimeout: Double = 10
 
-    private let socket: BlockingTCPSocket
+    private let socket: any ByteStream
     private var buffer: [UInt8] = []
     private var bufferStart = 0
     private var fragmentOpcode: WebSocketOpcode?
@@ -40,7 +40,7 @@ public final class WebSocketClient: @unchecked Sendable {
     /// Whether we received a close frame.
     public private(set) var closeReceived = false
 
-    private init(socket: BlockingTCPSocket, head: HTTPResponseHead, leftover: [UInt8]) {
+    private init(socket: any ByteStream, head: HTTPResponseHead, leftover: [UInt8]) {
         self.socket = socket
         self.handshakeResponse = head
         self.negotiatedSubprotocol = head.headers["sec-websocket-protocol"]
@@ -49,7 +49,7 @@ public final class WebSocketClient: @unchecked Sendable {
 
     deinit { socket.close() }
 
-    /// Opens a TCP connection and performs the HTTP/1.1 upgrade.
+    /// Opens a TCP connection (with `tls`, a verified TLS connection over it) and performs the HTTP/1.1 upgrade.
     ///
     /// - Parameters:
     ///   - subprotocols: sent as `Sec-WebSocket-Protocol` (omitted if empty).
@@ -57,14 +57,18 @@ public final class WebSocketClient: @unchecked Sendable {
     ///     Connection, Sec-WebSocket-Key, Sec-WebSocket-Version, Sec-WebSocket-Protocol) replaces the default,
     ///     and then the accept check uses the given key.
     ///   - sourceAddress: local address to bind before connecting (e.g. "127.0.0.2").
-    ///   - timeout: for connecting and for the handshake response, in seconds.
+    ///   - tls: nil for `ws://`; for `wss://`, what to trust (the certificate and its name are always verified).
+    ///   - timeout: for connecting (and the TLS handshake) and for the handshake response, in seconds.
     /// - Throws: `WebSocketError.upgradeRejected` carrying status, headers and body if the answer is not 101;
-    ///   `.handshakeFailed` if the 101 is invalid; `.timeout`, `.connectionClosed`, `.system`.
+    ///   `.handshakeFailed` if the 101 is invalid; `.tls` if TLS fails (e.g. `certificate verify failed: …`);
+    ///   `.timeout`, `.connectionClosed`, `.system`.
     public static func connect(host: String = "127.0.0.1", port: Int, path: String = "/",
                                subprotocols: [String], headers: [(String, String)] = [],
-                               sourceAddress: String? = nil, timeout: Double = 5) throws -> WebSocketClient {
+                               sourceAddress: String? = nil, tls: TLSOptions? = nil,
+                               timeout: Double = 5) throws -> WebSocketClient {
         let deadline = Deadline(seconds: timeout)
-        let socket = try BlockingTCPSocket(host: host, port: port, sourceAddress: sourceAddress, timeout: timeout)
+        let socket = try ByteStreams.connect(host: host, port: port, sourceAddress: sourceAddress, tls: tls,
+                                             timeout: timeout)
         var key = WebSocketHandshake.randomKey()
         let hostHeader = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         var defaults: [(String, String)] = [
@@ -201,7 +205,7 @@ public final class WebSocketClient: @unchecked Sendable {
         }
     }
 
-    /// Closes the TCP connection abruptly, without a closing handshake.
+    /// Closes the TCP connection abruptly, without a closing handshake (over TLS, after a close_notify).
     public func disconnect() {
         socket.close()
     }

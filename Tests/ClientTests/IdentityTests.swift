@@ -124,7 +124,9 @@ import Testing
         #expect(url.host == "127.0.0.1" && url.port == 8080 && url.basePath == "")
         #expect(try BrokerURL("ws://example.com/").port == 80)
         #expect(try BrokerURL("http://[::1]:9000").host == "::1")
-        #expect(throws: AgentChatError.self) { try BrokerURL("https://example.com") }
+        #expect(try BrokerURL("https://example.com").port == 443)
+        #expect(throws: AgentChatError(code: AgentChatError.Codes.unsupportedScheme, category: .invalidArgument,
+                                       message: "")) { try BrokerURL("gopher://example.com") }
         #expect(throws: AgentChatError.self) { try BrokerURL("not a url") }
     }
 }

@@ -94,6 +94,7 @@ func runCLI(_ arguments: [String], environment: [String: String] = [:]) async th
         var env = ProcessInfo.processInfo.environment
         env.removeValue(forKey: "AGENTCHAT_SERVER")
         env.removeValue(forKey: "AGENTCHAT_IDENTITY")
+        env.removeValue(forKey: "AGENTCHAT_CA_FILE")
         for (key, value) in environment { env[key] = value }
         process.environment = env
         process.standardOutput = FileHandle(forWritingAtPath: outPath)

@@ -335,19 +335,24 @@ public enum BrokerProcessError: Error, Sendable, CustomStringConvertible {
 }
 
 /// Test fixture: runs `agentchat-broker --host 127.0.0.1 --port 0 --data-dir <dir> --log-level <level> <extra>`,
-/// waits for `AgentChat broker listening on http://127.0.0.1:<PORT>` on stdout and exposes the port and
-/// the collected output. The process is SIGKILLed on `stop()`/`deinit` if still running; a data directory
+/// waits for `AgentChat broker listening on http://127.0.0.1:<PORT>` (`https://` when started with `--tls-cert`) on
+/// stdout and exposes the port and the collected output. The process is SIGKILLed on `stop()`/`deinit` if still running; a data directory
 /// created by the fixture is removed then too.
 public final class BrokerProcess: @unchecked Sendable {
     public static let readyMarker = "AgentChat broker listening on http://"
+    /// The listening line of a broker serving TLS.
+    public static let tlsReadyMarker = "AgentChat broker listening on https://"
 
     public let process: ChildProcess
     public let host = "127.0.0.1"
     public let port: Int
     public let dataDirectory: String
     private let ownsDataDirectory: Bool
+    /// Whether the broker serves TLS (its listening line says `https://`).
+    public let isTLS: Bool
 
-    public var baseURL: String { "http://\(host):\(port)" }
+    /// `http://127.0.0.1:PORT`, or `https://…` when the broker serves TLS.
+    public var baseURL: String { "\(isTLS ? "https" : "http")://\(host):\(port)" }
     public var pid: pid_t { process.pid }
     public var stdout: String { process.stdout }
     public var stderr: String { process.stderr }
@@ -382,13 +387,14 @@ public final class BrokerProcess: @unchecked Sendable {
         do {
             let line = try process.waitForLine(in: .stdout, timeout: startupTimeout,
                                                description: "the broker's listening line") {
-                $0.contains(Self.readyMarker)
+                $0.contains(Self.readyMarker) || $0.contains(Self.tlsReadyMarker)
             }
             guard let port = Self.parsePort(fromReadyLine: line) else {
                 throw BrokerProcessError.startupFailed("cannot parse a port from: \(line)", stdout: process.stdout,
                                                        stderr: process.stderr)
             }
             self.port = port
+            isTLS = line.contains(Self.tlsReadyMarker)
         } catch {
             process.stop()
             if ownsDataDirectory { try? FileManager.default.removeItem(atPath: self.dataDirectory) }
@@ -415,9 +421,9 @@ public final class BrokerProcess: @unchecked Sendable {
 
     deinit { stop() }
 
-    /// `AgentChat broker listening on http://127.0.0.1:8080` (possibly with a log prefix) → 8080.
+    /// `AgentChat broker listening on http://127.0.0.1:8080` (or `https://`, possibly with a log prefix) → 8080.
     public static func parsePort(fromReadyLine line: String) -> Int? {
-        guard let range = line.range(of: readyMarker) else { return nil }
+        guard let range = line.range(of: readyMarker) ?? line.range(of: tlsReadyMarker) else { return nil }
         let authority = line[range.upperBound...].prefix { !$0.isWhitespace && $0 != "/" }
         guard let colon = authority.lastIndex(of: ":") else { return nil }
         let digits = authority[authority.index(after: colon)...]

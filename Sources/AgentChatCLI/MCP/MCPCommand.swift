@@ -50,7 +50,7 @@ struct MCPCommand: AsyncParsableCommand {
         let client = try await options.run { () async throws(AgentChatError) -> AgentChatClient in
             let identity = try AgentIdentity.load(from: path)
             let policies = try PeekPolicyFile.load(forIdentity: path)
-            var configuration = AgentChatClient.Configuration()
+            var configuration = options.clientConfiguration
             configuration.autoReconnect = true
             let client = try AgentChatClient(identity: identity, server: server, configuration: configuration)
             await policies.apply(to: client)
