@@ -24,9 +24,11 @@ package final class ChannelStore: ChannelStoring {
     package let replication: Replication
     /// Appends of this loop turn, sent together when it ends (`flushAppends`).
     private var pendingAppends: [PendingAppend] = []
-    /// Fires at the end of the loop turn in which an append arrived (a zero-delay libuv timer runs before the loop
-    /// next polls, so the call goes out in the same write as it would have without batching).
-    private var appendFlush: LoopTimer?
+    /// Fires at the end of the loop turn in which an append arrived (after the turn's I/O, before the loop waits
+    /// again), so the call goes out in the same write as the appends would have without batching.
+    private var appendFlush: TurnEnd?
+    /// `channel_append` calls sent and not yet answered.
+    private var appendCallsInFlight = 0
 
     package init(redis: RedisClient, limits: ChannelLimits = ChannelLimits(), replication: Replication = Replication()) {
         self.redis = redis
@@ -326,7 +328,7 @@ package final class ChannelStore: ChannelStoring {
     ///
     /// The append waits for the end of the loop turn (or for the next other command of this store, which keeps
     /// the order of one client's requests) and goes to Redis in one `channel_append` call with the turn's other
-    /// appends. On a Redis Cluster each append is its own call: one call's keys must share a slot.
+    /// appends; on a Redis Cluster, with those of its hash slot (one call's keys must share a slot).
     package func append(_ message: MessageSend, sender: DID, suffix: [UInt8], now: Int64,
                         completion: @escaping StoreCompletion<AppendOutcome>)
     {
@@ -358,11 +360,13 @@ package final class ChannelStore: ChannelStoring {
                 }
             }
         }
-        if redis.isCluster { return runAppends([pending]) }
+        // Nothing on its way: go at once, as an append did before batching (the latency of a lone message, and
+        // the loop's rhythm, stay as they were). Otherwise wait for the end of the turn and go with the others.
+        if appendCallsInFlight == 0, pendingAppends.isEmpty { return runAppends([pending]) }
         pendingAppends.append(pending)
         if pendingAppends.count >= Self.appendsPerCall { return flushAppends() }
-        if appendFlush == nil { appendFlush = LoopTimer(loop: redis.loop) { [weak self] in self?.flushAppends() } }
-        if appendFlush?.isActive == false { appendFlush?.start(after: 0) }
+        if appendFlush == nil { appendFlush = TurnEnd(loop: redis.loop) { [weak self] in self?.flushAppends() } }
+        appendFlush?.schedule()
     }
 
     /// An append waiting for `flushAppends`: its five keys, its five arguments, and what to do with its reply.
@@ -380,19 +384,30 @@ package final class ChannelStore: ChannelStoring {
         guard !pendingAppends.isEmpty else { return }
         let batch = pendingAppends
         pendingAppends = []
-        appendFlush?.stop()
-        runAppends(batch)
+        appendFlush?.cancel()
+        guard redis.isCluster else { return runAppends(batch) }
+        // One call per hash slot (a call's keys must share one), in the order of each slot's first append.
+        var slots: [Int] = []
+        var bySlot: [Int: [PendingAppend]] = [:]
+        for pending in batch {
+            let slot = RedisClusterSlot.of(pending.keys[0].bytes)
+            if bySlot[slot] == nil { slots.append(slot) }
+            bySlot[slot, default: []].append(pending)
+        }
+        for slot in slots { runAppends(bySlot[slot]!) }
     }
 
     /// Runs `channel_append` for `batch` and hands each append its own reply. A failed call fails every append in
     /// it: their clients retry with the same client message ids, and those already stored are answered as
     /// duplicates with their offsets.
     private func runAppends(_ batch: [PendingAppend]) {
+        appendCallsInFlight += 1
         let arguments: [RedisArgument] = [RedisArgument(MessageItem.prefix), RedisArgument(limits.historyMaxCount),
                                           RedisArgument(limits.historyMaxAgeMilliseconds),
                                           RedisArgument(limits.dedupWindowMilliseconds)]
         redis.scripts.call(Self.append.name, keys: batch.flatMap(\.keys),
-                           arguments: arguments + batch.flatMap(\.arguments)) { result in
+                           arguments: arguments + batch.flatMap(\.arguments)) { [weak self] result in
+            self?.appendCallsInFlight -= 1
             switch result.unavailableOnFailure {
             case .success(let value):
                 guard let replies = value.array, replies.count == batch.count else {
