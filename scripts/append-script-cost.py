@@ -7,7 +7,7 @@ revisions on a noisy machine: instruction counts do not depend on what else the 
 For each git revision (default: the working tree), the `channel_append` script is read out of
 Sources/Persistence/ChannelStore.swift, and redis-server runs under `valgrind --tool=callgrind` twice: once idle
 and once serving COUNT appends (pipelined, 100 calls at a time, one channel with 10 members, 256-byte payloads as the
-load test sends them). A script that takes several appends per call (the layout since batching) is measured with
+load test sends them). A script that takes several appends per call (the batching layout of 4f884b2) is measured with
 1, 4 and 16 per call (--per-call). The difference divided by COUNT is printed, with the same for two references: the script
 reduced to `return`, and the five commands of the hot path sent as plain pipelined commands (no script). Redis's
 own timers run during both runs, so the figures vary by about 1% between runs.

@@ -1,5 +1,4 @@
 import AgentChatCore
-import AgentChatLoop
 import AgentChatProtocol
 import AgentChatRedis
 
@@ -22,13 +21,6 @@ package final class ChannelStore: ChannelStoring {
     private let redis: RedisClient
     package let limits: ChannelLimits
     package let replication: Replication
-    /// Appends of this loop turn, sent together when it ends (`flushAppends`).
-    private var pendingAppends: [PendingAppend] = []
-    /// Fires at the end of the loop turn in which an append arrived (after the turn's I/O, before the loop waits
-    /// again), so the call goes out in the same write as the appends would have without batching.
-    private var appendFlush: TurnEnd?
-    /// `channel_append` calls sent and not yet answered.
-    private var appendCallsInFlight = 0
 
     package init(redis: RedisClient, limits: ChannelLimits = ChannelLimits(), replication: Replication = Replication()) {
         self.redis = redis
@@ -39,10 +31,6 @@ package final class ChannelStore: ChannelStoring {
         {
             redis.scripts.register(script)
         }
-    }
-
-    deinit {
-        for pending in pendingAppends { pending.completion(.failure(.unavailable)) }
     }
 
     // MARK: Scripts
@@ -131,15 +119,10 @@ package final class ChannelStore: ChannelStoring {
         return {'ok', epoch}
         """)
 
-    /// Appends one or more messages, each as its own step (a refusal or a failed `XADD` affects only its message).
-    /// KEYS, five per message: meta, members, log, dedup, rate. ARGV: item prefix, max count, max age ms, dedup
-    /// window ms, then five per message: sender, epoch, item suffix, now, feed channel. Stores, trims, remembers the
-    /// client id, counts activity (listed channels only: the count feeds the public indicators), publishes.
-    /// Answers one reply per message: `{'ok', offset, listed}`, `{'duplicate', offset}`, a refusal, or
-    /// `{'failed', error}`.
-    ///
-    /// The broker sends a loop turn's appends in one call (`flushAppends`): calling a script has a fixed cost in
-    /// Redis (reading the command, setting up `KEYS`/`ARGV`, the reply) that a batch pays once.
+    /// KEYS: meta, members, log, dedup, rate. ARGV: sender, epoch, item prefix, item suffix, now, max count,
+    /// oldest allowed ms, dedup window ms, feed channel. Stores, trims, remembers the client id, counts activity
+    /// (listed channels only: the count feeds the public indicators), publishes. Answers the offset and whether the
+    /// channel is listed.
     ///
     /// The hot path (every message), measured in instructions under callgrind (docs/BENCHMARKS.md): one `HMGET` of
     /// the meta hash; epochs compared as the decimal strings both sides write; the offset formatted once; the
@@ -149,55 +132,48 @@ package final class ChannelStore: ChannelStoring {
     /// oldest kept entry (entries only ever leave from the front), so the log is looked at for the age trim only
     /// once that bound is older than the limit; the activity counter's expiry is set once per second.
     static let append = RedisScript(name: "channel_append", source: """
-        local prefix, maxCount, maxAge, window = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-        local function append(k, a)
-          if redis.call('SISMEMBER', KEYS[k + 2], ARGV[a]) == 0 then return {'not_member'} end
-          local meta = redis.call('HMGET', KEYS[k + 1], 'epoch', 'keyedEpoch', 'listed', 'oldestAt', 'seq')
-          if ARGV[a + 1] ~= meta[1] or meta[2] ~= meta[1] then return {'stale_epoch', tonumber(meta[1])} end
-          local offset = tostring((tonumber(meta[5]) or 0) + 1)
-          local existing = redis.call('SET', KEYS[k + 4], offset, 'NX', 'GET', 'PX', window)
-          if existing then return {'duplicate', tonumber(existing)} end
-          local item = prefix .. offset .. ARGV[a + 2]
-          local now = ARGV[a + 3]
-          local added = redis.pcall('XADD', KEYS[k + 3], 'MAXLEN', maxCount, '0-' .. offset, 'm', item, 't', now)
-          if type(added) == 'table' and added.err then
-            redis.call('DEL', KEYS[k + 4])
-            return {'failed', added.err}
-          end
-          local oldest = tonumber(now) - maxAge
-          local oldestAt = tonumber(meta[4])
-          if oldestAt == nil or oldestAt < oldest then
-            -- Age trim: drop at most 100 entries a call, then remember the time of the oldest one kept.
-            oldestAt = tonumber(now)
-            for _ = 1, 100 do
-              local first = redis.call('XRANGE', KEYS[k + 3], '-', '+', 'COUNT', 1)[1]
-              if first == nil then break end
-              oldestAt = tonumber(first[2][4])
-              if oldestAt >= oldest then break end
-              redis.call('XDEL', KEYS[k + 3], first[1])
-            end
-            redis.call('HSET', KEYS[k + 1], 'seq', offset, 'lastActivity', now, 'oldestAt', oldestAt)
-          else
-            redis.call('HSET', KEYS[k + 1], 'seq', offset, 'lastActivity', now)
-          end
-          local listed = meta[3] == '1'
-          if listed and redis.call('HINCRBY', KEYS[k + 5], math.floor(tonumber(now) / 1000), 1) == 1 then
-            redis.call('PEXPIRE', KEYS[k + 5], 120000)
-          end
-          redis.call('PUBLISH', ARGV[a + 4], item)
-          return {'ok', tonumber(offset), listed and 1 or 0}
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
+        local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch', 'listed', 'oldestAt', 'seq')
+        if ARGV[2] ~= meta[1] or meta[2] ~= meta[1] then return {'stale_epoch', tonumber(meta[1])} end
+        local offset = tostring((tonumber(meta[5]) or 0) + 1)
+        local existing = redis.call('SET', KEYS[4], offset, 'NX', 'GET', 'PX', ARGV[8])
+        if existing then return {'duplicate', tonumber(existing)} end
+        local item = ARGV[3] .. offset .. ARGV[4]
+        local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', ARGV[6], '0-' .. offset, 'm', item, 't', ARGV[5])
+        if type(added) == 'table' and added.err then
+          redis.call('DEL', KEYS[4])
+          return added
         end
-        local replies = {}
-        for m = 0, #KEYS / 5 - 1 do replies[m + 1] = append(m * 5, 5 + m * 5) end
-        return replies
+        local oldestAt = tonumber(meta[4])
+        if oldestAt == nil or oldestAt < tonumber(ARGV[7]) then
+          -- Age trim: drop at most 100 entries a call, then remember the time of the oldest one kept.
+          local oldest = tonumber(ARGV[7])
+          oldestAt = tonumber(ARGV[5])
+          for _ = 1, 100 do
+            local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
+            if first == nil then break end
+            oldestAt = tonumber(first[2][4])
+            if oldestAt >= oldest then break end
+            redis.call('XDEL', KEYS[3], first[1])
+          end
+          redis.call('HSET', KEYS[1], 'seq', offset, 'lastActivity', ARGV[5], 'oldestAt', oldestAt)
+        else
+          redis.call('HSET', KEYS[1], 'seq', offset, 'lastActivity', ARGV[5])
+        end
+        local listed = meta[3] == '1'
+        if listed and redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[5]) / 1000), 1) == 1 then
+          redis.call('PEXPIRE', KEYS[5], 120000)
+        end
+        redis.call('PUBLISH', ARGV[9], item)
+        return {'ok', tonumber(offset), listed and 1 or 0}
         """)
 
     /// `append` for a Redis Cluster, under the same name: the item goes out with `SPUBLISH` (the feed is a sharded
     /// channel in the channel's slot, which Redis allows a script to publish to).
     static let shardedAppend = RedisScript(
         name: append.name,
-        source: append.source.replacing("redis.call('PUBLISH', ARGV[a + 4], item)",
-                                           with: "redis.call('SPUBLISH', ARGV[a + 4], item)"))
+        source: append.source.replacing("redis.call('PUBLISH', ARGV[9], item)",
+                                           with: "redis.call('SPUBLISH', ARGV[9], item)"))
 
     /// KEYS: meta, members, log. ARGV: did. Membership, epochs, latest and first retained offsets.
     static let state = RedisScript(name: "channel_state", source: """
@@ -313,7 +289,7 @@ package final class ChannelStore: ChannelStoring {
 
     /// The envelopes of one epoch: sender, signature, recipient → envelope. Nil when none were published.
     package func keys(_ id: ChannelID, epoch: Int64, completion: @escaping StoreCompletion<StoredKeys?>) {
-        send(["HGETALL", RedisKeys.keys(id, epoch: epoch)]) { result in
+        redis.send(["HGETALL", RedisKeys.keys(id, epoch: epoch)]) { result in
             completion(result.unavailableOnFailure.map { value in
                 var fields = value.stringPairs
                 guard let sender = fields.removeValue(forKey: "_sender"),
@@ -325,19 +301,17 @@ package final class ChannelStore: ChannelStoring {
     }
 
     /// Stores a message and publishes it, in one step. `suffix` is `MessageItem.suffix(...)`.
-    ///
-    /// The append waits for the end of the loop turn (or for the next other command of this store, which keeps
-    /// the order of one client's requests) and goes to Redis in one `channel_append` call with the turn's other
-    /// appends; on a Redis Cluster, with those of its hash slot (one call's keys must share a slot).
     package func append(_ message: MessageSend, sender: DID, suffix: [UInt8], now: Int64,
                         completion: @escaping StoreCompletion<AppendOutcome>)
     {
         let id = message.channel
-        let pending = PendingAppend(
+        run(Self.append,
             keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.log(id),
                    RedisKeys.dedup(id, sender: sender, clientMessageID: message.clientMessageID), RedisKeys.rate(id)],
-            arguments: [RedisArgument(sender.description), RedisArgument(message.epoch), RedisArgument(suffix),
-                        RedisArgument(now), RedisKeys.feed(id)]
+            arguments: [RedisArgument(sender.description), RedisArgument(message.epoch),
+                        RedisArgument(MessageItem.prefix), RedisArgument(suffix), RedisArgument(now),
+                        RedisArgument(limits.historyMaxCount), RedisArgument(now - limits.historyMaxAgeMilliseconds),
+                        RedisArgument(limits.dedupWindowMilliseconds), RedisKeys.feed(id)]
         ) { [redis, replication] result in
             let outcome: StoreResult<AppendOutcome> = result.flatMap { reply in
                 switch reply.status {
@@ -345,7 +319,6 @@ package final class ChannelStore: ChannelStoring {
                     reply.int(1).map { .success(.stored(offset: $0, listed: reply.flag)) } ?? .failure(.unavailable)
                 case "duplicate":
                     reply.int(1).map { .success(.duplicate(offset: $0)) } ?? .failure(.unavailable)
-                case "failed": .failure(.unavailable)
                 default: .failure(reply.refusal)
                 }
             }
@@ -358,65 +331,6 @@ package final class ChannelStore: ChannelStoring {
                 case .success: completion(.failure(.notReplicated(replicas: replication.replicas)))
                 case .failure: completion(.failure(.unavailable))
                 }
-            }
-        }
-        // Nothing on its way: go at once, as an append did before batching (the latency of a lone message, and
-        // the loop's rhythm, stay as they were). Otherwise wait for the end of the turn and go with the others.
-        if appendCallsInFlight == 0, pendingAppends.isEmpty { return runAppends([pending]) }
-        pendingAppends.append(pending)
-        if pendingAppends.count >= Self.appendsPerCall { return flushAppends() }
-        if appendFlush == nil { appendFlush = TurnEnd(loop: redis.loop) { [weak self] in self?.flushAppends() } }
-        appendFlush?.schedule()
-    }
-
-    /// An append waiting for `flushAppends`: its five keys, its five arguments, and what to do with its reply.
-    private struct PendingAppend {
-        let keys: [RedisArgument]
-        let arguments: [RedisArgument]
-        let completion: (StoreResult<ScriptReply>) -> Void
-    }
-
-    /// The most appends in one call: Redis runs a script without serving anything else, so a call stays short.
-    static let appendsPerCall = 32
-
-    /// Sends the appends waiting since the loop turn began, in one call.
-    private func flushAppends() {
-        guard !pendingAppends.isEmpty else { return }
-        let batch = pendingAppends
-        pendingAppends = []
-        appendFlush?.cancel()
-        guard redis.isCluster else { return runAppends(batch) }
-        // One call per hash slot (a call's keys must share one), in the order of each slot's first append.
-        var slots: [Int] = []
-        var bySlot: [Int: [PendingAppend]] = [:]
-        for pending in batch {
-            let slot = RedisClusterSlot.of(pending.keys[0].bytes)
-            if bySlot[slot] == nil { slots.append(slot) }
-            bySlot[slot, default: []].append(pending)
-        }
-        for slot in slots { runAppends(bySlot[slot]!) }
-    }
-
-    /// Runs `channel_append` for `batch` and hands each append its own reply. A failed call fails every append in
-    /// it: their clients retry with the same client message ids, and those already stored are answered as
-    /// duplicates with their offsets.
-    private func runAppends(_ batch: [PendingAppend]) {
-        appendCallsInFlight += 1
-        let arguments: [RedisArgument] = [RedisArgument(MessageItem.prefix), RedisArgument(limits.historyMaxCount),
-                                          RedisArgument(limits.historyMaxAgeMilliseconds),
-                                          RedisArgument(limits.dedupWindowMilliseconds)]
-        redis.scripts.call(Self.append.name, keys: batch.flatMap(\.keys),
-                           arguments: arguments + batch.flatMap(\.arguments)) { [weak self] result in
-            self?.appendCallsInFlight -= 1
-            switch result.unavailableOnFailure {
-            case .success(let value):
-                guard let replies = value.array, replies.count == batch.count else {
-                    for pending in batch { pending.completion(.failure(.unavailable)) }
-                    return
-                }
-                for (pending, reply) in zip(batch, replies) { pending.completion(.success(ScriptReply(reply))) }
-            case .failure(let failure):
-                for pending in batch { pending.completion(.failure(failure)) }
             }
         }
     }
@@ -438,7 +352,7 @@ package final class ChannelStore: ChannelStoring {
 
     /// Stored items with offsets after `after` (oldest first), at most `count`.
     package func range(_ id: ChannelID, after: Int64, count: Int, completion: @escaping StoreCompletion<[ChannelItem]>) {
-        send(["XRANGE", RedisKeys.log(id), RedisArgument("0-\(after + 1)"), "+", "COUNT", RedisArgument(count)]) {
+        redis.send(["XRANGE", RedisKeys.log(id), RedisArgument("0-\(after + 1)"), "+", "COUNT", RedisArgument(count)]) {
             result in
             completion(result.unavailableOnFailure.map(Self.items))
         }
@@ -449,7 +363,7 @@ package final class ChannelStore: ChannelStoring {
                               completion: @escaping StoreCompletion<[ChannelItem]>)
     {
         let end: RedisArgument = before.map { RedisArgument("0-\(max(0, $0 - 1))") } ?? "+"
-        send(["XREVRANGE", RedisKeys.log(id), end, "-", "COUNT", RedisArgument(count)]) { result in
+        redis.send(["XREVRANGE", RedisKeys.log(id), end, "-", "COUNT", RedisArgument(count)]) { result in
             completion(result.unavailableOnFailure.map(Self.items))
         }
     }
@@ -458,10 +372,10 @@ package final class ChannelStore: ChannelStoring {
     /// the ones the scripts above write.
     package func record(_ id: ChannelID, completion: @escaping StoreCompletion<ChannelRecord?>) {
         var meta: RedisValue?
-        send(["HGETALL", RedisKeys.channel(id)]) { result in
+        redis.send(["HGETALL", RedisKeys.channel(id)]) { result in
             if case .success(let value) = result { meta = value }
         }
-        send(["SMEMBERS", RedisKeys.members(id)]) { result in
+        redis.send(["SMEMBERS", RedisKeys.members(id)]) { result in
             completion(result.unavailableOnFailure.map { membersValue in
                 guard let fields = meta?.stringPairs, !fields.isEmpty,
                     let owner = fields["owner"].flatMap(DID.init(parsing:))
@@ -478,7 +392,7 @@ package final class ChannelStore: ChannelStoring {
 
     /// The channels in an agent's index.
     package func channels(of did: DID, completion: @escaping StoreCompletion<[ChannelID]>) {
-        send(["SMEMBERS", RedisKeys.agentChannels(did)]) { result in
+        redis.send(["SMEMBERS", RedisKeys.agentChannels(did)]) { result in
             completion(result.unavailableOnFailure.map { value in
                 (value.array ?? []).compactMap { $0.bytes }.compactMap { ChannelID(String(decoding: $0, as: UTF8.self)) }
                     .sorted { $0.rawValue < $1.rawValue }
@@ -530,21 +444,13 @@ package final class ChannelStore: ChannelStoring {
     // MARK: Helpers
 
     private func indexMembership(_ id: ChannelID, add: [DID] = [], remove: DID? = nil) {
-        for did in add { send(["SADD", RedisKeys.agentChannels(did), RedisArgument(id.rawValue)]) { _ in } }
-        if let remove { send(["SREM", RedisKeys.agentChannels(remove), RedisArgument(id.rawValue)]) { _ in } }
-    }
-
-    /// Sends a command, after the appends waiting for the end of the turn (so that one client's requests reach
-    /// Redis in the order they came).
-    private func send(_ arguments: [RedisArgument], completion: @escaping (Result<RedisValue, RedisError>) -> Void) {
-        flushAppends()
-        redis.send(arguments, completion: completion)
+        for did in add { redis.send(["SADD", RedisKeys.agentChannels(did), RedisArgument(id.rawValue)]) { _ in } }
+        if let remove { redis.send(["SREM", RedisKeys.agentChannels(remove), RedisArgument(id.rawValue)]) { _ in } }
     }
 
     private func run(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument],
                      completion: @escaping StoreCompletion<ScriptReply>)
     {
-        flushAppends()
         redis.scripts.call(script.name, keys: keys, arguments: arguments) { result in
             completion(result.unavailableOnFailure.map(ScriptReply.init))
         }

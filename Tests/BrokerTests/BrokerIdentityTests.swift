@@ -146,8 +146,9 @@ func independentDID(_ signingKey: [UInt8]) -> String {
             + (FileManager.default.contentsOfDirectory(atPath: fixture.broker.dataDirectory + "/keys").first ?? ""),
             encoding: .utf8)
         let seed = try #require(JSONParser.parse(signingSeed)["seed"]?.stringValue)
+        // The log line may reach the pipe after the welcome reached us: wait for it, then read everything.
+        _ = try fixture.broker.waitForOutput(containing: "agent authenticated", timeout: 20)
         let logs = fixture.broker.combinedOutput
-        #expect(logs.contains("agent authenticated"))
         #expect(!logs.contains(token) && !logs.contains(String(token.split(separator: ".")[2])))
         #expect(!logs.contains(seed))
     }
