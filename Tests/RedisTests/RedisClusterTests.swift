@@ -184,6 +184,53 @@ import TestSupport
         #expect(try cluster.cli(to, ["GET", "agentchat:ch:{split}:a"]) == "3")  // three calls, each INCRs it
     }
 
+    /// A master crashes (SIGKILL) and the cluster promotes its replica: the same client finds the new master of
+    /// those slots by itself (the dead node's connection fails, the slot map is read again), reads every key the old
+    /// master had replicated, writes and runs scripts there, and is healthy again.
+    @Test func followsAFailoverToThePromotedReplica() async throws {
+        let cluster = try RedisClusterGroup()
+        defer { cluster.stop() }
+        let victim = cluster.ports[0]
+        let replica = try cluster.addReplica(of: victim)
+        let loop = EventLoop.startThread()
+        let client = try await makeClient(loop, cluster)
+        defer { shutDown(loop, closing: [client]) }
+
+        let keys = (0..<300).map { "agentchat:ch:{c\($0)}:meta" }
+            .filter { cluster.owner(of: RedisClusterSlot.of($0)) == victim }
+        #expect(keys.count > 50, "\(keys.count) of 300 keys on the first master")
+        for (index, key) in keys.enumerated() {
+            #expect(try await send(client, ["SET", RedisArgument(key), RedisArgument(index)]) == .status("OK"))
+        }
+        let replicated = keys.count
+        try await eventually("the replica has every key", on: loop, timeout: .seconds(30)) {
+            (try? cluster.cli(replica, ["DBSIZE"])) == "\(replicated)"
+        }
+
+        cluster.kill(victim)
+        try cluster.waitUntilMaster(replica, timeout: 60)
+        // Until the client has learnt the new map, commands may fail; each key is read once it answers.
+        var values: [String: RedisValue] = [:]
+        let deadline = ContinuousClock.now + .seconds(60)
+        for key in keys {
+            while values[key] == nil, ContinuousClock.now < deadline {
+                if let value = try? await send(client, ["GET", RedisArgument(key)]) {
+                    values[key] = value
+                } else {
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
+        }
+        for (index, key) in keys.enumerated() {
+            #expect(values[key] == .bulk(Array("\(index)".utf8)), "\(key)")
+        }
+        #expect(cluster.owner(of: RedisClusterSlot.of(keys[0]), askingPort: cluster.ports[1]) == replica)
+        #expect(try await send(client, ["SET", RedisArgument(keys[0]), "after"]) == .status("OK"))
+        let scripted = [RedisArgument("agentchat:ch:{c0}:a"), RedisArgument("agentchat:ch:{c0}:b")]
+        #expect(try await call(client, keys: scripted, by: 5) == .integer(5))
+        try await eventually("healthy after the failover", on: loop, timeout: .seconds(30)) { client.value.isHealthy }
+    }
+
     @Test func credentialsApplyToEveryMaster() async throws {
         let password = "cluster-\(UUID().uuidString.prefix(8))"
         let cluster = try RedisClusterGroup(password: password)

@@ -1,9 +1,9 @@
 import AgentChatRedis
 import Foundation
 
-/// A Redis Cluster of three masters (no replicas) on loopback, real `redis-server --cluster-enabled yes` processes
-/// joined with `redis-cli --cluster create`; waits until every node says `cluster_state:ok`. `stop()` ends them
-/// and removes their directory.
+/// A Redis Cluster of three masters on loopback, real `redis-server --cluster-enabled yes` processes joined with
+/// `redis-cli --cluster create`; waits until every node says `cluster_state:ok`. Replicas are added on demand
+/// (`addReplica`). `stop()` ends them all and removes their directory.
 public final class RedisClusterGroup: @unchecked Sendable {
     public let directory: String
     public let ports: [Int]
@@ -104,6 +104,38 @@ public final class RedisClusterGroup: @unchecked Sendable {
         _ = try cli(from, ["CLUSTER", "SETSLOT", "\(slot)", "NODE", toID])
         for port in ports where port != from && port != to {
             _ = try cli(port, ["CLUSTER", "SETSLOT", "\(slot)", "NODE", toID])
+        }
+    }
+
+    /// Starts one more node and joins it as a replica of the master on `masterPort` (`redis-cli --cluster add-node
+    /// --cluster-slave`); waits until its link to the master is up. Answers its port.
+    public func addReplica(of masterPort: Int) throws -> Int {
+        var port = 0
+        while port == 0 || port >= 55_000 || ports.contains(port) || lock.withLock({ servers[port] != nil }) {
+            port = try EmbeddedRedis.freeLoopbackPort()
+        }
+        try startServer(port)
+        let added = try run(["redis-cli", "--no-auth-warning"] + (password.map { ["-a", $0] } ?? [])
+            + ["--cluster", "add-node", "127.0.0.1:\(port)", "127.0.0.1:\(masterPort)", "--cluster-slave",
+               "--cluster-master-id", try nodeID(masterPort)])
+        guard added.contains("New node added correctly") else {
+            throw RedisClusterGroupError.failed("redis-cli --cluster add-node: \(added.suffix(400))")
+        }
+        try waitUntil("the replica on \(port) linked to \(masterPort)", timeout: 30) {
+            ((try? self.cli(port, ["INFO", "replication"])) ?? "").contains("master_link_status:up")
+        }
+        return port
+    }
+
+    /// SIGKILLs the node on `port` (a crash: no shutdown, no failover handshake).
+    public func kill(_ port: Int) {
+        lock.withLock { servers[port] }?.kill()
+    }
+
+    /// Waits until the node on `port` is a master (`ROLE`), e.g. a replica promoted by a failover.
+    public func waitUntilMaster(_ port: Int, timeout: Double) throws {
+        try waitUntil("the node on \(port) to become a master", timeout: timeout) {
+            ((try? self.cli(port, ["ROLE"])) ?? "").hasPrefix("master")
         }
     }
 
