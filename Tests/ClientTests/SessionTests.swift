@@ -91,13 +91,12 @@ import Testing
         }
         let (_, client) = try await registeredClient(broker)
         _ = try await client.connect()
-        let started = ContinuousClock.now
+        // The request fails as a protocol violation (not by running into its timeout, which is a network error).
         let error = await #expect(throws: AgentChatError.self) {
             try await client.describe(channel: ChannelID(randomBytes: SecureRandom.bytes(16)))
         }
         #expect(error?.category == .protocolViolation)
         #expect(error?.message.contains("bad_frame") == true)
-        #expect(ContinuousClock.now - started < .seconds(4))  // not the 5 s request timeout
         #expect(try await client.ping().brokerTime > 0)
         await client.close()
     }

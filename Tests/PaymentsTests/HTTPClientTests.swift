@@ -102,7 +102,9 @@ import Testing
         #expect(await harness.send(.init(method: .get, url: server.baseURL + "/", timeoutSeconds: 0.5)).failure
             == .timedOut(seconds: 0.5))
         let waited = ContinuousClock.now - started
-        #expect(waited >= .milliseconds(500) && waited < .seconds(2), "\(waited)")
+        // Not before the deadline; and not the server's answer either, which comes at 3 s (`.timedOut` above already
+        // says so: no bound on how late a loaded machine runs the timer is asserted).
+        #expect(waited >= .milliseconds(500), "\(waited)")
         // The client goes on with other requests (the scripted 200).
         #expect(try await harness.send(.init(method: .get, url: server.baseURL + "/")).get().status == 200)
 

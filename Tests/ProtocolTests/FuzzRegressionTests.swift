@@ -12,17 +12,15 @@ import Testing
     }
 
     /// A DID arrives as an unbounded JSON object key (`channel.keys` envelopes) and base58 decoding is quadratic:
-    /// a 60 KB would-be DID held the event loop for seconds, before login. It is now refused on length alone.
+    /// a 60 KB would-be DID held the event loop for seconds, before login. It is now refused on length alone, so
+    /// even a 4 MB one is refused at once (decoding that one would take hours; no duration is asserted).
     @Test func overlongDIDIsRefusedWithoutDecodingIt() {
         let text = "did:agentchat:z" + String(repeating: "2", count: 60_000)
-        let clock = ContinuousClock()
-        let elapsed = clock.measure { #expect(DID(parsing: text) == nil) }
-        #expect(elapsed < .milliseconds(100), "took \(elapsed)")
+        #expect(DID(parsing: text) == nil)
+        #expect(DID(parsing: "did:agentchat:z" + String(repeating: "2", count: 4_000_000)) == nil)
 
         let frame = #"{"type":"channel.keys","channel":"ch_AAECAwQFBgcICQoLDA0ODw","epoch":1,"signature":"x","envelopes":{"\#(text)":"AA"}}"#
-        let started = clock.now
         #expect(refusal(frame)?.code == .invalidField)
-        #expect(clock.now - started < .milliseconds(500))
     }
 
     @Test func longestValidDIDStillParses() {
