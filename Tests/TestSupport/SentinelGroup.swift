@@ -66,6 +66,13 @@ public final class SentinelGroup: @unchecked Sendable {
         server?.stop()
     }
 
+    /// Starts the server on `port` again (after `kill`), as a replica of the master on `masterPort`: an old master
+    /// coming back after a failover, with the data it had (resynchronised from the new master).
+    public func restartAsReplica(_ port: Int, of masterPort: Int, password: String? = nil) throws {
+        let auth = password.map { ["requirepass \($0)", "masterauth \($0)"] } ?? []
+        try startServer(port, config: auth + ["replicaof 127.0.0.1 \(masterPort)"])
+    }
+
     /// The port of the master the sentinels name now.
     public func currentMasterPort() throws -> Int? {
         for port in sentinelPorts {
