@@ -100,22 +100,8 @@ import WebSocketClient
         }
         let elapsed = ContinuousClock.now - killedAt
 
-        var total = 0
-        for (index, channel) in channels.enumerated() {
-            let count = acknowledged[index].count
-            total += count
-            #expect(acknowledged[index].keys.sorted() == (1...Int64(count)).map { $0 })
-            let history = try await alice.history(channel: channel, limit: 500, after: 0)
-            #expect(history.map(\.offset) == (1...Int64(count)).map { $0 })
-            #expect(Dictionary(uniqueKeysWithValues: history.map { ($0.offset, $0.text ?? "") }) == acknowledged[index])
-            for collector in received[index] {
-                try await waitUntil("channel \(index): \(count) messages", timeout: 60) {
-                    collector.values.compactMap(\.message).count >= count
-                }
-                #expect(collector.values.compactMap(\.message).map(\.offset) == (1...Int64(count)).map { $0 })
-                collector.cancel()
-            }
-        }
+        let total = try await expectEveryChannelComplete(channels, acknowledged: acknowledged, received: received,
+                                                         reader: alice, timeout: 60)
         #expect(onVictim > 0, "some channels live on the master that dies")
         print("""
             redis-cluster failover figures: \(total) messages in \(Self.channels) channels (\(round) rounds), \

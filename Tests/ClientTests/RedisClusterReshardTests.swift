@@ -99,22 +99,8 @@ import WebSocketClient
         let movedChannels = zip(ownersBefore, ownersAfter).filter { $0 != $1 }.count
         #expect(movedChannels > 0, "some channels' slots moved")
 
-        var total = 0
-        for (index, channel) in channels.enumerated() {
-            let count = acknowledged[index].count
-            total += count
-            #expect(acknowledged[index].keys.sorted() == (1...Int64(count)).map { $0 })
-            let history = try await alice.history(channel: channel, limit: 500, after: 0)
-            #expect(history.map(\.offset) == (1...Int64(count)).map { $0 })
-            #expect(Dictionary(uniqueKeysWithValues: history.map { ($0.offset, $0.text ?? "") }) == acknowledged[index])
-            for collector in received[index] {
-                try await waitUntil("channel \(index): \(count) messages", timeout: 30) {
-                    collector.values.compactMap(\.message).count >= count
-                }
-                #expect(collector.values.compactMap(\.message).map(\.offset) == (1...Int64(count)).map { $0 })
-                collector.cancel()
-            }
-        }
+        let total = try await expectEveryChannelComplete(channels, acknowledged: acknowledged, received: received,
+                                                         reader: alice, timeout: 30)
         for agent in agents { #expect(await agent.channelStatistics.gapsRepaired == 0) }
         let feedMoves = brokers.map { $0.combinedOutput.components(separatedBy: "sharded subscription ended").count - 1 }
         print("""
@@ -132,4 +118,30 @@ private final class Flag: @unchecked Sendable {
     private var value = false
     func set() { lock.withLock { value = true } }
     var isSet: Bool { lock.withLock { value } }
+}
+
+/// The end of a many-channel run: in each channel the acknowledged offsets are 1…N, history holds exactly the
+/// acknowledged messages at their offsets, and every subscriber received each once, in order. Answers the number
+/// of messages in all.
+func expectEveryChannelComplete(_ channels: [ChannelID], acknowledged: [[Int64: String]],
+                                received: [[Collector<ChannelStreamEvent>]], reader: AgentChatClient,
+                                timeout: Double) async throws -> Int
+{
+    var total = 0
+    for (index, channel) in channels.enumerated() {
+        let count = acknowledged[index].count
+        total += count
+        #expect(acknowledged[index].keys.sorted() == (1...Int64(count)).map { $0 })
+        let history = try await reader.history(channel: channel, limit: 500, after: 0)
+        #expect(history.map(\.offset) == (1...Int64(count)).map { $0 })
+        #expect(Dictionary(uniqueKeysWithValues: history.map { ($0.offset, $0.text ?? "") }) == acknowledged[index])
+        for collector in received[index] {
+            try await waitUntil("channel \(index): \(count) messages", timeout: timeout) {
+                collector.values.compactMap(\.message).count >= count
+            }
+            #expect(collector.values.compactMap(\.message).map(\.offset) == (1...Int64(count)).map { $0 })
+            collector.cancel()
+        }
+    }
+    return total
 }
