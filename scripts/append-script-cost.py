@@ -21,10 +21,11 @@ CHANNEL = "agentchat:ch:{ch_FSIvPElWY3B9ipeksb7L2A}"
 def script_source(revision):
     path = "Sources/Persistence/ChannelStore.swift"
     text = open(path).read() if revision is None else subprocess.check_output(["git", "show", f"{revision}:{path}"], text=True)
-    match = re.search(r'static let append = RedisScript\(name: "channel_append", source: """\n(.*?)\n\s*"""\)', text, re.S)
+    # The source is a literal (older revisions) or built by appendScript(publish:) with PUBLISH or SPUBLISH.
+    match = re.search(r'RedisScript\(name: "channel_append", source: """\n(.*?)\n\s*"""\)', text, re.S)
     if not match:
         sys.exit(f"no channel_append script in {path} at {revision or 'the working tree'}")
-    return "\n".join(line.strip() for line in match.group(1).split("\n"))
+    return "\n".join(line.strip() for line in match.group(1).replace("\\(publish)", "PUBLISH").split("\n"))
 
 
 class Redis:

@@ -131,7 +131,15 @@ package final class ChannelStore: ChannelStoring {
     /// is in the log (a failed `XADD` leaves no gap). The meta field `oldestAt` is a lower bound on the time of the
     /// oldest kept entry (entries only ever leave from the front), so the log is looked at for the age trim only
     /// once that bound is older than the limit; the activity counter's expiry is set once per second.
-    static let append = RedisScript(name: "channel_append", source: """
+    static let append = appendScript(publish: "PUBLISH")
+
+    /// `append` for a Redis Cluster, under the same name: the item goes out with `SPUBLISH` (the feed is a sharded
+    /// channel in the channel's slot, which Redis allows a script to publish to).
+    static let shardedAppend = appendScript(publish: "SPUBLISH")
+
+    /// The append script, publishing the item with `publish` (`PUBLISH` or `SPUBLISH`).
+    private static func appendScript(publish: String) -> RedisScript {
+        RedisScript(name: "channel_append", source: """
         if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
         local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch', 'listed', 'oldestAt', 'seq')
         if ARGV[2] ~= meta[1] or meta[2] ~= meta[1] then return {'stale_epoch', tonumber(meta[1])} end
@@ -164,16 +172,10 @@ package final class ChannelStore: ChannelStoring {
         if listed and redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[5]) / 1000), 1) == 1 then
           redis.call('PEXPIRE', KEYS[5], 120000)
         end
-        redis.call('PUBLISH', ARGV[9], item)
+        redis.call('\(publish)', ARGV[9], item)
         return {'ok', tonumber(offset), listed and 1 or 0}
         """)
-
-    /// `append` for a Redis Cluster, under the same name: the item goes out with `SPUBLISH` (the feed is a sharded
-    /// channel in the channel's slot, which Redis allows a script to publish to).
-    static let shardedAppend = RedisScript(
-        name: append.name,
-        source: append.source.replacing("redis.call('PUBLISH', ARGV[9], item)",
-                                           with: "redis.call('SPUBLISH', ARGV[9], item)"))
+    }
 
     /// KEYS: meta, members, log. ARGV: did. Membership, epochs, latest and first retained offsets.
     static let state = RedisScript(name: "channel_state", source: """

@@ -9,19 +9,28 @@ import WebSocketClient
 final class ChannelCluster: @unchecked Sendable {
     static let issuer = "http://agentchat.cluster.test"
 
-    let redis: RedisServer
+    /// The Redis server the cluster started (not with `redisArguments`).
+    var redis: RedisServer {
+        guard let ownRedis else { preconditionFailure("this ChannelCluster runs on a Redis given by arguments") }
+        return ownRedis
+    }
+    private let ownRedis: RedisServer?
     private(set) var brokers: [BrokerProcess] = []
     private let lock = NSLock()
     private var clients: [AgentChatClient] = []
 
-    init(brokers count: Int = 2, extraArguments: [String] = []) async throws {
-        redis = try RedisServer()
+    /// `count` brokers on one Redis: a fresh `redis-server` of their own, or the one `redisArguments` names (e.g.
+    /// `--redis-cluster host:port,…`).
+    init(brokers count: Int = 2, redisArguments: [String]? = nil, extraArguments: [String] = [],
+         logLevel: String = "warning") async throws {
+        ownRedis = redisArguments == nil ? try RedisServer() : nil
+        let redisArguments = redisArguments ?? ["--redis-url", "redis://127.0.0.1:\(ownRedis!.port)"]
         do {
             for _ in 0..<count {
                 brokers.append(try await BrokerProcess.start(
-                    extraArguments: ["--redis-url", "redis://127.0.0.1:\(redis.port)", "--issuer", Self.issuer,
-                                     "--register-rate", "1000"] + extraArguments,
-                    logLevel: "warning"))
+                    extraArguments: redisArguments + ["--issuer", Self.issuer, "--register-rate", "1000"]
+                        + extraArguments,
+                    logLevel: logLevel))
             }
         } catch {
             stop()
@@ -52,7 +61,7 @@ final class ChannelCluster: @unchecked Sendable {
     /// Closes the clients it made, stops the brokers and Redis. Idempotent.
     func stop() {
         for broker in brokers { broker.stop() }
-        redis.stop()
+        ownRedis?.stop()
     }
 
     func closeClients() async {

@@ -18,25 +18,14 @@ import WebSocketClient
     @Test func messagesKeepFlowingWhileSlotsMoveAndNothingIsLostOrRepeated() async throws {
         let cluster = try await DedicatedThread.run { try RedisClusterGroup() }
         defer { cluster.stop() }
-        var brokers: [BrokerProcess] = []
-        defer { for broker in brokers { broker.stop() } }
-        for _ in 0..<2 {
-            brokers.append(try await BrokerProcess.start(extraArguments: [
-                "--redis-cluster", cluster.clusterArgument, "--issuer", "http://agentchat.cluster.test",
-                "--register-rate", "1000",
-            ], logLevel: "info"))
-        }
+        let group = try await ChannelCluster(brokers: 2, redisArguments: ["--redis-cluster", cluster.clusterArgument],
+                                             logLevel: "info")
+        defer { group.stop() }
+        let brokers = group.brokers
         #expect(brokers[0].combinedOutput.contains("Redis Cluster slot map"))
 
-        var agents: [AgentChatClient] = []
-        for (index, name) in ["alice", "bob"].enumerated() {
-            let client = try AgentChatClient(identity: .generate(name: name), server: brokers[index].baseURL,
-                                             configuration: testConfiguration())
-            _ = try await client.register(name: name)
-            try await client.connect()
-            agents.append(client)
-        }
-        let (alice, bob) = (agents[0], agents[1])
+        let (alice, bob) = (try await group.agent("alice", on: 0), try await group.agent("bob", on: 1))
+        let agents = [alice, bob]
         var channels: [ChannelID] = []
         for index in 0..<Self.channels {
             channels.append(try await alice.createChannel(name: "reshard-\(index)", members: [bob.identity.did]).id)
