@@ -4,6 +4,27 @@ import Foundation
 import TestSupport
 import WebSocketClient
 
+/// Sends `text` with one client message id until a broker acknowledges it, retrying what is refused (a broker or
+/// Redis going through a fault) every `pause`, for at most `timeout`: a retry is never stored twice. Answers the
+/// receipt and how many tries were refused.
+func sendUntilAcknowledged(_ client: AgentChatClient, channel: ChannelID, text: String, clientMessageID: String,
+                           timeout: Duration = .seconds(60), pause: Duration = .milliseconds(100)) async throws
+    -> (receipt: SendReceipt, refused: Int)
+{
+    let deadline = ContinuousClock.now + timeout
+    var refused = 0
+    while true {
+        do {
+            return (try await client.send(channel: channel, bytes: Array(text.utf8), clientMessageID: clientMessageID),
+                    refused)
+        } catch {
+            refused += 1
+            if ContinuousClock.now > deadline { throw error }
+            try await Task.sleep(for: pause)
+        }
+    }
+}
+
 /// Real brokers sharing one real Redis: `count` `agentchat-broker` processes started with the same `--issuer`.
 /// `stop()` ends every process (deinit too, as a safety net).
 final class ChannelCluster: @unchecked Sendable {

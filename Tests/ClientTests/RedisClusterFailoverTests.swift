@@ -45,20 +45,12 @@ import WebSocketClient
             for (index, channel) in channels.enumerated() {
                 let sender = (index + round) % 2 == 0 ? alice : bob
                 let text = "c\(index) r\(round)"
-                let deadline = ContinuousClock.now + .seconds(90)
-                while true {
-                    do {
-                        let receipt = try await sender.send(channel: channel, bytes: Array(text.utf8),
-                                                            clientMessageID: "c\(index)-r\(round)")
-                        #expect(acknowledged[index][receipt.offset] == nil || receipt.duplicate)
-                        acknowledged[index][receipt.offset] = text
-                        break
-                    } catch {
-                        refusedSends += 1
-                        if ContinuousClock.now > deadline { throw error }
-                        try await Task.sleep(for: .milliseconds(100))
-                    }
-                }
+                let (receipt, refused) = try await sendUntilAcknowledged(sender, channel: channel, text: text,
+                                                                         clientMessageID: "c\(index)-r\(round)",
+                                                                         timeout: .seconds(90))
+                refusedSends += refused
+                #expect(acknowledged[index][receipt.offset] == nil || receipt.duplicate)
+                acknowledged[index][receipt.offset] = text
             }
         }
         for round in 0..<5 { try await sendRound(round) }

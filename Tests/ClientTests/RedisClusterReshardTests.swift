@@ -56,19 +56,10 @@ import WebSocketClient
             for (index, channel) in channels.enumerated() {
                 let sender = (index + round) % 2 == 0 ? alice : bob
                 let text = "c\(index) r\(round)"
-                let deadline = ContinuousClock.now + .seconds(60)
-                while true {
-                    do {
-                        let receipt = try await sender.send(channel: channel, bytes: Array(text.utf8),
-                                                            clientMessageID: "c\(index)-r\(round)")
-                        #expect(acknowledged[index][receipt.offset] == nil || receipt.duplicate)
-                        acknowledged[index][receipt.offset] = text
-                        break
-                    } catch {
-                        if ContinuousClock.now > deadline { throw error }
-                        try await Task.sleep(for: .milliseconds(100))
-                    }
-                }
+                let (receipt, _) = try await sendUntilAcknowledged(sender, channel: channel, text: text,
+                                                                   clientMessageID: "c\(index)-r\(round)")
+                #expect(acknowledged[index][receipt.offset] == nil || receipt.duplicate)
+                acknowledged[index][receipt.offset] = text
             }
             round += 1
             if !reshardDone, finished.isSet {

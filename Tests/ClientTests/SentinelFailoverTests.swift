@@ -54,19 +54,9 @@ import Testing
                 }
             }
             let text = "message \(n)"
-            let deadline = ContinuousClock.now + .seconds(60)
-            while true {
-                do {
-                    // The same client message id on every try: a retry is never stored twice.
-                    let receipt = try await alice.send(channel: channel.id, bytes: Array(text.utf8),
-                                                       clientMessageID: "m\(n)")
-                    acknowledged[receipt.offset] = text
-                    break
-                } catch {
-                    if ContinuousClock.now > deadline { throw error }
-                    try await Task.sleep(for: .milliseconds(200))
-                }
-            }
+            let (receipt, _) = try await sendUntilAcknowledged(alice, channel: channel.id, text: text,
+                                                               clientMessageID: "m\(n)", pause: .milliseconds(200))
+            acknowledged[receipt.offset] = text
         }
         try await rejoin?.value
         let newMaster = try group.currentMasterPort()
