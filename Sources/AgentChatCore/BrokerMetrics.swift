@@ -176,9 +176,10 @@ package struct BrokerMetrics {
     }
 
     /// The Redis connection (`command` or `pubsub`) connected again after losing its connection.
-    package func redisReconnected(_ connection: String) {
-        totals.redisReconnects += 1
-        redisReconnects[connection]?.increment()
+    package func redisReconnected(_ connection: String, count: Int = 1) {
+        guard count > 0 else { return }
+        totals.redisReconnects += count
+        redisReconnects[connection]?.increment(by: count)
     }
 
     package func recordConnections(_ counts: [ConnectionKind: Int]) {

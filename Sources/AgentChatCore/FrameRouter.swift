@@ -161,8 +161,9 @@ package final class FrameRouter: ConnectionHandler {
         healthTimer = clock.makeTimer { [unowned self] in
             metrics.redisUp.record(stores.isHealthy() ? 1 : 0)
             guard let health = storeHealth?() else { return }
-            for _ in counted.command..<max(counted.command, health.commandReconnects) { metrics.redisReconnected("command") }
-            for _ in counted.pubSub..<max(counted.pubSub, health.pubSubReconnects) { metrics.redisReconnected("pubsub") }
+            // The connections count their reconnections; the counters get what is new since the last tick.
+            metrics.redisReconnected("command", count: health.commandReconnects - counted.command)
+            metrics.redisReconnected("pubsub", count: health.pubSubReconnects - counted.pubSub)
             counted = (max(counted.command, health.commandReconnects), max(counted.pubSub, health.pubSubReconnects))
         }
         healthTimer?.start(after: 0, repeat: 1000)
