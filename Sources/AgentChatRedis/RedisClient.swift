@@ -106,14 +106,6 @@ public final class RedisClient {
         connection.send(arguments, completion: completion)
     }
 
-    /// Runs `body` right before the command connection next writes (`RedisConnection.beforeNextWrite`), so what it
-    /// sends leaves when a command sent now would have. In cluster mode at once: commands there go to their slot's
-    /// master, not down one connection.
-    public func beforeNextCommandWrite(_ body: @escaping () -> Void) {
-        if cluster != nil { return body() }
-        connection.beforeNextWrite(body)
-    }
-
     /// Adds a hook run on every (re)connection of the command connection; in cluster mode, of every master's.
     public func addConnectHook(_ hook: @escaping () -> Void) {
         loop.preconditionInEventLoop()

@@ -57,8 +57,6 @@ public final class RedisConnection {
     public var roundTripObserver: ((Duration) -> Void)?
     /// Metrics: how many times a connection was established; every one after the first is a reconnection.
     public private(set) var connectCount = 0
-    /// Work waiting for this connection's next write (`beforeNextWrite`).
-    private var writeHooks: [() -> Void] = []
 
     /// The live hiredis context, or nil. Owned by hiredis once attached: freed by hiredis after the connect-failure
     /// and disconnect callbacks (where this alias is cleared), or by us with `redisAsyncFree` on timeout/close.
@@ -155,7 +153,6 @@ public final class RedisConnection {
             }
         }
         setState(.disconnected)
-        runWriteHooks()
     }
 
     private func freePending() {
@@ -171,7 +168,6 @@ public final class RedisConnection {
     public func send(_ arguments: [RedisArgument], completion: @escaping (Result<RedisValue, RedisError>) -> Void) {
         loop.preconditionInEventLoop()
         precondition(!arguments.isEmpty, "a Redis command needs at least its name")
-        runWriteHooks()
         guard state == .connected, let ac = context else {
             completion(.failure(isClosed ? .closed : .notConnected))
             return
@@ -195,27 +191,6 @@ public final class RedisConnection {
             Unmanaged<ReplyBox>.fromOpaque(privdata).release()
             completion(.failure(.notConnected))  // hiredis is disconnecting; its disconnect callback follows
         }
-    }
-
-    /// Runs `body` right before this connection next writes to Redis, so the commands it sends leave in that write:
-    /// the moment a command sent now would have left anyway, with the chance to gather what arrives meanwhile into
-    /// fewer commands. Before anything else is sent on this connection (`send` runs the waiting work first, so
-    /// commands keep the order in which their work was asked for). When the connection goes away first, `body` runs
-    /// then, and what it sends fails at once like any command sent while disconnected: nothing waits forever.
-    /// While not connected, `body` runs at once.
-    public func beforeNextWrite(_ body: @escaping () -> Void) {
-        loop.preconditionInEventLoop()
-        guard state == .connected, let ac = context else { return body() }
-        writeHooks.append(body)
-        if writeHooks.count == 1 { agentchat_redis_want_write(ac) }
-    }
-
-    /// Runs the work waiting for the next write (in the order it was asked for).
-    fileprivate func runWriteHooks() {
-        guard !writeHooks.isEmpty else { return }
-        let hooks = writeHooks
-        writeHooks = []
-        for hook in hooks { hook() }
     }
 
     /// Variadic convenience for `send(_:completion:)`.
@@ -279,7 +254,6 @@ public final class RedisConnection {
             return
         }
         ac.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-        agentchat_redis_set_before_write(ac, redisConnectionBeforeWrite)
         context = ac
         redisAsyncSetDisconnectCallback(ac, redisConnectionDisconnected)
         redisAsyncSetConnectCallback(ac, redisConnectionConnected)  // arms the first write event: attach first
@@ -386,7 +360,6 @@ public final class RedisConnection {
         let reason = ac.pointee.errstr.map { String(cString: $0) } ?? "closed"
         logger.warning("lost the Redis connection", metadata: ["reason": "\(reason)"])
         setState(.disconnected)
-        runWriteHooks()
         scheduleReconnect()
     }
 
@@ -491,9 +464,4 @@ private func redisConnectionConnected(_ ac: UnsafePointer<redisAsyncContext>?, _
 private func redisConnectionDisconnected(_ ac: UnsafePointer<redisAsyncContext>?, _ status: Int32) {
     guard let ac, let data = ac.pointee.data else { return }
     Unmanaged<RedisConnection>.fromOpaque(data).takeUnretainedValue().handleDisconnect(ac, status: status)
-}
-
-private func redisConnectionBeforeWrite(_ ac: UnsafeMutablePointer<redisAsyncContext>?) {
-    guard let data = ac?.pointee.data else { return }
-    Unmanaged<RedisConnection>.fromOpaque(data).takeUnretainedValue().runWriteHooks()
 }

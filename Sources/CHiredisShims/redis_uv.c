@@ -4,7 +4,6 @@
 typedef struct agentchat_redis_uv {
     redisAsyncContext *context; // NULL once hiredis has called cleanup
     int events;
-    agentchat_redis_before_write_fn before_write; // NULL: none
     uv_poll_t handle;
 } agentchat_redis_uv;
 
@@ -12,7 +11,6 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
     agentchat_redis_uv *p = handle->data;
     // On an error status libuv does not say which event; hand hiredis what it asked for, it reads the error.
     int ev = status ? p->events : events;
-    if (p->context != NULL && (ev & UV_WRITABLE) && p->before_write != NULL) p->before_write(p->context);
     if (p->context != NULL && (ev & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
     if (p->context != NULL && (ev & UV_READABLE)) redisAsyncHandleRead(p->context);
 }
@@ -51,16 +49,4 @@ int agentchat_redis_attach_uv(redisAsyncContext *ac, uv_loop_t *loop) {
     ac->ev.cleanup = cleanup;
     ac->ev.data = p;
     return 0;
-}
-
-void agentchat_redis_set_before_write(redisAsyncContext *ac, agentchat_redis_before_write_fn fn) {
-    agentchat_redis_uv *p = ac->ev.data;
-    if (p != NULL) p->before_write = fn;
-}
-
-void agentchat_redis_want_write(redisAsyncContext *ac) {
-    agentchat_redis_uv *p = ac->ev.data;
-    if (p == NULL || p->context == NULL || (p->events & UV_WRITABLE)) return;
-    p->events |= UV_WRITABLE;
-    update(p);
 }

@@ -21,8 +21,6 @@ package final class ChannelStore: ChannelStoring {
     private let redis: RedisClient
     package let limits: ChannelLimits
     package let replication: Replication
-    /// Appends waiting for the command connection's next write (`append(_:…)`).
-    private var pendingAppends: [PendingAppend] = []
 
     package init(redis: RedisClient, limits: ChannelLimits = ChannelLimits(), replication: Replication = Replication()) {
         self.redis = redis
@@ -33,10 +31,6 @@ package final class ChannelStore: ChannelStoring {
         {
             redis.scripts.register(script)
         }
-    }
-
-    deinit {
-        for pending in pendingAppends { pending.completion(.failure(.unavailable)) }
     }
 
     // MARK: Scripts
@@ -125,16 +119,10 @@ package final class ChannelStore: ChannelStoring {
         return {'ok', epoch}
         """)
 
-    /// Appends one or more messages, each as its own step (a refusal or a failed `XADD` affects only its message).
-    /// KEYS, five per message: meta, members, log, dedup, rate. ARGV: item prefix, max count, max age ms, dedup
-    /// window ms, then five per message: sender, epoch, item suffix, now, feed channel. Stores, trims, remembers the
-    /// client id, counts activity (listed channels only: the count feeds the public indicators), publishes.
-    /// Answers one reply per message: `{'ok', offset, listed}`, `{'duplicate', offset}`, a refusal, or
-    /// `{'failed', error}`.
-    ///
-    /// The broker sends the appends that arrive before its next write to Redis in one call (`append(_:…)`): calling
-    /// a script has a fixed cost in Redis (reading the command, setting up `KEYS`/`ARGV`, the reply) that a batch
-    /// pays once.
+    /// KEYS: meta, members, log, dedup, rate. ARGV: sender, epoch, item prefix, item suffix, now, max count,
+    /// oldest allowed ms, dedup window ms, feed channel. Stores, trims, remembers the client id, counts activity
+    /// (listed channels only: the count feeds the public indicators), publishes. Answers the offset and whether the
+    /// channel is listed.
     ///
     /// The hot path (every message), measured in instructions under callgrind (docs/BENCHMARKS.md): one `HMGET` of
     /// the meta hash; epochs compared as the decimal strings both sides write; the offset formatted once; the
@@ -152,47 +140,40 @@ package final class ChannelStore: ChannelStoring {
     /// The append script, publishing the item with `publish` (`PUBLISH` or `SPUBLISH`).
     private static func appendScript(publish: String) -> RedisScript {
         RedisScript(name: "channel_append", source: """
-        local prefix, maxCount, maxAge, window = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-        local function append(k, a)
-          if redis.call('SISMEMBER', KEYS[k + 2], ARGV[a]) == 0 then return {'not_member'} end
-          local meta = redis.call('HMGET', KEYS[k + 1], 'epoch', 'keyedEpoch', 'listed', 'oldestAt', 'seq')
-          if ARGV[a + 1] ~= meta[1] or meta[2] ~= meta[1] then return {'stale_epoch', tonumber(meta[1])} end
-          local offset = tostring((tonumber(meta[5]) or 0) + 1)
-          local existing = redis.call('SET', KEYS[k + 4], offset, 'NX', 'GET', 'PX', window)
-          if existing then return {'duplicate', tonumber(existing)} end
-          local item = prefix .. offset .. ARGV[a + 2]
-          local now = ARGV[a + 3]
-          local added = redis.pcall('XADD', KEYS[k + 3], 'MAXLEN', maxCount, '0-' .. offset, 'm', item, 't', now)
-          if type(added) == 'table' and added.err then
-            redis.call('DEL', KEYS[k + 4])
-            return {'failed', added.err}
-          end
-          local oldest = tonumber(now) - maxAge
-          local oldestAt = tonumber(meta[4])
-          if oldestAt == nil or oldestAt < oldest then
-            -- Age trim: drop at most 100 entries a call, then remember the time of the oldest one kept.
-            oldestAt = tonumber(now)
-            for _ = 1, 100 do
-              local first = redis.call('XRANGE', KEYS[k + 3], '-', '+', 'COUNT', 1)[1]
-              if first == nil then break end
-              oldestAt = tonumber(first[2][4])
-              if oldestAt >= oldest then break end
-              redis.call('XDEL', KEYS[k + 3], first[1])
-            end
-            redis.call('HSET', KEYS[k + 1], 'seq', offset, 'lastActivity', now, 'oldestAt', oldestAt)
-          else
-            redis.call('HSET', KEYS[k + 1], 'seq', offset, 'lastActivity', now)
-          end
-          local listed = meta[3] == '1'
-          if listed and redis.call('HINCRBY', KEYS[k + 5], math.floor(tonumber(now) / 1000), 1) == 1 then
-            redis.call('PEXPIRE', KEYS[k + 5], 120000)
-          end
-          redis.call('\(publish)', ARGV[a + 4], item)
-          return {'ok', tonumber(offset), listed and 1 or 0}
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
+        local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch', 'listed', 'oldestAt', 'seq')
+        if ARGV[2] ~= meta[1] or meta[2] ~= meta[1] then return {'stale_epoch', tonumber(meta[1])} end
+        local offset = tostring((tonumber(meta[5]) or 0) + 1)
+        local existing = redis.call('SET', KEYS[4], offset, 'NX', 'GET', 'PX', ARGV[8])
+        if existing then return {'duplicate', tonumber(existing)} end
+        local item = ARGV[3] .. offset .. ARGV[4]
+        local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', ARGV[6], '0-' .. offset, 'm', item, 't', ARGV[5])
+        if type(added) == 'table' and added.err then
+          redis.call('DEL', KEYS[4])
+          return added
         end
-        local replies = {}
-        for m = 0, #KEYS / 5 - 1 do replies[m + 1] = append(m * 5, 5 + m * 5) end
-        return replies
+        local oldestAt = tonumber(meta[4])
+        if oldestAt == nil or oldestAt < tonumber(ARGV[7]) then
+          -- Age trim: drop at most 100 entries a call, then remember the time of the oldest one kept.
+          local oldest = tonumber(ARGV[7])
+          oldestAt = tonumber(ARGV[5])
+          for _ = 1, 100 do
+            local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
+            if first == nil then break end
+            oldestAt = tonumber(first[2][4])
+            if oldestAt >= oldest then break end
+            redis.call('XDEL', KEYS[3], first[1])
+          end
+          redis.call('HSET', KEYS[1], 'seq', offset, 'lastActivity', ARGV[5], 'oldestAt', oldestAt)
+        else
+          redis.call('HSET', KEYS[1], 'seq', offset, 'lastActivity', ARGV[5])
+        end
+        local listed = meta[3] == '1'
+        if listed and redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[5]) / 1000), 1) == 1 then
+          redis.call('PEXPIRE', KEYS[5], 120000)
+        end
+        redis.call('\(publish)', ARGV[9], item)
+        return {'ok', tonumber(offset), listed and 1 or 0}
         """)
     }
 
@@ -322,20 +303,17 @@ package final class ChannelStore: ChannelStoring {
     }
 
     /// Stores a message and publishes it, in one step. `suffix` is `MessageItem.suffix(...)`.
-    ///
-    /// The append goes to Redis in one `channel_append` call with the others that arrive before the command
-    /// connection next writes (`RedisClient.beforeNextCommandWrite`): the call leaves when this append alone would
-    /// have, and nothing else sent on that connection overtakes it. At most `appendsPerCall` per call; on a Redis
-    /// Cluster each append is its own call (one call's keys must share a slot).
     package func append(_ message: MessageSend, sender: DID, suffix: [UInt8], now: Int64,
                         completion: @escaping StoreCompletion<AppendOutcome>)
     {
         let id = message.channel
-        let pending = PendingAppend(
+        run(Self.append,
             keys: [RedisKeys.channel(id), RedisKeys.members(id), RedisKeys.log(id),
                    RedisKeys.dedup(id, sender: sender, clientMessageID: message.clientMessageID), RedisKeys.rate(id)],
-            arguments: [RedisArgument(sender.description), RedisArgument(message.epoch), RedisArgument(suffix),
-                        RedisArgument(now), RedisKeys.feed(id)]
+            arguments: [RedisArgument(sender.description), RedisArgument(message.epoch),
+                        RedisArgument(MessageItem.prefix), RedisArgument(suffix), RedisArgument(now),
+                        RedisArgument(limits.historyMaxCount), RedisArgument(now - limits.historyMaxAgeMilliseconds),
+                        RedisArgument(limits.dedupWindowMilliseconds), RedisKeys.feed(id)]
         ) { [redis, replication] result in
             let outcome: StoreResult<AppendOutcome> = result.flatMap { reply in
                 switch reply.status {
@@ -343,7 +321,6 @@ package final class ChannelStore: ChannelStoring {
                     reply.int(1).map { .success(.stored(offset: $0, listed: reply.flag)) } ?? .failure(.unavailable)
                 case "duplicate":
                     reply.int(1).map { .success(.duplicate(offset: $0)) } ?? .failure(.unavailable)
-                case "failed": .failure(.unavailable)
                 default: .failure(reply.refusal)
                 }
             }
@@ -356,44 +333,6 @@ package final class ChannelStore: ChannelStoring {
                 case .success: completion(.failure(.notReplicated(replicas: replication.replicas)))
                 case .failure: completion(.failure(.unavailable))
                 }
-            }
-        }
-        pendingAppends.append(pending)
-        if pendingAppends.count >= Self.appendsPerCall { return flushAppends() }
-        if pendingAppends.count == 1 { redis.beforeNextCommandWrite { [weak self] in self?.flushAppends() } }
-    }
-
-    /// An append waiting for `flushAppends`: its five keys, its five arguments, and what to do with its reply.
-    private struct PendingAppend {
-        let keys: [RedisArgument]
-        let arguments: [RedisArgument]
-        let completion: (StoreResult<ScriptReply>) -> Void
-    }
-
-    /// The most appends in one call: Redis runs a script without serving anything else, so a call stays short.
-    static let appendsPerCall = 32
-
-    /// Sends the waiting appends in one `channel_append` call and hands each append its own reply. A failed call
-    /// fails every append in it: their clients retry with the same client message ids, and those already stored
-    /// are answered as duplicates with their offsets.
-    private func flushAppends() {
-        guard !pendingAppends.isEmpty else { return }
-        let batch = pendingAppends
-        pendingAppends = []
-        let arguments: [RedisArgument] = [RedisArgument(MessageItem.prefix), RedisArgument(limits.historyMaxCount),
-                                          RedisArgument(limits.historyMaxAgeMilliseconds),
-                                          RedisArgument(limits.dedupWindowMilliseconds)]
-        redis.scripts.call(Self.append.name, keys: batch.flatMap(\.keys),
-                           arguments: arguments + batch.flatMap(\.arguments)) { result in
-            switch result.unavailableOnFailure {
-            case .success(let value):
-                guard let replies = value.array, replies.count == batch.count else {
-                    for pending in batch { pending.completion(.failure(.unavailable)) }
-                    return
-                }
-                for (pending, reply) in zip(batch, replies) { pending.completion(.success(ScriptReply(reply))) }
-            case .failure(let failure):
-                for pending in batch { pending.completion(.failure(failure)) }
             }
         }
     }

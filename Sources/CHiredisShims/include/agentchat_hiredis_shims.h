@@ -18,17 +18,6 @@
 /// Returns 0 on success, -1 if the context already has an event library or allocation fails.
 int agentchat_redis_attach_uv(redisAsyncContext *ac, uv_loop_t *loop);
 
-/// Called right before hiredis writes its output buffer on a writable event, so commands issued in it leave in that
-/// same write.
-typedef void (*agentchat_redis_before_write_fn)(redisAsyncContext *ac);
-
-/// Sets (or with NULL clears) the context's before-write hook. The context must be attached (`agentchat_redis_attach_uv`).
-void agentchat_redis_set_before_write(redisAsyncContext *ac, agentchat_redis_before_write_fn fn);
-
-/// Asks for the next writable event even if hiredis has nothing to write yet (the before-write hook will); hiredis
-/// drops the interest again after that write finds its buffer empty.
-void agentchat_redis_want_write(redisAsyncContext *ac);
-
 /// Reports how many bytes a reply element array holds; `redisReply.element` is `redisReply **`, which Swift
 /// imports as a doubly optional pointer. Returns NULL when out of range.
 static inline redisReply *agentchat_redis_reply_element(const redisReply *r, size_t i) {
