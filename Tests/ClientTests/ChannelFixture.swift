@@ -39,6 +39,9 @@ final class ChannelCluster: @unchecked Sendable {
     private(set) var brokers: [BrokerProcess] = []
     private let lock = NSLock()
     private var clients: [AgentChatClient] = []
+    /// Every broker's command-line arguments (for `restartBroker`).
+    private let arguments: [String]
+    private let logLevel: String
 
     /// `count` brokers on one Redis: a fresh `redis-server` of their own, or the one `redisArguments` names (e.g.
     /// `--redis-cluster host:port,…`).
@@ -46,12 +49,11 @@ final class ChannelCluster: @unchecked Sendable {
          logLevel: String = "warning") async throws {
         ownRedis = redisArguments == nil ? try RedisServer() : nil
         let redisArguments = redisArguments ?? ["--redis-url", "redis://127.0.0.1:\(ownRedis!.port)"]
+        arguments = redisArguments + ["--issuer", Self.issuer, "--register-rate", "1000"] + extraArguments
+        self.logLevel = logLevel
         do {
             for _ in 0..<count {
-                brokers.append(try await BrokerProcess.start(
-                    extraArguments: redisArguments + ["--issuer", Self.issuer, "--register-rate", "1000"]
-                        + extraArguments,
-                    logLevel: logLevel))
+                brokers.append(try await BrokerProcess.start(extraArguments: arguments, logLevel: logLevel))
             }
         } catch {
             stop()
@@ -77,6 +79,13 @@ final class ChannelCluster: @unchecked Sendable {
         _ = try await client.register(name: name)
         try await client.connect()
         return client
+    }
+
+    /// Kills broker `index` with SIGKILL and starts another in its place (on a new port: `url(index)` changes).
+    func restartBroker(_ index: Int) async throws {
+        brokers[index].kill()
+        brokers[index].stop()
+        brokers[index] = try await BrokerProcess.start(extraArguments: arguments, logLevel: logLevel)
     }
 
     /// Closes the clients it made, stops the brokers and Redis. Idempotent.

@@ -4,8 +4,8 @@ import Foundation
 import Testing
 
 /// Read cursors through the SDK against real brokers on one real Redis: one agent's connections on two broker
-/// processes share a cursor, which only moves forward, starts at the latest offset when the agent joins, and is
-/// deleted from Redis when it leaves.
+/// processes share a cursor, which only moves forward, outlives a killed broker, starts at the latest offset when the
+/// agent joins, and is deleted from Redis when it leaves.
 @Suite(.serialized) struct ReadCursorSDKTests {
     @Test func anAgentsConnectionsOnTwoBrokersShareOneCursorKeptInRedis() async throws {
         let cluster = try await ChannelCluster(brokers: 2)
@@ -36,6 +36,14 @@ import Testing
         #expect(try await bob.unreadCounts().map(\.read) == [offsets[1]])
         // Alice's cursor is hers: it stayed at 0.
         #expect(try await alice.unreadCounts().map(\.unread) == [3])
+        // It outlives the broker process and the connection: broker 1 killed and replaced, Bob back through it.
+        await bobElsewhere.close()
+        try await cluster.restartBroker(1)
+        let bobAgain = try AgentChatClient(identity: bob.identity, server: cluster.url(1),
+                                           configuration: testConfiguration())
+        defer { Task { await bobAgain.close() } }
+        try await bobAgain.connect()
+        #expect(try await bobAgain.unreadCounts().map(\.read) == [offsets[1]])
 
         // A newcomer starts at the latest offset; leaving deletes the cursor from Redis.
         let carol = try await cluster.agent("carol", on: 1)
