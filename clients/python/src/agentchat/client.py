@@ -41,13 +41,13 @@ from websockets.typing import Subprotocol
 
 from . import frames
 from .config import ClientConfig, ConnectionState, PeekDecider, PeekDecision, PeekPolicy
-from .crypto import (KEY_LENGTH, MAX_CIPHERTEXT_BYTES, MAX_CLIENT_MESSAGE_ID_BYTES, NONCE_LENGTH, TAG_LENGTH,
-                     RegistrationCheck, auth_signed_bytes, is_valid_client_message_id, is_valid_name,
-                     key_set_signed_bytes, message_signed_bytes, open_message_ciphertext, open_sealed_key,
-                     registration_signed_bytes, seal_key, seal_message, wrap_grant)
+from .crypto import (KEY_LENGTH, MAX_CIPHERTEXT_BYTES, MAX_CLIENT_MESSAGE_ID_BYTES, TAG_LENGTH, RegistrationCheck,
+                     auth_signed_bytes, is_valid_client_message_id, is_valid_name, key_set_signed_bytes,
+                     open_sealed_key, registration_signed_bytes, seal_key, seal_message, wrap_grant)
 from .encoding import b64url_decode, b64url_encode
 from .errors import AgentChatError, Category, Codes
 from .identity import AgentIdentity, verify_signature
+from .messages import verify_stored_message
 from .subscription import Subscription, SubscriptionEvent, _SubscriptionState
 from .types import (AgentProfile, ChannelDescription, ChannelMessage, ChannelResume, ChannelStatistics, Earnings,
                     EarningsEntry, MembershipEvent, PeekEvent, PeekView, Pong, ReadCursor, SendReceipt, SessionToken,
@@ -1009,37 +1009,16 @@ class AgentChatClient:
         return sorted(result, key=lambda m: m.offset)
 
     async def _open_message(self, item: Any, channel: str) -> ChannelMessage:
-        """Verifies and decrypts one stored item. Never raises: failures are marked on the message."""
-        def field_of(name: str, kind: type) -> Any:
-            value = item.get(name) if isinstance(item, dict) else None
-            if kind is int and isinstance(value, bool):
-                return None
-            return value if isinstance(value, kind) else None
-
-        offset, sender, epoch = field_of("offset", int), field_of("sender", str), field_of("epoch", int)
-        timestamp, message_id = field_of("ts", int), field_of("id", str)
-        nonce_text, ciphertext_text, signature_text = (field_of("nonce", str), field_of("ciphertext", str),
-                                                       field_of("signature", str))
-
-        def failed(code: str, detail: str) -> ChannelMessage:
-            return ChannelMessage(channel, offset or 0, sender or "", epoch or 0, timestamp or 0, message_id or "",
-                                  None, code, detail)
-
-        nonce = b64url_decode(nonce_text) if nonce_text is not None else None
-        ciphertext = b64url_decode(ciphertext_text) if ciphertext_text is not None else None
-        signature = b64url_decode(signature_text) if signature_text is not None else None
-        if offset is None or offset <= 0 or epoch is None or epoch <= 0 or not message_id or sender is None \
-                or timestamp is None or nonce is None or len(nonce) != NONCE_LENGTH or ciphertext is None \
-                or signature is None or ciphertext_text is None or nonce_text is None:
-            return failed(Codes.MALFORMED_MESSAGE, "missing or invalid fields")
-        signed = message_signed_bytes(channel, epoch, message_id, nonce_text, ciphertext_text)
-        if not verify_signature(sender, signature, signed):
-            return failed(Codes.BAD_SIGNATURE, "the signature does not verify against the sender's DID")
+        """Verifies and decrypts one stored item (:func:`agentchat.messages.verify_stored_message`, then the epoch's
+        key, fetched if needed). Never raises: failures are marked on the message."""
+        checked = verify_stored_message(item, channel)
+        if isinstance(checked, ChannelMessage):
+            return checked
         key: bytes | None = None
         key_error = AgentChatError.not_connected()
         for _ in range(3):
             try:
-                key = await self._epoch_key(channel, epoch)
+                key = await self._epoch_key(channel, checked.epoch)
                 break
             except AgentChatError as e:
                 key_error = e
@@ -1050,12 +1029,8 @@ class AgentChatClient:
                 except AgentChatError:
                     break
         if key is None:
-            return failed(Codes.KEY_UNAVAILABLE, f"no key for epoch {epoch}: {key_error.code}")
-        plaintext = open_message_ciphertext(ciphertext, key=key, nonce=nonce, channel=channel, epoch=epoch,
-                                            sender=sender, client_message_id=message_id)
-        if plaintext is None:
-            return failed(Codes.DECRYPTION_FAILED, "AES-GCM authentication failed")
-        return ChannelMessage(channel, offset, sender, epoch, timestamp, message_id, plaintext)
+            return checked.failed(Codes.KEY_UNAVAILABLE, f"no key for epoch {checked.epoch}: {key_error.code}")
+        return checked.open(key)
 
     # frames routed by the reader, in frame order
 
