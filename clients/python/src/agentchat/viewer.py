@@ -23,7 +23,10 @@ every open stream ends by raising that :class:`AgentChatError` (``network_error`
 
 Frames: the broker allows a viewer ``--viewer-frames-per-second`` (default 10, bursts of 20) and drops frames over
 that with a ``rate_limited`` error that carries no ``ref``; the viewer paces what it sends to
-``frames_per_second`` (default 10, bursts of 10) so that it stays under the default budget.
+``frames_per_second`` (default 10, bursts of 10) so that it stays under the default budget, and a request whose
+frame was dropped anyway fails with ``rate_limited`` once its timeout passed. Channel and peek ids are checked
+before they are sent (``invalid_argument``), since the broker counts every viewer frame it cannot decode towards
+the 5 refused frames that close a connection that has not logged in.
 """
 
 from __future__ import annotations
