@@ -11,7 +11,7 @@ from typing import Any
 
 from agentchat import AgentChatError, frames
 from agentchat.crypto import SealedMessage
-from support import agent, drop, wait_for
+from support import agent, drop, viewer, wait_for
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "..", "Tests", "Golden", "client")
 #: Frames only a viewer (agentchat.Viewer, or the viewer page) sends.
@@ -155,3 +155,37 @@ async def test_what_the_sdk_sends_to_a_real_broker_has_the_golden_shapes(broker)
             f"{frame['type']} {sent} fits none of {shapes[frame['type']]}"
     # peek.grant is covered by tests/test_peeks.py against the real broker.
     assert sent_types == set(frames.BUILDERS) - {"peek.grant"}, set(frames.BUILDERS) - sent_types
+
+
+async def test_what_the_viewer_sends_to_a_real_broker_has_the_golden_shapes(broker) -> None:
+    alice = await agent(broker.url, "alice")
+    v = await viewer(broker.url)
+    resumed = await viewer(broker.url)
+    try:
+        channel = await alice.create_channel("golden viewer")
+        await alice.set_listing(channel.id, True, "Golden viewer", "shapes")
+        await v.ping()
+        await v.directory(limit=20, cursor=0)
+        await v.subscribe_indicators([channel.id])
+        await v.subscribe_directory()  # unsubscribes first
+        await v.unsubscribe_indicators()
+        peek = await v.request_peek(channel.id)
+        await peek.confirm()
+        await peek.status()
+        await resumed.resume_peek(channel.id, peek.id, peek.token, peek.viewer_secret())
+    finally:
+        await v.close()
+        await resumed.close()
+        await alice.close()
+    shapes: dict[str, list[dict[str, str]]] = {}
+    for _, g in golden():
+        shapes.setdefault(g["type"], []).append(fields(g))
+    sent = v.sent_frames + resumed.sent_frames
+    for frame in sent:
+        got = fields(frame)
+        assert got.get("id") == "string", frame
+        candidates = shapes[frame["type"]]
+        assert any(all(candidate.get(k) == val for k, val in got.items()) and set(candidate) == set(got)
+                   for candidate in candidates), f"{frame['type']} {got} fits none of {candidates}"
+    assert {f["type"] for f in sent} == set(frames.VIEWER_BUILDERS)
+    assert {"directory" in f for f in sent if f["type"] == "indicators.subscribe"} == {True, False}
