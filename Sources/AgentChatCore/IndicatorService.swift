@@ -158,12 +158,9 @@ final class IndicatorService {
             guard watchesDirectory else { return next() }
             store.directory(cursor: 0, limit: 10_000) { [self] result in
                 if case .success(let ids) = result {
-                    // Channels that left the directory are sent once as unlisted.
-                    let gone = Set(directoryChannels).subtracting(ids)
-                    for id in gone {
-                        snapshots[id] = .unlisted(id)
-                        for viewer in viewers.values where viewer.directory { viewer.stale.insert(id) }
-                    }
+                    // Channels that left the directory are sent once as unlisted, to every viewer watching them
+                    // (recorded here, the read below finds nothing new for them).
+                    for id in Set(directoryChannels).subtracting(ids) { record(.unlisted(id)) }
                     for id in Set(ids).subtracting(directoryChannels) {
                         for viewer in viewers.values where viewer.directory { viewer.stale.insert(id) }
                     }

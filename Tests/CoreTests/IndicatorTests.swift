@@ -160,6 +160,31 @@ import Testing
         #expect(v.takeFrames().isEmpty)
     }
 
+    /// Defect: while a viewer watched the whole directory, the tick recorded a channel that left the directory as
+    /// unlisted and marked it for the directory viewers only; the read that followed then saw no change, so a viewer
+    /// subscribed to the channel itself was never sent `listed: false`.
+    @Test func unlistingReachesAChannelViewerWhileADirectoryViewerWatches() throws {
+        let f = Fixture()
+        let v = f.viewer()
+        let directoryViewer = f.h.open(address: "198.51.100.6")
+        #expect(f.h.request(.viewer(id: "d", .subscribeDirectory), on: directoryViewer).map(\.typeName)
+            == ["indicators"])
+        f.h.request(.channel(id: "u", .listing(f.channel, listed: false, title: "Prices", topic: "")), on: f.a)
+        f.h.clock.advance(by: Self.tick)
+        #expect(Self.updates(v.takeFrames(), f.channel).map { $0?.listed } == [false])
+        #expect(Self.updates(directoryViewer.takeFrames(), f.channel).map { $0?.listed } == [false])
+        // Once: later activity of the unlisted channel reaches neither.
+        f.send(1...3)
+        f.h.clock.advance(by: 4 * Self.tick)
+        #expect(v.takeFrames().isEmpty)
+        #expect(directoryViewer.takeFrames().isEmpty)
+        // Listed again: the directory shows it by itself; the channel's own subscription ended.
+        f.h.request(.channel(id: "l", .listing(f.channel, listed: true, title: "Prices", topic: "")), on: f.a)
+        f.h.clock.advance(by: Self.tick)
+        #expect(Self.updates(directoryViewer.takeFrames(), f.channel).map { $0?.messages } == [3])
+        #expect(v.takeFrames().isEmpty)
+    }
+
     // MARK: Presence
 
     @Test func anAgentThatReconnectsWithinTheGraceNeverShowsOffline() throws {

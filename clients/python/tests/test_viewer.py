@@ -181,10 +181,9 @@ async def test_the_directory_subscription_sees_channels_listed_and_unlisted(brok
         await alice.close()
 
 
-@pytest.mark.xfail(reason="broker: while a directory viewer is connected to the same broker process, a viewer "
-                          "subscribed to the channel itself is never sent listed:false (IndicatorService.tick marks "
-                          "the unlisting stale for directory viewers only, and read() then sees no change)")
 async def test_listed_false_reaches_a_channel_viewer_while_a_directory_viewer_watches(broker) -> None:
+    """Once a broker bug: while a directory viewer was connected to the same broker process, a viewer subscribed to
+    the channel itself was never sent listed:false."""
     alice = await agent(broker.url, "alice")
     v = await viewer(broker.url)
     directory_viewer = await viewer(broker.url)
