@@ -185,6 +185,41 @@ import Testing
         #expect(v.takeFrames().isEmpty)
     }
 
+    /// Defect: a directory subscription replaced the list of listed channels the tick compares with, so a channel
+    /// unlisted just before it was never sent as unlisted to the viewers already watching the directory.
+    @Test func aNewDirectorySubscriptionDoesNotSwallowAnUnlisting() throws {
+        let f = Fixture()
+        let first = f.h.open(address: "198.51.100.7")
+        f.h.request(.viewer(id: "d", .subscribeDirectory), on: first)
+        f.h.request(.channel(id: "u", .listing(f.channel, listed: false, title: "Prices", topic: "")), on: f.a)
+        // Before the tick, another viewer subscribes to the directory: its snapshot no longer holds the channel.
+        let second = f.h.open(address: "198.51.100.8")
+        let snapshot = f.h.request(.viewer(id: "d", .subscribeDirectory), on: second)
+        guard case .indicators("d", let listed)? = snapshot.first else {
+            Issue.record("expected a snapshot, got \(snapshot)")
+            return
+        }
+        #expect(listed.isEmpty)
+        f.h.clock.advance(by: Self.tick)
+        #expect(Self.updates(first.takeFrames(), f.channel).map { $0?.listed } == [false])
+        #expect(second.takeFrames().isEmpty, "its snapshot never held the channel")
+    }
+
+    /// A viewer of the channel that subscribes to the directory just after the channel was unlisted (the snapshot no
+    /// longer holds it) is still sent `listed: false`, while another viewer watches the directory.
+    @Test func aChannelViewerSubscribingToTheDirectoryStillHearsOfAnUnlisting() throws {
+        let f = Fixture()
+        let v = f.viewer()
+        let directoryViewer = f.h.open(address: "198.51.100.9")
+        f.h.request(.viewer(id: "d", .subscribeDirectory), on: directoryViewer)
+        f.h.clock.advance(by: Self.tick)
+        f.h.request(.channel(id: "u", .listing(f.channel, listed: false, title: "Prices", topic: "")), on: f.a)
+        #expect(f.h.request(.viewer(id: "d", .subscribeDirectory), on: v).map(\.typeName) == ["indicators"])
+        f.h.clock.advance(by: Self.tick)
+        #expect(Self.updates(v.takeFrames(), f.channel).map { $0?.listed } == [false])
+        #expect(Self.updates(directoryViewer.takeFrames(), f.channel).map { $0?.listed } == [false])
+    }
+
     // MARK: Presence
 
     @Test func anAgentThatReconnectsWithinTheGraceNeverShowsOffline() throws {
