@@ -233,19 +233,23 @@ async def test_a_viewer_may_not_send_agent_frames(broker) -> None:
         await alice.close()
 
 
-async def test_frames_over_the_viewer_budget_are_refused_without_ref(broker) -> None:
-    """The broker answers a frame over the budget with a rate_limited error without ref (even when the frame had
-    an id); the viewer then fails the request with rate_limited instead of a bare timeout. (Its own pacing keeps
-    it under the default budget; here pacing is off.)"""
-    v = await viewer(broker.url, frames_per_second=10_000, request_timeout=1.5)
+async def test_frames_over_the_viewer_budget_are_refused_with_their_id_as_ref(broker) -> None:
+    """The broker answers a frame over the budget with a rate_limited error whose ref is the frame's id (as every
+    error); the viewer fails that request with rate_limited at once. (Its own pacing keeps it under the default
+    budget; here pacing is off.)"""
+    v = await viewer(broker.url, frames_per_second=10_000, request_timeout=30)
     try:
         await v.directory(limit=1)  # a viewer now: 10 frames a second, bursts of 20
+        started = time.monotonic()
         results = await asyncio.gather(*(v.ping() for _ in range(30)), return_exceptions=True)
+        assert time.monotonic() - started < 10, "refused at once, not after the request timeout"
         refused = [r for r in results if isinstance(r, AgentChatError)]
         assert refused and all(r.code == "rate_limited" for r in refused), results
         assert len(refused) < 30
+        sent = {f["id"] for f in v.sent_frames if f["type"] == "ping"}
         errors = [json.loads(raw) for raw in v.received_frames if '"rate_limited"' in raw]
-        assert errors and all("ref" not in e for e in errors)
+        assert len(errors) == len(refused) and all(e.get("ref") in sent for e in errors), errors
+        assert len({e["ref"] for e in errors}) == len(errors)
     finally:
         await v.close()
 

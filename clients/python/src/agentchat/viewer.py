@@ -22,11 +22,11 @@ every open stream ends by raising that :class:`AgentChatError` (``network_error`
 :meth:`Viewer.close` ends them without an error.
 
 Frames: the broker allows a viewer ``--viewer-frames-per-second`` (default 10, bursts of 20) and drops frames over
-that with a ``rate_limited`` error that carries no ``ref``; the viewer paces what it sends to
+that with a ``rate_limited`` error whose ``ref`` is the dropped frame's ``id``; the viewer paces what it sends to
 ``frames_per_second`` (default 10, bursts of 10) so that it stays under the default budget, and a request whose
-frame was dropped anyway fails with ``rate_limited`` once its timeout passed. Channel and peek ids are checked
-before they are sent (``invalid_argument``), since the broker counts every viewer frame it cannot decode towards
-the 5 refused frames that close a connection that has not logged in.
+frame was dropped anyway fails with ``rate_limited``. Channel and peek ids are checked before they are sent
+(``invalid_argument``), since the broker counts every viewer frame it cannot decode towards the 5 refused frames
+that close a connection that has not logged in.
 """
 
 from __future__ import annotations
@@ -498,7 +498,6 @@ class Viewer:
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._states: Broadcast[ConnectionState] = Broadcast()
-        self._rate_limited = 0
         self._indicators: IndicatorSubscription | None = None
         self._peeks: dict[str, ViewerPeek] = {}
 
@@ -621,8 +620,8 @@ class Viewer:
     async def request(self, frame: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Sends ``frame`` (a :mod:`agentchat.frames` object) with a fresh ``id`` and returns the broker's answer,
         matched by its ``ref``. An ``error`` answer raises with the broker's code (a frame a viewer may not send:
-        ``not_authenticated``). A frame the broker dropped for the frame budget raises ``rate_limited`` once
-        ``timeout`` (default ``request_timeout``) has passed without an answer."""
+        ``not_authenticated``; a frame the broker dropped for the frame budget: ``rate_limited``). No answer within
+        ``timeout`` (default ``request_timeout``) raises ``timeout``."""
         return await self._request(frame, timeout=timeout)
 
     async def _request(self, frame: dict[str, Any], *, on_reply: Callable[[dict[str, Any]], None] | None = None,
@@ -639,16 +638,11 @@ class Viewer:
         frame = {**frame, "id": request_id}
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = _Pending(future, on_reply)
-        rate_limited_before = self._rate_limited
         try:
             await self._write(ws, frame)
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
-            if self._rate_limited > rate_limited_before:
-                raise AgentChatError.server(
-                    Codes.RATE_LIMITED, f"no answer to {frame['type']}: the broker dropped a frame over the viewer "
-                    "frame budget meanwhile (its refusal carries no ref)") from None
             raise AgentChatError.timeout(f"no answer to {frame['type']} within {timeout} s") from None
         finally:
             self._pending.pop(request_id, None)
@@ -867,8 +861,6 @@ class Viewer:
                 for handle in list(self._peeks.values()):
                     if handle.channel == channel and handle._following:
                         handle._receive(items)
-        elif kind == "error" and frame.get("code") == Codes.RATE_LIMITED:
-            self._rate_limited += 1
 
     def _on_closed(self, generation: int, close_code: int | None, reason: str) -> None:
         if generation != self._generation:
