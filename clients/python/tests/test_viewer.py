@@ -254,6 +254,28 @@ async def test_frames_over_the_viewer_budget_are_refused_with_their_id_as_ref(br
         await v.close()
 
 
+async def test_malformed_viewer_frames_count_towards_the_close_before_login(broker) -> None:
+    """Before login the broker counts every frame it cannot decode, viewer frames included, towards the 4001 close
+    (5 refused frames, never reset by frames served in between); a refusal of a well-formed frame does not count."""
+    v = await viewer(broker.url, auto_reconnect=False)
+    unknown = "ch_" + "A" * 22
+    try:
+        for n in range(1, 6):
+            with pytest.raises(AgentChatError) as refused:
+                await v.request({"type": "indicators.subscribe", "channels": ["ch_short"]})
+            assert refused.value.code == "invalid_field"
+            if n < 5:
+                assert (await v.ping()).broker_time > 0
+                with pytest.raises(AgentChatError) as not_listed:
+                    await v.subscribe_indicators([unknown])
+                assert not_listed.value.code == "not_found"
+                assert v.state is ConnectionState.CONNECTED, n
+        await wait_for(lambda: v.state is not ConnectionState.CONNECTED, "the broker closed the viewer")
+        assert v.failure is not None and v.failure.close_code == 4001
+    finally:
+        await v.close()
+
+
 # ---------------------------------------------------------------- paid peeks
 
 

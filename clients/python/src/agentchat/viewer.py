@@ -26,7 +26,7 @@ that with a ``rate_limited`` error whose ``ref`` is the dropped frame's ``id``; 
 ``frames_per_second`` (default 10, bursts of 10) so that it stays under the default budget, and a request whose
 frame was dropped anyway fails with ``rate_limited``. Channel and peek ids are checked before they are sent
 (``invalid_argument``), since the broker counts every viewer frame it cannot decode towards the 5 refused frames
-that close a connection that has not logged in.
+that close a connection that has not logged in (a count never reset, however long the viewer stays connected).
 """
 
 from __future__ import annotations
