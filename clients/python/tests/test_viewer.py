@@ -332,6 +332,34 @@ async def test_sandbox_peek_granted_then_read_by_the_viewer(broker) -> None:
         await bob.close()
 
 
+async def test_confirming_an_active_peek_starts_its_messages(broker) -> None:
+    """peek.confirm on a peek that is active already (from another connection: a second page, a restart) answers
+    the grant, and the connection receives the channel's last messages and live ones, without a peek.status."""
+    from agentchat.viewer import ViewerPeek
+    alice = await agent(broker.url, "alice")
+    v = await viewer(broker.url)
+    other = await viewer(broker.url)
+    try:
+        channel = await listed_channel(alice, "Confirmed twice")
+        first = await alice.send(channel, "before the peek")
+        peek = await v.request_peek(channel)
+        await peek.confirm()
+        await peek.wait_for("active", timeout=30)
+        again = ViewerPeek(other, channel, peek.id, peek.token, peek.viewer_secret())
+        view = await again.confirm()
+        assert view.phase == "active" and view.grant is not None and again.grant_epoch == first.epoch, view
+        message = await again.next_message(timeout=10)
+        assert (message.offset, message.text, message.verified) == (first.offset, "before the peek", True)
+        live = await alice.send(channel, "live")
+        message = await again.next_message(timeout=10)
+        assert (message.offset, message.text) == (live.offset, "live")
+        assert [f["type"] for f in other.sent_frames] == ["peek.confirm"]
+    finally:
+        await v.close()
+        await other.close()
+        await alice.close()
+
+
 async def test_sandbox_peek_refused_costs_the_fee(broker) -> None:
     alice = await agent(broker.url, "alice", peek_policy=PeekPolicy.REFUSE)
     v = await viewer(broker.url)

@@ -308,14 +308,9 @@ class ViewerPeek:
 
     async def confirm(self) -> PeekView:
         """``peek.confirm``: the payment was confirmed (in the broker's sandbox this authorises it). The connection
-        follows the peek from now on. Raises ``not_found`` (wrong token), ``network_error``, ...
-
-        When the peek is active already (confirmed by another connection), this also asks ``peek.status``: the
-        broker starts sending an active peek's messages on a ``peek.status``, not on a ``peek.confirm``."""
-        view = await self._ask(frames.peek_confirm(self.channel, self.id, self._token))
-        if view.phase == "active":
-            view = await self.status()
-        return view
+        follows the peek from now on (an active peek's last messages are sent, as after :meth:`status`). Raises
+        ``not_found`` (wrong token), ``network_error``, ..."""
+        return await self._ask(frames.peek_confirm(self.channel, self.id, self._token))
 
     async def status(self) -> PeekView:
         """``peek.status``: where the peek is; the connection follows it from now on (an active peek's last
