@@ -220,6 +220,28 @@ import Testing
         #expect(Self.updates(directoryViewer.takeFrames(), f.channel).map { $0?.listed } == [false])
     }
 
+    /// `indicators.subscribe` adds to the channels a viewer watches (up to 100 ids a frame); it does not replace them.
+    @Test func subscribingAgainAddsChannels() throws {
+        let f = Fixture()
+        let v = f.viewer()
+        let other = f.h.createChannel("other", owner: f.alice, on: f.a)
+        #expect(f.h.request(.channel(id: "l2", .listing(other, listed: true, title: "Other", topic: "")), on: f.a)
+            .map(\.typeName) == ["ok"])
+        let replies = f.h.request(.viewer(id: "v2", .subscribe([other])), on: v)
+        guard case .indicators("v2", let snapshot)? = replies.first else {
+            Issue.record("expected a snapshot, got \(replies)")
+            return
+        }
+        #expect(snapshot.map(\.id) == [other], "the snapshot holds the channels of this frame")
+        f.send(1...2)
+        f.h.sendMessages(other, count: 1, on: f.a)
+        f.h.clock.runUntilIdle()
+        f.h.clock.advance(by: Self.tick)
+        let frames = v.takeFrames()
+        #expect(Self.updates(frames, f.channel).map { $0?.messages } == [2], "the first channel is still watched")
+        #expect(Self.updates(frames, other).map { $0?.messages } == [1])
+    }
+
     // MARK: Presence
 
     @Test func anAgentThatReconnectsWithinTheGraceNeverShowsOffline() throws {
