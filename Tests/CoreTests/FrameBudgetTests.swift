@@ -23,8 +23,8 @@ import Testing
         }
     }
 
-    /// Over the budget: a frame with a readable id, one without an id, bad JSON, an id over 64 bytes, a binary
-    /// message. Only the first is answered with a `ref`.
+    /// Over the budget: a frame with a readable id, one without an id, bad JSON, an id over 64 bytes. Only the first
+    /// is answered with a `ref` (as is never a binary message, sent apart).
     static let overBudget = [#"{"type":"ping","id":"over"}"#, #"{"type":"ping"}"#, "{",
                              #"{"type":"ping","id":"\#(String(repeating: "x", count: 65))"}"#]
 
