@@ -74,7 +74,7 @@ test: deps
 
 # The Python SDK (clients/python, package agentchat): installs it from the tree with pip (with its PyPI
 # dependencies: websockets, PyNaCl, cryptography) and pytest, builds the broker and the Swift CLI (debug), and runs
-# its tests against them: real brokers with embedded Redis, the CLI as the Swift agent (~15 s).
+# its tests against them: real brokers with embedded Redis, the CLI as the Swift agent, the SDK's Viewer (~20 s).
 PYTHON_SDK_PACKAGES := ./clients/python pytest
 test-python: deps
 	$(PYTHON) -m pip install -q $(PYTHON_SDK_PACKAGES) \

@@ -262,7 +262,9 @@ package final class FrameRouter: ConnectionHandler {
         guard let session = sessions[connection.id] else { return }
         guard session.frameBudget.take(now: clock.monotonicSeconds) else {
             metrics.frameReceived(nil)
-            outbox.fail(session, ProtocolError(.rateLimited, "too many frames; slow down"), ref: nil)
+            // Dropped unread; its id, when readable, is the error's ref as for every refusal.
+            outbox.fail(session, ProtocolError(.rateLimited, "too many frames; slow down"),
+                        ref: isBinary ? nil : codec.readableID(message))
             return
         }
         let decoded: FrameCodec.Decoded

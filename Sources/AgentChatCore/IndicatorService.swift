@@ -90,11 +90,15 @@ final class IndicatorService {
             store.directory(cursor: 0, limit: 10_000) { [self, weak viewer] result in
                 guard let viewer else { return }
                 guard case .success(let ids) = result else { return refuse(ProtocolError(StoreFailure.unavailable)) }
-                directoryChannels = ids
+                // Compared with the last list first, so that viewers watching already hear of what left or joined
+                // the directory (this one gets the snapshot: what it covers is taken off its stale set below).
+                directoryChanged(to: ids)
                 read(ids) { indicators, failed in
                     if failed { return refuse(ProtocolError(StoreFailure.unavailable)) }
                     viewer.directory = true
-                    viewer.stale.removeAll()
+                    // The snapshot is the newest state of the listed channels; news of others (a channel this viewer
+                    // watches that was just unlisted) is still to be sent.
+                    viewer.stale.subtract(ids)
                     reply(.indicators(ref: id, ids.compactMap { indicators[$0] }))
                 }
             }
@@ -150,6 +154,17 @@ final class IndicatorService {
         }
     }
 
+    /// The directory was read: channels that left it are recorded as unlisted, and so sent once as unlisted to every
+    /// viewer watching them, by channel or through the directory (a later read finds nothing new for them); channels
+    /// that joined it are news for the directory viewers.
+    private func directoryChanged(to ids: [ChannelID]) {
+        for id in Set(directoryChannels).subtracting(ids) { record(.unlisted(id)) }
+        for id in Set(ids).subtracting(directoryChannels) {
+            for viewer in viewers.values where viewer.directory { viewer.stale.insert(id) }
+        }
+        directoryChannels = ids
+    }
+
     private func tick() {
         guard !viewers.isEmpty, !tickInFlight else { return }
         let watchesDirectory = viewers.values.contains { $0.directory }
@@ -157,18 +172,7 @@ final class IndicatorService {
         let refreshDirectory: (@escaping () -> Void) -> Void = { [self] next in
             guard watchesDirectory else { return next() }
             store.directory(cursor: 0, limit: 10_000) { [self] result in
-                if case .success(let ids) = result {
-                    // Channels that left the directory are sent once as unlisted.
-                    let gone = Set(directoryChannels).subtracting(ids)
-                    for id in gone {
-                        snapshots[id] = .unlisted(id)
-                        for viewer in viewers.values where viewer.directory { viewer.stale.insert(id) }
-                    }
-                    for id in Set(ids).subtracting(directoryChannels) {
-                        for viewer in viewers.values where viewer.directory { viewer.stale.insert(id) }
-                    }
-                    directoryChannels = ids
-                }
+                if case .success(let ids) = result { directoryChanged(to: ids) }
                 next()
             }
         }

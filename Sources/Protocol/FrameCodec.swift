@@ -67,6 +67,15 @@ public struct FrameCodec: Sendable {
         }
     }
 
+    /// The `id` of a client frame exactly as `decode` reads it (a string of at most `Limits.maxFrameIDBytes` in a
+    /// JSON object; nil otherwise), without looking at the rest: for answering a frame that is dropped unread (over
+    /// the frame budget) with its `ref`.
+    public func readableID(_ bytes: [UInt8]) -> String? {
+        guard case .object(let object)? = try? JSONParser.parse(bytes) else { return nil }
+        var fields = FrameFields(object)
+        return try? fields.optionalString("id", maxBytes: limits.maxFrameIDBytes)
+    }
+
     private func decodePeekRequest(_ type: FrameType, _ fields: inout FrameFields) throws(ProtocolError)
         -> PeekRequest
     {

@@ -160,6 +160,88 @@ import Testing
         #expect(v.takeFrames().isEmpty)
     }
 
+    /// Defect: while a viewer watched the whole directory, the tick recorded a channel that left the directory as
+    /// unlisted and marked it for the directory viewers only; the read that followed then saw no change, so a viewer
+    /// subscribed to the channel itself was never sent `listed: false`.
+    @Test func unlistingReachesAChannelViewerWhileADirectoryViewerWatches() throws {
+        let f = Fixture()
+        let v = f.viewer()
+        let directoryViewer = f.h.open(address: "198.51.100.6")
+        #expect(f.h.request(.viewer(id: "d", .subscribeDirectory), on: directoryViewer).map(\.typeName)
+            == ["indicators"])
+        f.h.request(.channel(id: "u", .listing(f.channel, listed: false, title: "Prices", topic: "")), on: f.a)
+        f.h.clock.advance(by: Self.tick)
+        #expect(Self.updates(v.takeFrames(), f.channel).map { $0?.listed } == [false])
+        #expect(Self.updates(directoryViewer.takeFrames(), f.channel).map { $0?.listed } == [false])
+        // Once: later activity of the unlisted channel reaches neither.
+        f.send(1...3)
+        f.h.clock.advance(by: 4 * Self.tick)
+        #expect(v.takeFrames().isEmpty)
+        #expect(directoryViewer.takeFrames().isEmpty)
+        // Listed again: the directory shows it by itself; the channel's own subscription ended.
+        f.h.request(.channel(id: "l", .listing(f.channel, listed: true, title: "Prices", topic: "")), on: f.a)
+        f.h.clock.advance(by: Self.tick)
+        #expect(Self.updates(directoryViewer.takeFrames(), f.channel).map { $0?.messages } == [3])
+        #expect(v.takeFrames().isEmpty)
+    }
+
+    /// Defect: a directory subscription replaced the list of listed channels the tick compares with, so a channel
+    /// unlisted just before it was never sent as unlisted to the viewers already watching the directory.
+    @Test func aNewDirectorySubscriptionDoesNotSwallowAnUnlisting() throws {
+        let f = Fixture()
+        let first = f.h.open(address: "198.51.100.7")
+        f.h.request(.viewer(id: "d", .subscribeDirectory), on: first)
+        f.h.request(.channel(id: "u", .listing(f.channel, listed: false, title: "Prices", topic: "")), on: f.a)
+        // Before the tick, another viewer subscribes to the directory: its snapshot no longer holds the channel.
+        let second = f.h.open(address: "198.51.100.8")
+        let snapshot = f.h.request(.viewer(id: "d", .subscribeDirectory), on: second)
+        guard case .indicators("d", let listed)? = snapshot.first else {
+            Issue.record("expected a snapshot, got \(snapshot)")
+            return
+        }
+        #expect(listed.isEmpty)
+        f.h.clock.advance(by: Self.tick)
+        #expect(Self.updates(first.takeFrames(), f.channel).map { $0?.listed } == [false])
+        #expect(second.takeFrames().isEmpty, "its snapshot never held the channel")
+    }
+
+    /// A viewer of the channel that subscribes to the directory just after the channel was unlisted (the snapshot no
+    /// longer holds it) is still sent `listed: false`, while another viewer watches the directory.
+    @Test func aChannelViewerSubscribingToTheDirectoryStillHearsOfAnUnlisting() throws {
+        let f = Fixture()
+        let v = f.viewer()
+        let directoryViewer = f.h.open(address: "198.51.100.9")
+        f.h.request(.viewer(id: "d", .subscribeDirectory), on: directoryViewer)
+        f.h.clock.advance(by: Self.tick)
+        f.h.request(.channel(id: "u", .listing(f.channel, listed: false, title: "Prices", topic: "")), on: f.a)
+        #expect(f.h.request(.viewer(id: "d", .subscribeDirectory), on: v).map(\.typeName) == ["indicators"])
+        f.h.clock.advance(by: Self.tick)
+        #expect(Self.updates(v.takeFrames(), f.channel).map { $0?.listed } == [false])
+        #expect(Self.updates(directoryViewer.takeFrames(), f.channel).map { $0?.listed } == [false])
+    }
+
+    /// `indicators.subscribe` adds to the channels a viewer watches (up to 100 ids a frame); it does not replace them.
+    @Test func subscribingAgainAddsChannels() throws {
+        let f = Fixture()
+        let v = f.viewer()
+        let other = f.h.createChannel("other", owner: f.alice, on: f.a)
+        #expect(f.h.request(.channel(id: "l2", .listing(other, listed: true, title: "Other", topic: "")), on: f.a)
+            .map(\.typeName) == ["ok"])
+        let replies = f.h.request(.viewer(id: "v2", .subscribe([other])), on: v)
+        guard case .indicators("v2", let snapshot)? = replies.first else {
+            Issue.record("expected a snapshot, got \(replies)")
+            return
+        }
+        #expect(snapshot.map(\.id) == [other], "the snapshot holds the channels of this frame")
+        f.send(1...2)
+        f.h.sendMessages(other, count: 1, on: f.a)
+        f.h.clock.runUntilIdle()
+        f.h.clock.advance(by: Self.tick)
+        let frames = v.takeFrames()
+        #expect(Self.updates(frames, f.channel).map { $0?.messages } == [2], "the first channel is still watched")
+        #expect(Self.updates(frames, other).map { $0?.messages } == [1])
+    }
+
     // MARK: Presence
 
     @Test func anAgentThatReconnectsWithinTheGraceNeverShowsOffline() throws {

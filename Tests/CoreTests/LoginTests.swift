@@ -155,6 +155,41 @@ import Testing
         #expect(h.router.connectionCount == 0, "the router forgot the closed connection")
     }
 
+    /// Before login, every frame the broker cannot decode counts towards the 4001 close as much as a frame that needs
+    /// a login: a viewer's malformed viewer frames (and `ping`) included. The count is never reset: frames served in
+    /// between do not lower it. Well-formed frames a service refuses (an unlisted channel: `not_found`) do not count.
+    @Test func aViewersMalformedFramesCountTowardsTheCloseAndServedFramesDoNotResetIt() throws {
+        let c = h.open()
+        #expect(h.request(.viewer(id: "d", .directoryList(cursor: 0, limit: 20)), on: c).map(\.typeName)
+            == ["directory"])
+        let unknown = ChannelID(randomBytes: [UInt8](repeating: 9, count: 16))
+        let malformed: [(frame: String, code: ErrorCode, ref: String?)] = [
+            (#"{"type":"indicators.subscribe","id":"m1","channels":["ch_short"]}"#, .invalidField, "m1"),
+            (#"{"type":"directory.list","id":"m2","limit":0}"#, .invalidField, "m2"),
+            (#"{"type":"peek.status","id":"m3","channel":"\#(unknown.rawValue)"}"#, .missingField, "m3"),
+            (#"{"type":"ping","id":"m4","extra":1}"#, .unknownField, "m4"),
+            ("{", .badJSON, nil),
+        ]
+        for (n, bad) in malformed.enumerated() {
+            c.skipFrames()
+            h.send(raw: Array(bad.frame.utf8), on: c)
+            h.clock.runUntilIdle()
+            let replies = c.takeFrames()
+            guard case .error(let error, let ref)? = replies.first, replies.count == 1 else {
+                Issue.record("\(bad.frame): expected one error, got \(replies)")
+                return
+            }
+            #expect(error.code == bad.code && ref == bad.ref, "\(bad.frame)")
+            if n < malformed.count - 1 {
+                #expect(c.isOpen, "\(n + 1) refused frames")
+                // Served frames, and a refusal of a well-formed one, in between: the count stays.
+                #expect(h.request(.ping(id: "p"), on: c).map(\.typeName) == ["pong"])
+                #expect(h.request(.viewer(id: "s", .subscribe([unknown])), on: c).map(\.errorCode) == [.notFound])
+            }
+        }
+        #expect(c.closeCode == .authenticationFailed, "the fifth refused frame closes")
+    }
+
     @Test func threeFailedAttemptsCloseTheConnection() throws {
         let alice = h.makeAgent("alice")
         let c = h.open()

@@ -227,6 +227,48 @@ import Testing
         var onSecond: Bool
     }
 
+    /// Defect: `peek.confirm` on a peek that was active already made the connection follow the peek but sent it
+    /// none of the channel's messages (only a `peek.status` or the next change did); the protocol says both start
+    /// them. Here the viewer confirms again from another connection on the other broker (a reload, say).
+    @Test func confirmingAnActivePeekSendsTheGrantTheLastMessagesAndLiveOnes() throws {
+        var world = World()
+        let clock = world.harness.clock
+        world.harness.sendMessages(world.channel, count: 3, on: world.aliceConnection)
+        clock.runUntilIdle()
+        let viewer = world.viewer(onSecond: false)
+        let viewerKey = SecureRandom.bytes(32)
+        world.send(.peek(id: "q", .request(channel: world.channel, viewerKey: viewerKey)), on: viewer, onSecond: false)
+        clock.runUntilIdle()
+        let peek = try #require(Self.requested(viewer.frames))
+        let key = PeekKey(channel: world.channel, id: peek.id)
+        world.send(.peek(id: "c", .confirm(channel: world.channel, peek: peek.id, token: peek.token)), on: viewer,
+                   onSecond: false)
+        clock.runUntilIdle()
+        clock.advance(by: 1_500)  // past the refusal window: awaiting_grant
+        try #require(world.harness.peekStore.peeks[key]?.record.phase == .awaitingGrant)
+        world.send(.peek(id: "g", .grant(channel: world.channel, peek: peek.id,
+                                         grant: world.grant(peek: peek.id, viewerKey: viewerKey, by: world.alice))),
+                   on: world.aliceConnection, onSecond: false)
+        clock.runUntilIdle()
+        try #require(world.harness.peekStore.peeks[key]?.record.phase == .active)
+
+        let again = world.viewer(onSecond: true)
+        again.skipFrames()
+        world.send(.peek(id: "c2", .confirm(channel: world.channel, peek: peek.id, token: peek.token)), on: again,
+                   onSecond: true)
+        clock.runUntilIdle()
+        let frames = again.takeFrames()
+        guard case .peek("c2", let view)? = frames.first else {
+            Issue.record("expected the peek as the answer, got \(frames)")
+            return
+        }
+        #expect(view.phase == "active" && view.grant?.sender == world.alice.did)
+        #expect(deliveredOffsets(frames) == [1, 2, 3], "the channel's last messages")
+        world.harness.sendMessages(world.channel, count: 1, from: 4, on: world.aliceConnection)
+        clock.runUntilIdle()
+        #expect(deliveredOffsets(again.takeFrames()) == [4], "and live ones")
+    }
+
     @Test func aBrokerThatDiesMidCaptureLeavesTheCaptureToAnother() throws {
         var world = World()
         let clock = world.harness.clock

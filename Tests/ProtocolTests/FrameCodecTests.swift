@@ -100,6 +100,17 @@ import Testing
         #expect(error.code == .invalidField)
     }
 
+    /// `readableID` (the ref of a frame dropped unread) is the id `decode` reads, whatever the rest of the frame.
+    @Test(arguments: [
+        #"{"type":"ping","id":"r1"}"#, #"{"id":"q"}"#, #"{"type":"launch","id":"q","x":1}"#, #"{"type":"ping","id":5}"#,
+        #"{"type":"ping","id":null}"#, #"{"type":"ping"}"#, #"{"type":"ping","id":"\#(String(repeating: "x", count: 64))"}"#,
+        #"{"type":"ping","id":"\#(String(repeating: "x", count: 65))"}"#, #"{"type":"channel.join","id":"j","channel":7}"#,
+        #"[{"id":"q"}]"#, #"{"id":"q""#, "not json", "",
+    ])
+    func theReadableIDIsTheOneDecodeReads(text: String) {
+        #expect(codec.readableID(Array(text.utf8)) == decode(text).id, "\(text)")
+    }
+
     @Test func unknownTypeNamesAreShortenedInMessages() {
         let type = String(repeating: "t", count: 5000)
         guard case .failure(let error) = decode(#"{"type":"\#(type)"}"#).frame else {

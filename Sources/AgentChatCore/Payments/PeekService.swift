@@ -124,6 +124,9 @@ final class PeekService {
                 confirm(stored.record) { [self] in
                     load(PeekKey(channel: channel, id: peek), refuse: refuse) { [self] stored in
                         reply(.peek(ref: id, view(stored, forViewer: true)))
+                        // Active already (confirmed before, from another connection): no change will start the
+                        // messages for this connection, so the answer does, as for `peek.status`.
+                        if stored.record.phase == .active { startReading(session, stored.record) }
                     }
                 }
             }

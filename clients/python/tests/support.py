@@ -1,10 +1,10 @@
-"""Helpers shared by the tests: agents made through the SDK."""
+"""Helpers shared by the tests: agents and viewers made through the SDK."""
 
 from __future__ import annotations
 
 import itertools
 
-from agentchat import AgentChatClient, AgentIdentity, ClientConfig, ReconnectBackoff
+from agentchat import AgentChatClient, AgentIdentity, ClientConfig, ReconnectBackoff, Viewer
 
 _names = itertools.count(1)
 
@@ -20,8 +20,18 @@ async def agent(url: str, name: str | None = None, **config: object) -> AgentCha
     return client
 
 
-def drop(client: AgentChatClient) -> None:
-    """Cuts the client's TCP connection without a closing handshake (as a network fault would)."""
+async def viewer(url: str, frames_per_second: float = 10.0, **config: object) -> Viewer:
+    """A connected viewer that records the frames it sends and receives (fast reconnect backoff for the tests)."""
+    settings = ClientConfig(backoff=ReconnectBackoff(initial_delay=0.05, max_delay=0.5), record_frames=True)
+    for key, value in config.items():
+        setattr(settings, key, value)
+    result = Viewer(url, settings, frames_per_second=frames_per_second)
+    await result.connect()
+    return result
+
+
+def drop(client: AgentChatClient | Viewer) -> None:
+    """Cuts the client's (or viewer's) TCP connection without a closing handshake (as a network fault would)."""
     ws = client._ws
     assert ws is not None, "not connected"
     ws.transport.abort()

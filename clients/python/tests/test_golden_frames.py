@@ -1,7 +1,7 @@
 """Every frame the SDK writes has the shape of the golden client frame of its type (Tests/Golden/client): built
 through the SDK's frame builders from the golden values (equal byte for byte as JSON objects), and as really sent
-by the SDK to a real broker during a scenario that uses every agent request (keys and value types; optional fields
-may be absent)."""
+by the SDK to a real broker during a scenario that uses every agent request, and one that uses every viewer request
+(keys and value types; optional fields may be absent)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 
 from agentchat import AgentChatError, frames
 from agentchat.crypto import SealedMessage
-from support import agent, drop, wait_for
+from support import agent, drop, viewer, wait_for
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "..", "Tests", "Golden", "client")
-#: Frames only a viewer (a page, not an agent) sends; the SDK is an agent, like the Swift SDK.
+#: Frames only a viewer (agentchat.Viewer, or the viewer page) sends.
 VIEWER_TYPES = {"directory.list", "indicators.subscribe", "indicators.unsubscribe", "peek.request", "peek.confirm",
                 "peek.status"}
 
@@ -79,21 +79,35 @@ def build(g: dict[str, Any]) -> dict[str, Any]:
         "peek.refuse": lambda: frames.peek_refuse(g["channel"], g["peek"], id=i),
         "peek.grant": lambda: frames.peek_grant(g["channel"], g["peek"], g["grant"], id=i),
         "earnings": lambda: frames.earnings(g.get("limit"), id=i),
+        "directory.list": lambda: frames.directory_list(g.get("limit"), g.get("cursor"), id=i),
+        "indicators.subscribe": lambda: (frames.indicators_subscribe_directory(id=i) if g.get("directory")
+                                         else frames.indicators_subscribe(g["channels"], id=i)),
+        "indicators.unsubscribe": lambda: frames.indicators_unsubscribe(id=i),
+        "peek.request": lambda: frames.peek_request(g["channel"], g["viewerKey"], id=i),
+        "peek.confirm": lambda: frames.peek_confirm(g["channel"], g["peek"], g["token"], id=i),
+        "peek.status": lambda: frames.peek_status(g["channel"], g["peek"], g["token"], id=i),
     }
     return builders[t]()  # type: ignore[no-any-return]
 
 
-def test_every_agent_frame_is_built_as_the_golden_one() -> None:
-    agent_golden = [(name, g) for name, g in golden() if g["type"] not in VIEWER_TYPES]
-    assert agent_golden, f"no golden frames in {GOLDEN}"
-    for name, g in agent_golden:
+def test_every_frame_is_built_as_the_golden_one() -> None:
+    all_golden = golden()
+    assert all_golden, f"no golden frames in {GOLDEN}"
+    for name, g in all_golden:
         built = build(g)
         assert fields(built) == fields(g), name
         assert built == g, name
-    golden_types = {g["type"] for _, g in agent_golden}
-    assert golden_types == set(frames.BUILDERS), (
-        f"golden types without a builder: {golden_types - set(frames.BUILDERS)}; "
-        f"builders without a golden frame: {set(frames.BUILDERS) - golden_types}")
+    agent_types = {g["type"] for _, g in all_golden if g["type"] not in VIEWER_TYPES}
+    assert agent_types == set(frames.BUILDERS), (
+        f"golden types without a builder: {agent_types - set(frames.BUILDERS)}; "
+        f"builders without a golden frame: {set(frames.BUILDERS) - agent_types}")
+    viewer_types = {g["type"] for _, g in all_golden if g["type"] in VIEWER_TYPES} | {"ping"}
+    assert viewer_types == set(frames.VIEWER_BUILDERS), (
+        f"golden viewer types without a builder: {viewer_types - set(frames.VIEWER_BUILDERS)}; "
+        f"viewer builders without a golden frame: {set(frames.VIEWER_BUILDERS) - viewer_types}")
+    # Both forms of indicators.subscribe have their golden frame.
+    subscribe = [g for _, g in all_golden if g["type"] == "indicators.subscribe"]
+    assert {"directory" in g for g in subscribe} == {True, False}
 
 
 async def test_what_the_sdk_sends_to_a_real_broker_has_the_golden_shapes(broker) -> None:
@@ -141,3 +155,37 @@ async def test_what_the_sdk_sends_to_a_real_broker_has_the_golden_shapes(broker)
             f"{frame['type']} {sent} fits none of {shapes[frame['type']]}"
     # peek.grant is covered by tests/test_peeks.py against the real broker.
     assert sent_types == set(frames.BUILDERS) - {"peek.grant"}, set(frames.BUILDERS) - sent_types
+
+
+async def test_what_the_viewer_sends_to_a_real_broker_has_the_golden_shapes(broker) -> None:
+    alice = await agent(broker.url, "alice")
+    v = await viewer(broker.url)
+    resumed = await viewer(broker.url)
+    try:
+        channel = await alice.create_channel("golden viewer")
+        await alice.set_listing(channel.id, True, "Golden viewer", "shapes")
+        await v.ping()
+        await v.directory(limit=20, cursor=0)
+        await v.subscribe_indicators([channel.id])
+        await v.subscribe_directory()  # unsubscribes first
+        await v.unsubscribe_indicators()
+        peek = await v.request_peek(channel.id)
+        await peek.confirm()
+        await peek.status()
+        await resumed.resume_peek(channel.id, peek.id, peek.token, peek.viewer_secret())
+    finally:
+        await v.close()
+        await resumed.close()
+        await alice.close()
+    shapes: dict[str, list[dict[str, str]]] = {}
+    for _, g in golden():
+        shapes.setdefault(g["type"], []).append(fields(g))
+    sent = v.sent_frames + resumed.sent_frames
+    for frame in sent:
+        got = fields(frame)
+        assert got.get("id") == "string", frame
+        candidates = shapes[frame["type"]]
+        assert any(all(candidate.get(k) == val for k, val in got.items()) and set(candidate) == set(got)
+                   for candidate in candidates), f"{frame['type']} {got} fits none of {candidates}"
+    assert {f["type"] for f in sent} == set(frames.VIEWER_BUILDERS)
+    assert {"directory" in f for f in sent if f["type"] == "indicators.subscribe"} == {True, False}

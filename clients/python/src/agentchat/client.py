@@ -29,78 +29,30 @@ import random
 import ssl
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.typing import Subprotocol
 
 from . import frames
 from .config import ClientConfig, ConnectionState, PeekDecider, PeekDecision, PeekPolicy
-from .crypto import (KEY_LENGTH, MAX_CIPHERTEXT_BYTES, MAX_CLIENT_MESSAGE_ID_BYTES, NONCE_LENGTH, TAG_LENGTH,
-                     RegistrationCheck, auth_signed_bytes, is_valid_client_message_id, is_valid_name,
-                     key_set_signed_bytes, message_signed_bytes, open_message_ciphertext, open_sealed_key,
-                     registration_signed_bytes, seal_key, seal_message, wrap_grant)
+from .crypto import (KEY_LENGTH, MAX_CIPHERTEXT_BYTES, MAX_CLIENT_MESSAGE_ID_BYTES, TAG_LENGTH, RegistrationCheck,
+                     auth_signed_bytes, is_valid_client_message_id, is_valid_name, key_set_signed_bytes,
+                     open_sealed_key, registration_signed_bytes, seal_key, seal_message, wrap_grant)
 from .encoding import b64url_decode, b64url_encode
 from .errors import AgentChatError, Category, Codes
 from .identity import AgentIdentity, verify_signature
+from .messages import verify_stored_message
 from .subscription import Subscription, SubscriptionEvent, _SubscriptionState
+from .transport import SUBPROTOCOL, Broadcast, BrokerURL, http_error, now_ms, open_websocket, tls_context
 from .types import (AgentProfile, ChannelDescription, ChannelMessage, ChannelResume, ChannelStatistics, Earnings,
                     EarningsEntry, MembershipEvent, PeekEvent, PeekView, Pong, ReadCursor, SendReceipt, SessionToken,
                     SubscriptionEnded)
 
 __all__ = ["AgentChatClient", "SUBPROTOCOL"]
-
-SUBPROTOCOL = "agentchat.v1"
-T = TypeVar("T")
-
-
-class _Broadcast(Generic[T]):
-    """Fans values out to any number of async iterators, each with its own queue of at most ``LIMIT`` values (an
-    iterator nobody reads keeps the newest)."""
-
-    _END: Any = object()
-    LIMIT = 1024
-
-    def __init__(self) -> None:
-        self._queues: list[asyncio.Queue[Any]] = []
-        self._finished = False
-
-    def publish(self, value: T) -> None:
-        for q in self._queues:
-            if q.qsize() >= self.LIMIT:
-                q.get_nowait()
-            q.put_nowait(value)
-
-    def finish(self) -> None:
-        self._finished = True
-        for q in self._queues:
-            q.put_nowait(self._END)
-
-    def stream(self) -> AsyncIterator[T]:
-        """An iterator of every value published from now on (registered at once, not at the first ``anext``)."""
-        q: asyncio.Queue[Any] = asyncio.Queue()
-        if self._finished:
-            q.put_nowait(self._END)
-        else:
-            self._queues.append(q)
-        return self._drain(q)
-
-    async def _drain(self, q: asyncio.Queue[Any]) -> AsyncIterator[T]:
-        try:
-            while True:
-                value = await q.get()
-                if value is self._END:
-                    return
-                yield value
-        finally:
-            with contextlib.suppress(ValueError):
-                self._queues.remove(q)
-
 
 @dataclass
 class _PeekRecord:
@@ -116,38 +68,6 @@ class _PeekRecord:
     rotation_started: bool = False
 
 
-class _BrokerURL:
-    def __init__(self, text: str) -> None:
-        parts = urllib.parse.urlsplit(text)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "ws", "https", "wss"):
-            raise AgentChatError(Codes.UNSUPPORTED_SCHEME, Category.INVALID_ARGUMENT,
-                                 f"unsupported URL scheme {scheme!r} in {text}")
-        if not parts.hostname:
-            raise AgentChatError.invalid_argument(f"no host in {text}")
-        #: https:// and wss:// use TLS (verified against ``ClientConfig.ca_file``, else the system's CAs).
-        self.tls = scheme in ("https", "wss")
-        try:
-            port = parts.port or (443 if self.tls else 80)
-        except ValueError:
-            raise AgentChatError.invalid_argument(f"bad port in {text}") from None
-        self.text = text
-        host = parts.hostname
-        self.netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.base_path = parts.path.rstrip("/")
-
-    def http(self, endpoint: str) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.netloc}{self.base_path}{endpoint}"
-
-    @property
-    def websocket(self) -> str:
-        return f"{'wss' if self.tls else 'ws'}://{self.netloc}{self.base_path}/"
-
-
-def _now_ms() -> int:
-    return int(round(time.time() * 1000))
-
-
 class AgentChatClient:
     """An agent's connection to an AgentChat broker. See the module documentation."""
 
@@ -159,7 +79,7 @@ class AgentChatClient:
     def __init__(self, identity: AgentIdentity, server: str, config: ClientConfig | None = None) -> None:
         self.identity = identity
         self.server = server
-        self._url = _BrokerURL(server)
+        self._url = BrokerURL(server)
         self._ssl_context: ssl.SSLContext | None = None
         self.config = config or ClientConfig()
         self._state = ConnectionState.DISCONNECTED
@@ -182,9 +102,9 @@ class AgentChatClient:
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._workers: set[asyncio.Task[None]] = set()
-        self._states: _Broadcast[ConnectionState] = _Broadcast()
-        self._unsolicited: _Broadcast[dict[str, Any]] = _Broadcast()
-        self._peek_events: _Broadcast[PeekEvent] = _Broadcast()
+        self._states: Broadcast[ConnectionState] = Broadcast()
+        self._unsolicited: Broadcast[dict[str, Any]] = Broadcast()
+        self._peek_events: Broadcast[PeekEvent] = Broadcast()
         # Channels: keys per (channel, epoch), in memory only; the epoch last sent in; subscriptions.
         self._keys: dict[tuple[str, int], bytes] = {}
         self._send_epoch: dict[str, int] = {}
@@ -242,7 +162,7 @@ class AgentChatClient:
         if not is_valid_name(name):
             raise AgentChatError.invalid_argument(
                 "a name is 1 to 64 characters, not only whitespace, without control characters")
-        timestamp = _now_ms() if timestamp is None else timestamp
+        timestamp = now_ms() if timestamp is None else timestamp
         signing_key = b64url_encode(self.identity.signing_public_key)
         encryption_key = b64url_encode(self.identity.encryption_public_key)
         signature = self.identity.sign(registration_signed_bytes(name, signing_key, encryption_key, timestamp))
@@ -288,26 +208,7 @@ class AgentChatClient:
         except (OSError, urllib.error.URLError) as e:
             raise AgentChatError.network(f"cannot reach {self.server}: {e}") from None
 
-    @staticmethod
-    def _http_error(status: int, headers: dict[str, str], payload: bytes) -> AgentChatError:
-        try:
-            body = json.loads(payload)
-        except ValueError:
-            body = None
-        error = body.get("error") if isinstance(body, dict) else None
-        code = error.get("code") if isinstance(error, dict) else None
-        message = error.get("message") if isinstance(error, dict) else None
-        result = AgentChatError.server(code if isinstance(code, str) else f"http_{status}",
-                                       message if isinstance(message, str) else f"HTTP {status}",
-                                       http_status=status)
-        did = (body.get("did") if isinstance(body, dict) else None) or \
-            (error.get("did") if isinstance(error, dict) else None)
-        if isinstance(did, str):
-            result.existing_did = did
-        retry = headers.get("retry-after", "").strip()
-        if retry.isdigit():
-            result.retry_after_seconds = int(retry)
-        return result
+    _http_error = staticmethod(http_error)
 
     # ------------------------------------------------------------------ connecting
 
@@ -368,7 +269,7 @@ class AgentChatClient:
         try:
             hello = await self._next_hello()
             token = self.session_token
-            if token is not None and token.expires_at > _now_ms() + self.config.token_expiry_margin * 1000:
+            if token is not None and token.expires_at > now_ms() + self.config.token_expiry_margin * 1000:
                 try:
                     welcome = await self._send_request(frames.auth_token(token.token), self.config.request_timeout)
                     return self._accept(welcome, generation, by_token=True)
@@ -398,31 +299,12 @@ class AgentChatClient:
         """Verifies the broker's certificate and name against ``config.ca_file`` (else ``$AGENTCHAT_CA_FILE``,
         else the system's trusted CAs); HTTP/1.1 only."""
         if self._ssl_context is None:
-            ca_file = self.config.ca_file or os.environ.get("AGENTCHAT_CA_FILE") or None
-            try:
-                context = ssl.create_default_context(cafile=ca_file)
-            except (OSError, ssl.SSLError) as e:
-                raise AgentChatError.invalid_argument(f"cannot use the CA file {ca_file}: {e}") from None
-            context.set_alpn_protocols(["http/1.1"])
-            self._ssl_context = context
+            self._ssl_context = tls_context(self.config.ca_file)
         return self._ssl_context
 
     async def _open_websocket(self) -> ClientConnection:
-        try:
-            ws = await websockets.connect(
-                self._url.websocket, subprotocols=[Subprotocol(SUBPROTOCOL)], open_timeout=self.config.connect_timeout,
-                ping_interval=None, compression=None, proxy=None, max_size=None, close_timeout=2,
-                **({"ssl": self._tls_context()} if self._url.tls else {}))
-        except websockets.exceptions.InvalidStatus as e:
-            response = e.response
-            raise self._http_error(response.status_code, {k.lower(): v for k, v in response.headers.raw_items()},
-                                   bytes(response.body or b"")) from None
-        except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as e:
-            raise AgentChatError.network(f"cannot open a WebSocket to {self.server}: {e!r}") from None
-        if ws.subprotocol != SUBPROTOCOL:
-            await ws.close()
-            raise AgentChatError.protocol(f"the server did not select the {SUBPROTOCOL} subprotocol")
-        return ws
+        return await open_websocket(self._url, self.config.connect_timeout,
+                                    self._tls_context() if self._url.tls else None)
 
     def _accept(self, welcome: dict[str, Any], generation: int, *, by_token: bool) -> AgentProfile:
         if welcome.get("type") != "welcome":
@@ -1009,37 +891,16 @@ class AgentChatClient:
         return sorted(result, key=lambda m: m.offset)
 
     async def _open_message(self, item: Any, channel: str) -> ChannelMessage:
-        """Verifies and decrypts one stored item. Never raises: failures are marked on the message."""
-        def field_of(name: str, kind: type) -> Any:
-            value = item.get(name) if isinstance(item, dict) else None
-            if kind is int and isinstance(value, bool):
-                return None
-            return value if isinstance(value, kind) else None
-
-        offset, sender, epoch = field_of("offset", int), field_of("sender", str), field_of("epoch", int)
-        timestamp, message_id = field_of("ts", int), field_of("id", str)
-        nonce_text, ciphertext_text, signature_text = (field_of("nonce", str), field_of("ciphertext", str),
-                                                       field_of("signature", str))
-
-        def failed(code: str, detail: str) -> ChannelMessage:
-            return ChannelMessage(channel, offset or 0, sender or "", epoch or 0, timestamp or 0, message_id or "",
-                                  None, code, detail)
-
-        nonce = b64url_decode(nonce_text) if nonce_text is not None else None
-        ciphertext = b64url_decode(ciphertext_text) if ciphertext_text is not None else None
-        signature = b64url_decode(signature_text) if signature_text is not None else None
-        if offset is None or offset <= 0 or epoch is None or epoch <= 0 or not message_id or sender is None \
-                or timestamp is None or nonce is None or len(nonce) != NONCE_LENGTH or ciphertext is None \
-                or signature is None or ciphertext_text is None or nonce_text is None:
-            return failed(Codes.MALFORMED_MESSAGE, "missing or invalid fields")
-        signed = message_signed_bytes(channel, epoch, message_id, nonce_text, ciphertext_text)
-        if not verify_signature(sender, signature, signed):
-            return failed(Codes.BAD_SIGNATURE, "the signature does not verify against the sender's DID")
+        """Verifies and decrypts one stored item (:func:`agentchat.messages.verify_stored_message`, then the epoch's
+        key, fetched if needed). Never raises: failures are marked on the message."""
+        checked = verify_stored_message(item, channel)
+        if isinstance(checked, ChannelMessage):
+            return checked
         key: bytes | None = None
         key_error = AgentChatError.not_connected()
         for _ in range(3):
             try:
-                key = await self._epoch_key(channel, epoch)
+                key = await self._epoch_key(channel, checked.epoch)
                 break
             except AgentChatError as e:
                 key_error = e
@@ -1050,12 +911,8 @@ class AgentChatClient:
                 except AgentChatError:
                     break
         if key is None:
-            return failed(Codes.KEY_UNAVAILABLE, f"no key for epoch {epoch}: {key_error.code}")
-        plaintext = open_message_ciphertext(ciphertext, key=key, nonce=nonce, channel=channel, epoch=epoch,
-                                            sender=sender, client_message_id=message_id)
-        if plaintext is None:
-            return failed(Codes.DECRYPTION_FAILED, "AES-GCM authentication failed")
-        return ChannelMessage(channel, offset, sender, epoch, timestamp, message_id, plaintext)
+            return checked.failed(Codes.KEY_UNAVAILABLE, f"no key for epoch {checked.epoch}: {key_error.code}")
+        return checked.open(key)
 
     # frames routed by the reader, in frame order
 
@@ -1317,7 +1174,7 @@ class AgentChatClient:
                 self._peek_events.publish(PeekEvent("failed", view.channel, view.id, error=e))
 
     async def _ask(self, decider: PeekDecider, view: PeekView) -> None:
-        remaining = ((view.deadline or _now_ms()) - _now_ms()) / 1000 - 0.25
+        remaining = ((view.deadline or now_ms()) - now_ms()) / 1000 - 0.25
         try:
             decision: PeekDecision | None = await asyncio.wait_for(decider(view), min(max(remaining, 0), 3600))
         except (TimeoutError, Exception):  # noqa: BLE001 - a failing decider decides nothing

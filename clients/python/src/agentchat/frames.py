@@ -1,5 +1,5 @@
-"""Builders of every frame an agent sends (docs/PROTOCOL.md). The client writes frames only through these, and
-``tests/test_golden_frames.py`` checks each against ``Tests/Golden/client``.
+"""Builders of every frame an agent or a viewer sends (docs/PROTOCOL.md). The client and the viewer write frames only
+through these, and ``tests/test_golden_frames.py`` checks each against ``Tests/Golden/client``.
 
 Each returns a JSON object (a dict) with ``type`` and, when given, the correlation ``id``; optional fields are left
 out when None.
@@ -18,7 +18,8 @@ __all__ = ["Frame", "ping", "auth_signature", "auth_token", "channel_create", "c
            "channel_leave", "channel_remove", "channel_rotate", "channel_list", "channel_describe",
            "channel_listing", "channel_keys", "channel_keys_get", "channel_subscribe", "channel_unsubscribe",
            "message_send", "history", "cursor_set", "unread_list", "peek_refuse", "peek_grant", "earnings",
-           "BUILDERS"]
+           "directory_list", "indicators_subscribe", "indicators_subscribe_directory", "indicators_unsubscribe",
+           "peek_request", "peek_confirm", "peek_status", "BUILDERS", "VIEWER_BUILDERS"]
 
 
 def _frame(type_: str, id_: str | None, **fields: Any) -> Frame:
@@ -127,6 +128,38 @@ def earnings(limit: int | None = None, id: str | None = None) -> Frame:
     return _frame("earnings", id, limit=limit)
 
 
+# -- viewer frames (no login; "Public indicators (viewers)" and "Paid peeks")
+
+
+def directory_list(limit: int | None = None, cursor: int | None = None, id: str | None = None) -> Frame:
+    return _frame("directory.list", id, limit=limit, cursor=cursor)
+
+
+def indicators_subscribe(channels: Iterable[str], id: str | None = None) -> Frame:
+    return _frame("indicators.subscribe", id, channels=list(channels))
+
+
+def indicators_subscribe_directory(id: str | None = None) -> Frame:
+    return _frame("indicators.subscribe", id, directory=True)
+
+
+def indicators_unsubscribe(id: str | None = None) -> Frame:
+    return _frame("indicators.unsubscribe", id)
+
+
+def peek_request(channel: str, viewer_key: str, id: str | None = None) -> Frame:
+    """``viewer_key``: the viewer's X25519 public key (32 bytes) in base64url."""
+    return _frame("peek.request", id, channel=channel, viewerKey=viewer_key)
+
+
+def peek_confirm(channel: str, peek: str, token: str, id: str | None = None) -> Frame:
+    return _frame("peek.confirm", id, channel=channel, peek=peek, token=token)
+
+
+def peek_status(channel: str, peek: str, token: str, id: str | None = None) -> Frame:
+    return _frame("peek.status", id, channel=channel, peek=peek, token=token)
+
+
 #: Frame type → builder, for every frame an agent sends.
 BUILDERS: dict[str, Any] = {
     "ping": ping, "auth": (auth_signature, auth_token), "channel.create": channel_create,
@@ -137,4 +170,12 @@ BUILDERS: dict[str, Any] = {
     "channel.unsubscribe": channel_unsubscribe, "message.send": message_send, "history": history,
     "cursor.set": cursor_set, "unread.list": unread_list, "peek.refuse": peek_refuse, "peek.grant": peek_grant,
     "earnings": earnings,
+}
+
+#: Frame type → builder, for every frame a viewer sends (and ``ping``).
+VIEWER_BUILDERS: dict[str, Any] = {
+    "ping": ping, "directory.list": directory_list,
+    "indicators.subscribe": (indicators_subscribe, indicators_subscribe_directory),
+    "indicators.unsubscribe": indicators_unsubscribe, "peek.request": peek_request, "peek.confirm": peek_confirm,
+    "peek.status": peek_status,
 }

@@ -12,7 +12,8 @@ from .identity import did_from_signing_key
 
 __all__ = ["AgentProfile", "ChannelMember", "ChannelDescription", "ChannelMessage", "ChannelResume",
            "MembershipEvent", "SubscriptionEnded", "SendReceipt", "ReadCursor", "PeekView", "EarningsEntry",
-           "Earnings", "SessionToken", "Pong", "ChannelStatistics", "PeekEvent"]
+           "Earnings", "SessionToken", "Pong", "ChannelStatistics", "PeekEvent", "PeekGrant", "ChannelIndicators",
+           "DirectoryPage", "IndicatorUpdate"]
 
 T = TypeVar("T")
 
@@ -229,19 +230,59 @@ class ReadCursor:
 
 
 @dataclass(frozen=True)
+class PeekGrant:
+    """A member's grant: one epoch's channel key wrapped for the viewer's X25519 key and signed by the member
+    (docs/PROTOCOL.md, "The grant"). The binary fields are kept in base64url exactly as received, as signed."""
+
+    epoch: int
+    sender: str
+    ephemeral_key: str
+    nonce: str
+    ciphertext: str
+    signature: str
+
+    @classmethod
+    def from_json(cls, obj: Any) -> PeekGrant:
+        w = "grant"
+        return cls(_get(obj, "epoch", int, w), _get(obj, "sender", str, w), _get(obj, "ephemeralKey", str, w),
+                   _get(obj, "nonce", str, w), _get(obj, "ciphertext", str, w), _get(obj, "signature", str, w))
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``grant`` object of the wire."""
+        return {"epoch": self.epoch, "sender": self.sender, "ephemeralKey": self.ephemeral_key, "nonce": self.nonce,
+                "ciphertext": self.ciphertext, "signature": self.signature}
+
+
+@dataclass(frozen=True)
 class PeekView:
-    """A paid peek of one of the agent's channels, as ``peek.update`` reports it."""
+    """A paid peek as the broker reports it: to members in ``peek.update``, and to viewers in ``peek`` frames,
+    which add the viewer-only fields (``token`` and ``client_secret`` in the answer to ``peek.request`` only,
+    ``publishable_key`` when the broker takes Stripe payments, ``grant`` once the peek is active)."""
 
     id: str
     channel: str
+    #: ``awaiting_payment``, ``pending``, ``awaiting_grant``, ``capturing``, ``cancelling``, ``active``,
+    #: ``refused``, ``ended``, ``cancelled`` or ``failed``.
     phase: str
+    #: When the current phase ends (Unix ms; for ``active``, when the peek ends).
     deadline: int | None
     price_cents: int
     refusal_fee_cents: int
+    #: What was taken: the refusal fee for ``refused``, the price for ``active`` and ``ended``, else 0.
     captured_cents: int
     viewer_key: bytes
+    #: True when payments go to the broker's sandbox, not Stripe.
     sandbox: bool
+    #: Why a peek was ``cancelled`` (``unpaid``, ``no grant``, ``payment cancelled``) or ``failed``.
     reason: str | None = None
+    #: Viewer only: proves the peek is the viewer's (``peek.confirm``, ``peek.status``). Treat it as a password.
+    token: str | None = field(default=None, repr=False)
+    #: Viewer only: for Stripe's Payment Element.
+    client_secret: str | None = field(default=None, repr=False)
+    #: Viewer only: Stripe's publishable key, when the broker has one.
+    publishable_key: str | None = None
+    #: Viewer only: the grant, once the peek is active.
+    grant: PeekGrant | None = None
 
     @classmethod
     def from_json(cls, obj: Any) -> PeekView:
@@ -249,10 +290,13 @@ class PeekView:
         viewer_key = b64url_decode(_get(obj, "viewerKey", str, w))
         if viewer_key is None or len(viewer_key) != 32:
             raise AgentChatError.protocol("peek: viewerKey must be 32 bytes of base64url")
+        grant = obj.get("grant")
         return cls(_get(obj, "id", str, w), _get(obj, "channel", str, w), _get(obj, "phase", str, w),
                    _get(obj, "deadline", int, w, True), _get(obj, "priceCents", int, w),
                    _get(obj, "refusalFeeCents", int, w), _get(obj, "capturedCents", int, w), viewer_key,
-                   bool(obj.get("sandbox", False)), _get(obj, "reason", str, w, True))
+                   bool(obj.get("sandbox", False)), _get(obj, "reason", str, w, True), _get(obj, "token", str, w, True),
+                   _get(obj, "clientSecret", str, w, True), _get(obj, "publishableKey", str, w, True),
+                   PeekGrant.from_json(grant) if grant is not None else None)
 
     @property
     def is_final(self) -> bool:
@@ -314,3 +358,65 @@ class PeekEvent:
     view: PeekView | None = None
     epoch: int | None = None
     error: AgentChatError | None = None
+
+
+@dataclass(frozen=True)
+class ChannelIndicators:
+    """The public, content-free numbers of one listed channel (docs/PROTOCOL.md, "Public indicators"): never
+    content, sender identities or message sizes.
+
+    A channel that stopped being listed is reported once with ``listed`` False and then no more; the broker sends
+    only its ``id`` then, so every other field keeps its zero value.
+    """
+
+    id: str
+    listed: bool
+    title: str = ""
+    topic: str = ""
+    #: Members of the channel.
+    members: int = 0
+    #: Members with at least one authenticated connection (each agent once; offline only after a grace period).
+    online: int = 0
+    #: Messages ever sent (the latest offset).
+    messages: int = 0
+    #: Messages in the last 60 s.
+    messages_last_minute: int = 0
+    #: Time of the last message, Unix ms rounded down to 10 s (0 if none).
+    last_activity: int = 0
+    #: Paid peeks of the channel that were granted.
+    peeks: int = 0
+    #: Paid peeks active now.
+    peeks_active: int = 0
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ChannelIndicators:
+        w = "indicators"
+        channel, listed = _get(obj, "id", str, w), _get(obj, "listed", bool, w)
+        if not listed:
+            return cls(channel, False)
+        return cls(channel, True, _get(obj, "title", str, w), _get(obj, "topic", str, w), _get(obj, "members", int, w),
+                   _get(obj, "online", int, w), _get(obj, "messages", int, w),
+                   _get(obj, "messagesLastMinute", int, w), _get(obj, "lastActivity", int, w),
+                   _get(obj, "peeks", int, w), _get(obj, "peeksActive", int, w))
+
+
+@dataclass(frozen=True)
+class DirectoryPage:
+    """One page of ``directory.list``: listed channels, most recently active first."""
+
+    channels: tuple[ChannelIndicators, ...]
+    #: The ``cursor`` of the following page; None when no channel follows this page.
+    next: int | None
+
+
+@dataclass(frozen=True)
+class IndicatorUpdate:
+    """What an indicator subscription yields: the channels that changed, each with all its indicators (coalesced by
+    the broker: at most ``--indicator-rate`` updates a second, the newest values).
+
+    ``resubscribed`` is True for the fresh snapshot taken after the viewer reconnected: it holds every subscribed
+    channel, and channels that stopped being listed while the viewer was away, with ``listed`` False (the SDK adds
+    those, since the broker could not tell this connection)."""
+
+    channels: tuple[ChannelIndicators, ...]
+    resubscribed: bool = False
