@@ -191,8 +191,11 @@ final class Recorder<Value: Sendable>: Sendable {
     }
 
     @Test func askLetsTheApplicationRefuseAndNoAnswerGrants() async throws {
-        // The decider has until shortly before the refusal window closes; the silent one is then granted.
-        let cluster = try await ChannelCluster(brokers: 2, extraArguments: Self.windows + ["--peek-refusal-window", "3"])
+        // The decider has until shortly before the refusal window closes; the silent one is then granted. Windows
+        // long enough for a loaded machine (the whole suite in parallel on two cores) to carry the notice from broker
+        // to broker to the SDK and the answer back: with 3 s, a refusal once arrived too late, and a grant once too.
+        let cluster = try await ChannelCluster(brokers: 2, extraArguments: Self.windows
+                                                   + ["--peek-refusal-window", "8", "--peek-grant-window", "15"])
         defer { cluster.stop() }
         let alice = try await agent(cluster, "alice")
         let refusing = try await listedChannel(alice)
