@@ -35,7 +35,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -57,6 +57,7 @@ ViewerPeekEvent = PeekView | ChannelMessage
 
 _MAX_SUBSCRIBE_CHANNELS = 100
 _RAW_PUBLIC = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+T = TypeVar("T")
 
 
 def _check_channel(channel: object) -> str:
@@ -84,6 +85,38 @@ class _End:
     error: AgentChatError | None
 
 
+class _Stream(Generic[T]):
+    """What the reader queues for the application and the application iterates, until it ends (once): without an
+    error iteration stops; with one, iteration raises it."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[T | _End] = asyncio.Queue()
+        self._ended = False
+        self._done = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, _End):
+            self._done = True
+            if item.error is not None:
+                raise item.error
+            raise StopAsyncIteration
+        return item
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def _end(self, error: AgentChatError | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._queue.put_nowait(_End(error))
+
 
 class _Pacer:
     """A token bucket for the frames the viewer sends: waits instead of letting the broker drop a frame."""
@@ -105,7 +138,7 @@ class _Pacer:
             await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
-class IndicatorSubscription:
+class IndicatorSubscription(_Stream[IndicatorUpdate]):
     """A subscription to public indicators (:meth:`Viewer.subscribe_indicators`, :meth:`Viewer.subscribe_directory`).
 
     ``snapshot`` is the broker's answer; iterating yields :class:`IndicatorUpdate` as they come (``latest`` keeps the
@@ -116,6 +149,7 @@ class IndicatorSubscription:
     """
 
     def __init__(self, viewer: Viewer, channels: tuple[str, ...] | None) -> None:
+        super().__init__()
         self._viewer = viewer
         #: True for the whole directory (every listed channel, including ones listed later).
         self.directory = channels is None
@@ -126,25 +160,8 @@ class IndicatorSubscription:
         self.latest: dict[str, ChannelIndicators] = {}
         #: Channels currently listed, as far as this subscription knows.
         self._listed: set[str] = set()
-        self._queue: asyncio.Queue[IndicatorUpdate | _End] = asyncio.Queue()
         #: The answer to the (re)subscription on the current connection arrived: updates may follow.
         self._ready = False
-        self._ended = False
-        self._done = False
-
-    def __aiter__(self) -> IndicatorSubscription:
-        return self
-
-    async def __anext__(self) -> IndicatorUpdate:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, _End):
-            self._done = True
-            if item.error is not None:
-                raise item.error
-            raise StopAsyncIteration
-        return item
 
     async def next_update(self, timeout: float | None = None) -> IndicatorUpdate:
         """The next update; raises ``timeout`` when none comes in time, ``client_closed`` when the subscription
@@ -156,10 +173,6 @@ class IndicatorSubscription:
             raise AgentChatError.timeout(f"no indicator update within {timeout} s") from None
         except StopAsyncIteration:
             raise AgentChatError.closed() from None
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     async def close(self) -> None:
         """Unsubscribes (``indicators.unsubscribe``) if this is the viewer's current subscription; ends iteration."""
@@ -221,13 +234,8 @@ class IndicatorSubscription:
         else:
             self._listed.discard(indicators.id)
 
-    def _end(self, error: AgentChatError | None) -> None:
-        if not self._ended:
-            self._ended = True
-            self._queue.put_nowait(_End(error))
 
-
-class ViewerPeek:
+class ViewerPeek(_Stream[ViewerPeekEvent]):
     """A paid peek this viewer asked for (:meth:`Viewer.request_peek`) or resumed (:meth:`Viewer.resume_peek`).
 
     :meth:`confirm` and :meth:`status` make the connection follow the peek. Iterating yields every
@@ -242,6 +250,7 @@ class ViewerPeek:
     """
 
     def __init__(self, viewer: Viewer, channel: str, peek: str, token: str, viewer_secret: bytes) -> None:
+        super().__init__()
         self._viewer = viewer
         self.channel = channel
         self.id = peek
@@ -259,11 +268,8 @@ class ViewerPeek:
         self._last_offset = 0
         #: ``peek.confirm`` or ``peek.status`` was sent: the broker tells this connection of every change.
         self._following = False
-        self._queue: asyncio.Queue[ViewerPeekEvent | _End] = asyncio.Queue()
         self._changed = asyncio.Event()
-        self._ended = False
         self._end_error: AgentChatError | None = None
-        self._done = False
 
     def __repr__(self) -> str:
         phase = self.history[-1].phase if self.history else None
@@ -289,10 +295,6 @@ class ViewerPeek:
     @property
     def phase(self) -> str | None:
         return self.history[-1].phase if self.history else None
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     async def confirm(self) -> PeekView:
         """``peek.confirm``: the payment was confirmed (in the broker's sandbox this authorises it). The connection
@@ -322,20 +324,6 @@ class ViewerPeek:
                     await self._changed.wait()
         except TimeoutError:
             raise AgentChatError.timeout(f"peek {self.id} not in {', '.join(phases)} within {timeout} s") from None
-
-    def __aiter__(self) -> ViewerPeek:
-        return self
-
-    async def __anext__(self) -> ViewerPeekEvent:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, _End):
-            self._done = True
-            if item.error is not None:
-                raise item.error
-            raise StopAsyncIteration
-        return item
 
     async def next_message(self, timeout: float | None = None) -> ChannelMessage:
         """The next message (skipping states); raises ``timeout``, ``client_closed`` once the peek ended, or the
@@ -432,9 +420,8 @@ class ViewerPeek:
     def _end(self, error: AgentChatError | None) -> None:
         if self._ended:
             return
-        self._ended = True
         self._end_error = error
-        self._queue.put_nowait(_End(error))
+        super()._end(error)
         if self._viewer._peeks.get(self.id) is self:
             del self._viewer._peeks[self.id]
         self._pulse()
