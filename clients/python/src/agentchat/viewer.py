@@ -60,24 +60,23 @@ _RAW_PUBLIC = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 T = TypeVar("T")
 
 
-def _check_channel(channel: object) -> str:
-    """A channel id as the broker reads one (``ch_`` and 22 base64url characters of 16 bytes). Checked here because
-    the broker counts a viewer frame it cannot decode towards closing the connection (4001 after 5)."""
-    if not isinstance(channel, str) or not channel.startswith("ch_") or len(channel) != 25:
-        raise AgentChatError.invalid_argument(f"not a channel id: {channel!r}")
-    raw = b64url_decode(channel[3:])
+def _check_id(value: object, prefix: str, what: str) -> str:
+    """An id as the broker reads one (``prefix`` and 22 base64url characters of 16 bytes). Checked here because the
+    broker counts a viewer frame it cannot decode towards closing the connection (4001 after 5)."""
+    if not isinstance(value, str) or not value.startswith(prefix) or len(value) != 25:
+        raise AgentChatError.invalid_argument(f"not a {what} id: {value!r}")
+    raw = b64url_decode(value[3:])
     if raw is None or len(raw) != 16:
-        raise AgentChatError.invalid_argument(f"not a channel id: {channel!r}")
-    return channel
+        raise AgentChatError.invalid_argument(f"not a {what} id: {value!r}")
+    return value
+
+
+def _check_channel(channel: object) -> str:
+    return _check_id(channel, "ch_", "channel")
 
 
 def _check_peek(peek: object) -> str:
-    if not isinstance(peek, str) or not peek.startswith("pk_") or len(peek) != 25:
-        raise AgentChatError.invalid_argument(f"not a peek id: {peek!r}")
-    raw = b64url_decode(peek[3:])
-    if raw is None or len(raw) != 16:
-        raise AgentChatError.invalid_argument(f"not a peek id: {peek!r}")
-    return peek
+    return _check_id(peek, "pk_", "peek")
 
 
 @dataclass
