@@ -26,19 +26,16 @@ import contextlib
 import json
 import os
 import random
-import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import websockets
-from websockets.asyncio.client import ClientConnection
-
 from . import frames
 from .config import ClientConfig, ConnectionState, PeekDecider, PeekDecision, PeekPolicy
+from .connection import Connection
 from .crypto import (KEY_LENGTH, MAX_CIPHERTEXT_BYTES, MAX_CLIENT_MESSAGE_ID_BYTES, TAG_LENGTH, RegistrationCheck,
                      auth_signed_bytes, is_valid_client_message_id, is_valid_name, key_set_signed_bytes,
                      open_sealed_key, registration_signed_bytes, seal_key, seal_message, wrap_grant)
@@ -47,9 +44,9 @@ from .errors import AgentChatError, Category, Codes
 from .identity import AgentIdentity, verify_signature
 from .messages import verify_stored_message
 from .subscription import Subscription, SubscriptionEvent, _SubscriptionState
-from .transport import SUBPROTOCOL, Broadcast, BrokerURL, http_error, now_ms, open_websocket, tls_context
+from .transport import SUBPROTOCOL, Broadcast, http_error, now_ms
 from .types import (AgentProfile, ChannelDescription, ChannelMessage, ChannelResume, ChannelStatistics, Earnings,
-                    EarningsEntry, MembershipEvent, PeekEvent, PeekView, Pong, ReadCursor, SendReceipt, SessionToken,
+                    EarningsEntry, MembershipEvent, PeekEvent, PeekView, ReadCursor, SendReceipt, SessionToken,
                     SubscriptionEnded)
 
 __all__ = ["AgentChatClient", "SUBPROTOCOL"]
@@ -68,7 +65,7 @@ class _PeekRecord:
     rotation_started: bool = False
 
 
-class AgentChatClient:
+class AgentChatClient(Connection[AgentProfile]):
     """An agent's connection to an AgentChat broker. See the module documentation."""
 
     #: How many times :meth:`send` tries before giving up.
@@ -76,35 +73,24 @@ class AgentChatClient:
     #: How many times key publication is retried when membership changes underneath it.
     MAX_KEYING_ATTEMPTS = 5
 
+    _REQUEST_ID_PREFIX = "c"
+    _OPENING = "login"
+    #: The broker refusing this identity will not change: reconnecting gives up.
+    _FINAL_ERROR_CODES = (Codes.AUTH_FAILED,)
+    #: Without auto_reconnect, subscriptions outlive a lost connection: the next :meth:`connect` resubscribes them.
+    _KEEPS_STREAMS_WHEN_DISCONNECTED = True
+
     def __init__(self, identity: AgentIdentity, server: str, config: ClientConfig | None = None) -> None:
         self.identity = identity
-        self.server = server
-        self._url = BrokerURL(server)
-        self._ssl_context: ssl.SSLContext | None = None
-        self.config = config or ClientConfig()
-        self._state = ConnectionState.DISCONNECTED
+        super().__init__(server, config)
         #: The profile from the last ``welcome``.
         self.profile: AgentProfile | None = None
         #: The session token from the last ``welcome`` (kept for reconnecting without a challenge).
         self.session_token: SessionToken | None = None
-        #: Why reconnection gave up (state FAILED).
-        self.failure: AgentChatError | None = None
         self.statistics = ChannelStatistics()
-        self.sent_frames: list[dict[str, Any]] = []
-        self._ws: ClientConnection | None = None
-        self._generation = 0
-        self._next_request = 0
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._hello: dict[str, Any] | None = None
-        self._hello_waiter: asyncio.Future[dict[str, Any]] | None = None
-        self._connect_task: asyncio.Task[AgentProfile] | None = None
-        self._reconnect_task: asyncio.Task[None] | None = None
-        self._closed = False
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._workers: set[asyncio.Task[None]] = set()
-        self._states: Broadcast[ConnectionState] = Broadcast()
-        self._unsolicited: Broadcast[dict[str, Any]] = Broadcast()
-        self._peek_events: Broadcast[PeekEvent] = Broadcast()
+        self._unsolicited: Broadcast[dict[str, Any]] = self._finished_on_close(Broadcast())
+        self._peek_events: Broadcast[PeekEvent] = self._finished_on_close(Broadcast())
         # Channels: keys per (channel, epoch), in memory only; the epoch last sent in; subscriptions.
         self._keys: dict[tuple[str, int], bytes] = {}
         self._send_epoch: dict[str, int] = {}
@@ -120,16 +106,8 @@ class AgentChatClient:
     # ------------------------------------------------------------------ state and streams
 
     @property
-    def state(self) -> ConnectionState:
-        return self._state
-
-    @property
     def did(self) -> str:
         return self.identity.did
-
-    def state_changes(self) -> AsyncIterator[ConnectionState]:
-        """Every state change from now on."""
-        return self._states.stream()
 
     def unsolicited_frames(self) -> AsyncIterator[dict[str, Any]]:
         """Broker frames that answer no pending request (live ``messages``, ``channel.event``, ``peek.update``,
@@ -141,19 +119,9 @@ class AgentChatClient:
         sent at login)."""
         return self._peek_events.stream()
 
-    def _set_state(self, state: ConnectionState) -> None:
-        if state is self._state:
-            return
-        self._state = state
-        self._states.publish(state)
-        if state is ConnectionState.FAILED:
-            self._end_all_subscriptions(self.failure or AgentChatError.network("reconnection gave up"))
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def _end_streams(self, error: AgentChatError | None) -> None:
+        # A subscription always ends with a reason: client_closed when the application closed the client.
+        self._end_all_subscriptions(error if error is not None else AgentChatError.closed())
 
     # ------------------------------------------------------------------ registration
 
@@ -219,92 +187,35 @@ class AgentChatClient:
         Raises ``auth_failed`` (bad signature or unregistered DID), ``network_error``, ``timeout``,
         ``unexpected_response``, ``client_closed``.
         """
-        if self._closed:
-            raise AgentChatError.closed()
-        if self._state is ConnectionState.CONNECTED and self.profile is not None:
-            return self.profile
-        if self._reconnect_task is not None and not self._establishing:
-            # A reconnection is waiting out its backoff: log in now instead.
-            self._reconnect_task.cancel()
-            self._reconnect_task = None
-        try:
-            return await self._establish_once()
-        except AgentChatError:
-            if not self._closed and self._reconnect_task is None and not self._establishing \
-                    and self._state is not ConnectionState.CONNECTED:
-                self._set_state(ConnectionState.DISCONNECTED)
-            raise
+        return await self._connect()
 
-    @property
-    def _establishing(self) -> bool:
-        return self._connect_task is not None and not self._connect_task.done()
+    def _session(self) -> AgentProfile:
+        assert self.profile is not None  # set by the login, before the state is CONNECTED
+        return self.profile
 
-    async def _establish_once(self) -> AgentProfile:
-        if not self._establishing:
-            self._connect_task = asyncio.get_running_loop().create_task(self._establish())
-        assert self._connect_task is not None
-        try:
-            return await asyncio.shield(self._connect_task)
-        except AgentChatError:
-            raise
-        except asyncio.CancelledError:
-            if self._closed:
-                raise AgentChatError.closed() from None
-            raise
-        except Exception as e:  # noqa: BLE001 - whatever broke the login is a network failure to the caller
-            raise AgentChatError.network(f"login failed: {e!r}") from None
-
-    async def _establish(self) -> AgentProfile:
-        self._set_state(ConnectionState.CONNECTING)
-        ws = await self._open_websocket()
-        if self._closed:
-            await ws.close()
-            raise AgentChatError.closed()
-        self._generation += 1
-        generation = self._generation
-        self._ws = ws
-        self._hello = None
-        self._spawn(self._read(ws, generation))
+    async def _open_session(self, generation: int) -> AgentProfile:
+        """The login: with the last session token while it is valid (a refused one falls back), else by signing
+        the ``hello``'s challenge."""
         self._set_state(ConnectionState.AUTHENTICATING)
-        try:
-            hello = await self._next_hello()
-            token = self.session_token
-            if token is not None and token.expires_at > now_ms() + self.config.token_expiry_margin * 1000:
-                try:
-                    welcome = await self._send_request(frames.auth_token(token.token), self.config.request_timeout)
-                    return self._accept(welcome, generation, by_token=True)
-                except AgentChatError as e:
-                    if e.code not in (Codes.TOKEN_INVALID, Codes.CHALLENGE_EXPIRED):
-                        raise
-                    # The broker answers a refused auth with an error and a fresh hello.
-                    self.session_token = None
-                    hello = await self._next_hello()
-            broker, challenge = hello.get("broker"), hello.get("challenge")
-            if not isinstance(broker, str) or not isinstance(challenge, str):
-                raise AgentChatError.protocol("a hello without broker and challenge")
-            signature = b64url_encode(self.identity.sign(auth_signed_bytes(broker, challenge)))
-            welcome = await self._send_request(frames.auth_signature(self.identity.did, signature),
-                                               self.config.request_timeout)
-            return self._accept(welcome, generation, by_token=False)
-        except BaseException as e:
-            if self._generation == generation:
-                self._generation += 1
-                self._ws = None
-                self._fail_pending(e if isinstance(e, AgentChatError) else AgentChatError.network("cancelled"))
-            with contextlib.suppress(Exception):
-                await ws.close()
-            raise
-
-    def _tls_context(self) -> ssl.SSLContext:
-        """Verifies the broker's certificate and name against ``config.ca_file`` (else ``$AGENTCHAT_CA_FILE``,
-        else the system's trusted CAs); HTTP/1.1 only."""
-        if self._ssl_context is None:
-            self._ssl_context = tls_context(self.config.ca_file)
-        return self._ssl_context
-
-    async def _open_websocket(self) -> ClientConnection:
-        return await open_websocket(self._url, self.config.connect_timeout,
-                                    self._tls_context() if self._url.tls else None)
+        hello = await self._next_hello()
+        token = self.session_token
+        if token is not None and token.expires_at > now_ms() + self.config.token_expiry_margin * 1000:
+            try:
+                welcome = await self._send_request(frames.auth_token(token.token), self.config.request_timeout)
+                return self._accept(welcome, generation, by_token=True)
+            except AgentChatError as e:
+                if e.code not in (Codes.TOKEN_INVALID, Codes.CHALLENGE_EXPIRED):
+                    raise
+                # The broker answers a refused auth with an error and a fresh hello.
+                self.session_token = None
+                hello = await self._next_hello()
+        broker, challenge = hello.get("broker"), hello.get("challenge")
+        if not isinstance(broker, str) or not isinstance(challenge, str):
+            raise AgentChatError.protocol("a hello without broker and challenge")
+        signature = b64url_encode(self.identity.sign(auth_signed_bytes(broker, challenge)))
+        welcome = await self._send_request(frames.auth_signature(self.identity.did, signature),
+                                           self.config.request_timeout)
+        return self._accept(welcome, generation, by_token=False)
 
     def _accept(self, welcome: dict[str, Any], generation: int, *, by_token: bool) -> AgentProfile:
         if welcome.get("type") != "welcome":
@@ -315,7 +226,7 @@ class AgentChatClient:
             raise AgentChatError.protocol(f"welcome for {profile.did}, expected {self.identity.did}")
         if not isinstance(token, str) or not isinstance(expires_at, int):
             raise AgentChatError.protocol("welcome without token and expiresAt")
-        if generation != self._generation or self._ws is None:
+        if not self._is_current(generation):
             raise AgentChatError.network("the connection closed during login")
         self.profile = profile
         self.session_token = SessionToken(token, expires_at)
@@ -323,190 +234,14 @@ class AgentChatClient:
             self.statistics.token_logins += 1
         else:
             self.statistics.signature_logins += 1
-        self._set_state(ConnectionState.CONNECTED)
-        if self._subscriptions:
-            self._spawn(self._resubscribe_all(generation))
         return profile
 
-    async def _next_hello(self) -> dict[str, Any]:
-        if self._hello is not None:
-            hello, self._hello = self._hello, None
-            return hello
-        if self._ws is None:
-            raise AgentChatError.not_connected()
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._hello_waiter = waiter
-        try:
-            async with asyncio.timeout(self.config.request_timeout):
-                return await waiter
-        except TimeoutError:
-            raise AgentChatError.timeout(f"no hello within {self.config.request_timeout} s") from None
-        finally:
-            if self._hello_waiter is waiter:
-                self._hello_waiter = None
+    def _resume(self, generation: int) -> None:
+        if self._subscriptions:
+            self._spawn(self._resubscribe_all(generation))
 
-    # ------------------------------------------------------------------ requests
-
-    async def request(self, frame: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """Sends ``frame`` (a :mod:`agentchat.frames` object) with a fresh ``id`` and returns the broker's answer,
-        matched by its ``ref``. An ``error`` answer raises with the broker's code. Needs a logged-in connection."""
-        if self._state is not ConnectionState.CONNECTED:
-            raise AgentChatError.closed() if self._closed else AgentChatError.not_connected()
-        return await self._send_request(frame, timeout if timeout is not None else self.config.request_timeout)
-
-    async def ping(self) -> Pong:
-        start = time.monotonic()
-        reply = await self.request(frames.ping())
-        if reply.get("type") != "pong" or not isinstance(reply.get("time"), int):
-            raise AgentChatError.protocol(f"expected pong, got {reply.get('type')}")
-        return Pong(reply["time"], time.monotonic() - start)
-
-    async def _send_request(self, frame: dict[str, Any], timeout: float) -> dict[str, Any]:
-        ws = self._ws
-        if ws is None:
-            raise AgentChatError.not_connected()
-        self._next_request += 1
-        request_id = f"c{self._next_request}"
-        frame = {**frame, "id": request_id}
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            await self._write(ws, frame)
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            raise AgentChatError.timeout(f"no answer to {frame['type']} within {timeout} s") from None
-        finally:
-            self._pending.pop(request_id, None)
-
-    async def _write(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
-        if self.config.record_frames:
-            self.sent_frames.append(json.loads(json.dumps(frame)))
-        try:
-            await ws.send(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
-        except websockets.exceptions.ConnectionClosed:
-            raise AgentChatError.network("the connection is closed") from None
-
-    # ------------------------------------------------------------------ the reader
-
-    async def _read(self, ws: ClientConnection, generation: int) -> None:
-        close_code: int | None = None
-        reason = ""
-        try:
-            async for raw in ws:
-                if generation != self._generation:
-                    return
-                try:
-                    frame = json.loads(raw)
-                except ValueError:
-                    continue  # a broker frame that is not JSON: nothing to answer it with
-                if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-                    continue
-                self._dispatch(frame)
-        except websockets.exceptions.ConnectionClosed:
-            pass
-        except Exception as e:  # noqa: BLE001 - any failure of the socket ends the connection
-            reason = repr(e)
-        finally:
-            received = ws.protocol.close_rcvd
-            if received is not None:
-                close_code, reason = received.code, received.reason or "closed by the broker"
-            self._on_closed(generation, close_code, reason or "connection lost")
-
-    def _dispatch(self, frame: dict[str, Any]) -> None:
-        kind, ref = frame["type"], frame.get("ref")
-        future = self._pending.pop(ref, None) if isinstance(ref, str) else None
-        if future is not None:
-            if future.done():
-                return
-            if kind == "subscribed":
-                # Applied here, in frame order, before any `messages` frame that follows it.
-                try:
-                    self._apply_subscribed(frame)
-                except AgentChatError as e:
-                    future.set_exception(e)
-                    return
-            if kind == "error":
-                code, message = frame.get("code"), frame.get("message")
-                future.set_exception(AgentChatError.server(code if isinstance(code, str) else "error",
-                                                           message if isinstance(message, str) else ""))
-            else:
-                future.set_result(frame)
-        elif kind == "hello":
-            if self._hello_waiter is not None and not self._hello_waiter.done():
-                self._hello_waiter.set_result(frame)
-                self._hello_waiter = None
-            else:
-                self._hello = frame
-        else:
-            try:
-                self._route_channel_frame(frame)
-                self._route_peek_frame(frame)
-            except AgentChatError:
-                pass  # an unreadable unsolicited frame is dropped
-            self._unsolicited.publish(frame)
-
-    def _on_closed(self, generation: int, close_code: int | None, reason: str) -> None:
-        if generation != self._generation:
-            return
-        was_connected = self._state is ConnectionState.CONNECTED
-        self._generation += 1
-        self._ws = None
-        text = f"connection closed ({close_code}): {reason}" if close_code else f"connection closed: {reason}"
-        self._fail_pending(AgentChatError.network(text, close_code=close_code))
-        if self._closed:
-            return
-        if was_connected:
-            if self.config.auto_reconnect:
-                self._start_reconnecting()
-            else:
-                self._set_state(ConnectionState.DISCONNECTED)
-
-    def _fail_pending(self, error: AgentChatError) -> None:
-        waiting, self._pending = self._pending, {}
-        for future in waiting.values():
-            if not future.done():
-                future.set_exception(error)
-        if self._hello_waiter is not None and not self._hello_waiter.done():
-            self._hello_waiter.set_exception(error)
-        self._hello_waiter = None
-        self._hello = None
-
-    # ------------------------------------------------------------------ reconnecting
-
-    def _start_reconnecting(self) -> None:
-        self._set_state(ConnectionState.RECONNECTING)  # at once: nothing may take the old connection as live
-        if self._reconnect_task is None:
-            self._reconnect_task = self._spawn(self._reconnect_loop())
-
-    async def _reconnect_loop(self) -> None:
-        attempt = 0
-        try:
-            while not self._closed:
-                attempt += 1
-                limit = self.config.backoff.max_attempts
-                if limit is not None and attempt > limit:
-                    self.failure = AgentChatError.network(f"gave up reconnecting after {limit} attempts")
-                    self._set_state(ConnectionState.FAILED)
-                    break
-                self._set_state(ConnectionState.RECONNECTING)
-                await asyncio.sleep(self.config.backoff.delay(attempt))
-                if self._closed:
-                    break
-                try:
-                    await self._establish_once()
-                    self.statistics.reconnections += 1
-                    break
-                except AgentChatError as e:
-                    if self._closed:
-                        break
-                    if e.code == Codes.AUTH_FAILED:  # the broker refusing this identity will not change
-                        self.failure = e
-                        self._set_state(ConnectionState.FAILED)
-                        break
-        finally:
-            if self._reconnect_task is asyncio.current_task():
-                self._reconnect_task = None
+    def _reconnected(self) -> None:
+        self.statistics.reconnections += 1
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Waits (up to ``timeout``, default the request plus connect timeouts) for a reconnection in progress."""
@@ -526,35 +261,34 @@ class AgentChatClient:
                 raise AgentChatError.timeout("not reconnected in time")
             await asyncio.sleep(0.02)
 
+    # ------------------------------------------------------------------ requests
+
+    async def request(self, frame: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Sends ``frame`` (a :mod:`agentchat.frames` object) with a fresh ``id`` and returns the broker's answer,
+        matched by its ``ref``. An ``error`` answer raises with the broker's code. Needs a logged-in connection."""
+        return await self._request(frame, on_reply=self._on_answer, timeout=timeout)
+
+    def _on_answer(self, frame: dict[str, Any]) -> None:
+        if frame["type"] == "subscribed":
+            # Applied by the reader, in frame order, before any `messages` frame that follows it.
+            self._apply_subscribed(frame)
+
+    # ------------------------------------------------------------------ the reader
+
+    def _route(self, frame: dict[str, Any]) -> None:
+        try:
+            self._route_channel_frame(frame)
+            self._route_peek_frame(frame)
+        except AgentChatError:
+            pass  # an unreadable unsolicited frame is dropped
+        self._unsolicited.publish(frame)
+
     # ------------------------------------------------------------------ closing
 
     async def close(self) -> None:
         """Closes the connection (code 1000), stops reconnecting, fails waiting requests with ``client_closed`` and
         ends every stream and subscription. Final."""
-        if self._closed:
-            return
-        self._closed = True
-        ws, self._ws = self._ws, None
-        self._generation += 1
-        self._fail_pending(AgentChatError.closed())
-        self._end_all_subscriptions(AgentChatError.closed())
-        self._set_state(ConnectionState.CLOSED)
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
-        if self._connect_task is not None and not self._connect_task.done():
-            self._connect_task.cancel()
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close()
-        for task in list(self._tasks):
-            if task is not current:
-                with contextlib.suppress(BaseException):
-                    await task
-        self._states.finish()
-        self._unsolicited.finish()
-        self._peek_events.finish()
+        await self._close()
 
     async def __aenter__(self) -> AgentChatClient:
         return self

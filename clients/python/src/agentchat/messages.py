@@ -15,28 +15,21 @@ from .crypto import NONCE_LENGTH, message_signed_bytes, open_message_ciphertext
 from .encoding import b64url_decode
 from .errors import Codes
 from .identity import verify_signature
-from .types import ChannelMessage
+from .types import ChannelMessage, _StoredMessageFields
 
 __all__ = ["SignedMessage", "verify_stored_message"]
 
 
 @dataclass(frozen=True)
-class SignedMessage:
+class SignedMessage(_StoredMessageFields):
     """A stored message whose fields are well formed and whose signature verified against its sender's DID; it
     still needs its epoch's key (:meth:`open`)."""
 
-    channel: str
-    offset: int
-    sender: str
-    epoch: int
-    timestamp: int
-    client_message_id: str
     nonce: bytes
     ciphertext: bytes
 
     def failed(self, code: str, detail: str) -> ChannelMessage:
-        return ChannelMessage(self.channel, self.offset, self.sender, self.epoch, self.timestamp,
-                              self.client_message_id, None, code, detail)
+        return self._message(None, code, detail)
 
     def open(self, key: bytes) -> ChannelMessage:
         """Decrypts with the epoch's key: the message, or one failed with ``decryption_failed``."""
@@ -45,8 +38,11 @@ class SignedMessage:
                                             client_message_id=self.client_message_id)
         if plaintext is None:
             return self.failed(Codes.DECRYPTION_FAILED, "AES-GCM authentication failed")
+        return self._message(plaintext)
+
+    def _message(self, plaintext: bytes | None, failure: str | None = None, detail: str = "") -> ChannelMessage:
         return ChannelMessage(self.channel, self.offset, self.sender, self.epoch, self.timestamp,
-                              self.client_message_id, plaintext)
+                              self.client_message_id, plaintext, failure, detail)
 
 
 def verify_stored_message(item: Any, channel: str) -> SignedMessage | ChannelMessage:

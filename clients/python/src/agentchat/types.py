@@ -115,13 +115,9 @@ class ChannelDescription:
 
 
 @dataclass(frozen=True)
-class ChannelMessage:
-    """One message of a channel: verified and decrypted, or failed.
-
-    A message whose signature does not verify against its sender's DID, whose epoch key cannot be obtained, or whose
-    ciphertext does not open has ``failure`` set, and asking for its ``plaintext`` or ``text`` raises
-    :class:`MessageVerificationError`: it is never surfaced as text.
-    """
+class _StoredMessageFields:
+    """Which stored message it is: the fields every message read from the broker has, checked and decrypted or not
+    (:class:`ChannelMessage`, and :class:`agentchat.messages.SignedMessage` before it is opened)."""
 
     channel: str
     offset: int
@@ -129,6 +125,17 @@ class ChannelMessage:
     epoch: int
     timestamp: int
     client_message_id: str
+
+
+@dataclass(frozen=True)
+class ChannelMessage(_StoredMessageFields):
+    """One message of a channel: verified and decrypted, or failed.
+
+    A message whose signature does not verify against its sender's DID, whose epoch key cannot be obtained, or whose
+    ciphertext does not open has ``failure`` set, and asking for its ``plaintext`` or ``text`` raises
+    :class:`MessageVerificationError`: it is never surfaced as text.
+    """
+
     _plaintext: bytes | None = field(default=None, repr=False)
     #: Why the message could not be verified or decrypted: ``bad_signature``, ``decryption_failed``,
     #: ``key_unavailable`` or ``malformed_message``; None for a good message.

@@ -32,26 +32,22 @@ that close a connection that has not logged in (a count never reset, however lon
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
-import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from websockets.asyncio.client import ClientConnection
 
 from . import frames
 from .config import ClientConfig, ConnectionState
+from .connection import Connection
 from .crypto import KEY_LENGTH, unwrap_grant, verify_grant
 from .encoding import b64url_decode, b64url_encode
 from .errors import AgentChatError, Category, Codes
 from .messages import verify_stored_message
-from .transport import Broadcast, BrokerURL, open_websocket, tls_context
-from .types import (ChannelIndicators, ChannelMessage, DirectoryPage, IndicatorUpdate, PeekGrant, PeekView, Pong)
+from .types import ChannelIndicators, ChannelMessage, DirectoryPage, IndicatorUpdate, PeekGrant, PeekView
 
 __all__ = ["Viewer", "IndicatorSubscription", "ViewerPeek", "ViewerPeekEvent"]
 
@@ -59,30 +55,28 @@ __all__ = ["Viewer", "IndicatorSubscription", "ViewerPeek", "ViewerPeekEvent"]
 #: messages while it is active.
 ViewerPeekEvent = PeekView | ChannelMessage
 
-#: Close codes after which reconnecting would only be refused again.
-_FINAL_CLOSE_CODES = (1008, 4001)
 _MAX_SUBSCRIBE_CHANNELS = 100
 _RAW_PUBLIC = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+T = TypeVar("T")
+
+
+def _check_id(value: object, prefix: str, what: str) -> str:
+    """An id as the broker reads one (``prefix`` and 22 base64url characters of 16 bytes). Checked here because the
+    broker counts a viewer frame it cannot decode towards closing the connection (4001 after 5)."""
+    if not isinstance(value, str) or not value.startswith(prefix) or len(value) != 25:
+        raise AgentChatError.invalid_argument(f"not a {what} id: {value!r}")
+    raw = b64url_decode(value[3:])
+    if raw is None or len(raw) != 16:
+        raise AgentChatError.invalid_argument(f"not a {what} id: {value!r}")
+    return value
 
 
 def _check_channel(channel: object) -> str:
-    """A channel id as the broker reads one (``ch_`` and 22 base64url characters of 16 bytes). Checked here because
-    the broker counts a viewer frame it cannot decode towards closing the connection (4001 after 5)."""
-    if not isinstance(channel, str) or not channel.startswith("ch_") or len(channel) != 25:
-        raise AgentChatError.invalid_argument(f"not a channel id: {channel!r}")
-    raw = b64url_decode(channel[3:])
-    if raw is None or len(raw) != 16:
-        raise AgentChatError.invalid_argument(f"not a channel id: {channel!r}")
-    return channel
+    return _check_id(channel, "ch_", "channel")
 
 
 def _check_peek(peek: object) -> str:
-    if not isinstance(peek, str) or not peek.startswith("pk_") or len(peek) != 25:
-        raise AgentChatError.invalid_argument(f"not a peek id: {peek!r}")
-    raw = b64url_decode(peek[3:])
-    if raw is None or len(raw) != 16:
-        raise AgentChatError.invalid_argument(f"not a peek id: {peek!r}")
-    return peek
+    return _check_id(peek, "pk_", "peek")
 
 
 @dataclass
@@ -90,11 +84,37 @@ class _End:
     error: AgentChatError | None
 
 
-@dataclass
-class _Pending:
-    future: asyncio.Future[dict[str, Any]]
-    #: Run by the reader on a successful answer, in frame order (before any frame that follows the answer).
-    on_reply: Callable[[dict[str, Any]], None] | None
+class _Stream(Generic[T]):
+    """What the reader queues for the application and the application iterates, until it ends (once): without an
+    error iteration stops; with one, iteration raises it."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[T | _End] = asyncio.Queue()
+        self._ended = False
+        self._done = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, _End):
+            self._done = True
+            if item.error is not None:
+                raise item.error
+            raise StopAsyncIteration
+        return item
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def _end(self, error: AgentChatError | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._queue.put_nowait(_End(error))
 
 
 class _Pacer:
@@ -117,7 +137,7 @@ class _Pacer:
             await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
-class IndicatorSubscription:
+class IndicatorSubscription(_Stream[IndicatorUpdate]):
     """A subscription to public indicators (:meth:`Viewer.subscribe_indicators`, :meth:`Viewer.subscribe_directory`).
 
     ``snapshot`` is the broker's answer; iterating yields :class:`IndicatorUpdate` as they come (``latest`` keeps the
@@ -128,6 +148,7 @@ class IndicatorSubscription:
     """
 
     def __init__(self, viewer: Viewer, channels: tuple[str, ...] | None) -> None:
+        super().__init__()
         self._viewer = viewer
         #: True for the whole directory (every listed channel, including ones listed later).
         self.directory = channels is None
@@ -138,25 +159,8 @@ class IndicatorSubscription:
         self.latest: dict[str, ChannelIndicators] = {}
         #: Channels currently listed, as far as this subscription knows.
         self._listed: set[str] = set()
-        self._queue: asyncio.Queue[IndicatorUpdate | _End] = asyncio.Queue()
         #: The answer to the (re)subscription on the current connection arrived: updates may follow.
         self._ready = False
-        self._ended = False
-        self._done = False
-
-    def __aiter__(self) -> IndicatorSubscription:
-        return self
-
-    async def __anext__(self) -> IndicatorUpdate:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, _End):
-            self._done = True
-            if item.error is not None:
-                raise item.error
-            raise StopAsyncIteration
-        return item
 
     async def next_update(self, timeout: float | None = None) -> IndicatorUpdate:
         """The next update; raises ``timeout`` when none comes in time, ``client_closed`` when the subscription
@@ -168,10 +172,6 @@ class IndicatorSubscription:
             raise AgentChatError.timeout(f"no indicator update within {timeout} s") from None
         except StopAsyncIteration:
             raise AgentChatError.closed() from None
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     async def close(self) -> None:
         """Unsubscribes (``indicators.unsubscribe``) if this is the viewer's current subscription; ends iteration."""
@@ -233,13 +233,8 @@ class IndicatorSubscription:
         else:
             self._listed.discard(indicators.id)
 
-    def _end(self, error: AgentChatError | None) -> None:
-        if not self._ended:
-            self._ended = True
-            self._queue.put_nowait(_End(error))
 
-
-class ViewerPeek:
+class ViewerPeek(_Stream[ViewerPeekEvent]):
     """A paid peek this viewer asked for (:meth:`Viewer.request_peek`) or resumed (:meth:`Viewer.resume_peek`).
 
     :meth:`confirm` and :meth:`status` make the connection follow the peek. Iterating yields every
@@ -254,6 +249,7 @@ class ViewerPeek:
     """
 
     def __init__(self, viewer: Viewer, channel: str, peek: str, token: str, viewer_secret: bytes) -> None:
+        super().__init__()
         self._viewer = viewer
         self.channel = channel
         self.id = peek
@@ -271,11 +267,8 @@ class ViewerPeek:
         self._last_offset = 0
         #: ``peek.confirm`` or ``peek.status`` was sent: the broker tells this connection of every change.
         self._following = False
-        self._queue: asyncio.Queue[ViewerPeekEvent | _End] = asyncio.Queue()
         self._changed = asyncio.Event()
-        self._ended = False
         self._end_error: AgentChatError | None = None
-        self._done = False
 
     def __repr__(self) -> str:
         phase = self.history[-1].phase if self.history else None
@@ -301,10 +294,6 @@ class ViewerPeek:
     @property
     def phase(self) -> str | None:
         return self.history[-1].phase if self.history else None
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     async def confirm(self) -> PeekView:
         """``peek.confirm``: the payment was confirmed (in the broker's sandbox this authorises it). The connection
@@ -334,20 +323,6 @@ class ViewerPeek:
                     await self._changed.wait()
         except TimeoutError:
             raise AgentChatError.timeout(f"peek {self.id} not in {', '.join(phases)} within {timeout} s") from None
-
-    def __aiter__(self) -> ViewerPeek:
-        return self
-
-    async def __anext__(self) -> ViewerPeekEvent:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, _End):
-            self._done = True
-            if item.error is not None:
-                raise item.error
-            raise StopAsyncIteration
-        return item
 
     async def next_message(self, timeout: float | None = None) -> ChannelMessage:
         """The next message (skipping states); raises ``timeout``, ``client_closed`` once the peek ended, or the
@@ -444,15 +419,14 @@ class ViewerPeek:
     def _end(self, error: AgentChatError | None) -> None:
         if self._ended:
             return
-        self._ended = True
         self._end_error = error
-        self._queue.put_nowait(_End(error))
+        super()._end(error)
         if self._viewer._peeks.get(self.id) is self:
             del self._viewer._peeks[self.id]
         self._pulse()
 
 
-class Viewer:
+class Viewer(Connection[None]):
     """A viewer's connection to an AgentChat broker. See the module documentation.
 
     ``config`` is the agent's :class:`ClientConfig`; the viewer uses ``connect_timeout``, ``request_timeout``,
@@ -464,64 +438,33 @@ class Viewer:
                 print([c.title for c in page.channels])
     """
 
+    _REQUEST_ID_PREFIX = "v"
+    #: The broker closed with 1008 (too many viewer connections from this address) or 4001 (too many frames before
+    #: logging in): reconnecting would only be refused again.
+    _FINAL_CLOSE_CODES = (1008, 4001)
+
     def __init__(self, server: str, config: ClientConfig | None = None, *, frames_per_second: float = 10.0) -> None:
-        self.server = server
-        self._url = BrokerURL(server)
-        self.config = config or ClientConfig()
+        super().__init__(server, config)
         if not frames_per_second > 0:
             raise AgentChatError.invalid_argument("frames_per_second must be positive")
         self._pacer = _Pacer(frames_per_second, max(1.0, frames_per_second))
-        self._ssl_context = None if not self._url.tls else tls_context(self.config.ca_file)
-        self._state = ConnectionState.DISCONNECTED
+        if self._url.tls:
+            self._tls_context()  # at once: an unusable CA file is an error of the constructor
         #: The broker's identity, from its ``hello``.
         self.broker: str | None = None
-        #: Why reconnection gave up (state FAILED).
-        self.failure: AgentChatError | None = None
         #: Successful reconnections.
         self.reconnections = 0
-        self.sent_frames: list[dict[str, Any]] = []
         #: Every frame received, as the broker wrote it (with ``record_frames``).
         self.received_frames: list[str] = []
-        self._ws: ClientConnection | None = None
-        self._generation = 0
-        self._next_request = 0
-        self._pending: dict[str, _Pending] = {}
-        self._hello: dict[str, Any] | None = None
-        self._hello_waiter: asyncio.Future[dict[str, Any]] | None = None
-        self._connect_task: asyncio.Task[None] | None = None
-        self._reconnect_task: asyncio.Task[None] | None = None
-        self._closed = False
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._states: Broadcast[ConnectionState] = Broadcast()
         self._indicators: IndicatorSubscription | None = None
         self._peeks: dict[str, ViewerPeek] = {}
 
     # ------------------------------------------------------------------ state
 
     @property
-    def state(self) -> ConnectionState:
-        return self._state
-
-    def state_changes(self) -> AsyncIterator[ConnectionState]:
-        """Every state change from now on (``CONNECTING``, ``CONNECTED``, ``RECONNECTING``, ``DISCONNECTED``,
-        ``FAILED``, ``CLOSED``)."""
-        return self._states.stream()
-
-    @property
     def indicator_subscription(self) -> IndicatorSubscription | None:
         """The current indicator subscription, if any."""
         return self._indicators
-
-    def _set_state(self, state: ConnectionState) -> None:
-        if state is not self._state:
-            self._state = state
-            self._states.publish(state)
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # ------------------------------------------------------------------ connecting
 
@@ -529,86 +472,24 @@ class Viewer:
         """Opens the WebSocket and waits for the broker's ``hello``; returns at once when connected, joins a
         connection in progress. Raises ``network_error``, ``timeout``, ``unexpected_response``, ``client_closed``,
         or the broker's code for a refused upgrade."""
-        if self._closed:
-            raise AgentChatError.closed()
-        if self._connected():
-            return
-        if self._reconnect_task is not None and not self._establishing:
-            self._reconnect_task.cancel()  # waiting out a backoff delay: connect now instead
-            self._reconnect_task = None
-        try:
-            await self._establish_once()
-        except AgentChatError:
-            if not self._closed and self._reconnect_task is None and not self._establishing \
-                    and not self._connected():
-                self._set_state(ConnectionState.DISCONNECTED)
-            raise
+        await self._connect()
 
-    def _connected(self) -> bool:
-        return self._state is ConnectionState.CONNECTED
+    def _session(self) -> None:
+        return None
 
-    @property
-    def _establishing(self) -> bool:
-        return self._connect_task is not None and not self._connect_task.done()
+    async def _open_session(self, generation: int) -> None:
+        hello = await self._next_hello()
+        broker = hello.get("broker")
+        self.broker = broker if isinstance(broker, str) else None
+        if not self._is_current(generation):
+            raise AgentChatError.network("the connection closed while opening")
 
-    async def _establish_once(self) -> None:
-        if not self._establishing:
-            self._connect_task = asyncio.get_running_loop().create_task(self._establish())
-        assert self._connect_task is not None
-        try:
-            await asyncio.shield(self._connect_task)
-        except AgentChatError:
-            raise
-        except asyncio.CancelledError:
-            if self._closed:
-                raise AgentChatError.closed() from None
-            raise
-        except Exception as e:  # noqa: BLE001 - whatever broke the connection is a network failure to the caller
-            raise AgentChatError.network(f"connecting failed: {e!r}") from None
-
-    async def _establish(self) -> None:
-        self._set_state(ConnectionState.CONNECTING)
-        ws = await open_websocket(self._url, self.config.connect_timeout, self._ssl_context)
-        if self._closed:
-            await ws.close()
-            raise AgentChatError.closed()
-        self._generation += 1
-        generation = self._generation
-        self._ws = ws
-        self._hello = None
-        self._spawn(self._read(ws, generation))
-        try:
-            hello = await self._next_hello()
-            broker = hello.get("broker")
-            self.broker = broker if isinstance(broker, str) else None
-            if self._generation != generation or self._ws is None:
-                raise AgentChatError.network("the connection closed while opening")
-        except BaseException as e:
-            if self._generation == generation:
-                self._generation += 1
-                self._ws = None
-                self._fail_pending(e if isinstance(e, AgentChatError) else AgentChatError.network("cancelled"))
-            with contextlib.suppress(Exception):
-                await ws.close()
-            raise
-        self._set_state(ConnectionState.CONNECTED)
+    def _resume(self, generation: int) -> None:
         if self._indicators is not None or any(p._following for p in self._peeks.values()):
             self._spawn(self._restore(generation))
 
-    async def _next_hello(self) -> dict[str, Any]:
-        if self._hello is not None:
-            hello, self._hello = self._hello, None
-            return hello
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._hello_waiter = waiter
-        try:
-            async with asyncio.timeout(self.config.request_timeout):
-                return await waiter
-        except TimeoutError:
-            raise AgentChatError.timeout(f"no hello within {self.config.request_timeout} s") from None
-        finally:
-            if self._hello_waiter is waiter:
-                self._hello_waiter = None
+    def _reconnected(self) -> None:
+        self.reconnections += 1
 
     # ------------------------------------------------------------------ requests
 
@@ -619,43 +500,8 @@ class Viewer:
         ``timeout`` (default ``request_timeout``) raises ``timeout``."""
         return await self._request(frame, timeout=timeout)
 
-    async def _request(self, frame: dict[str, Any], *, on_reply: Callable[[dict[str, Any]], None] | None = None,
-                       timeout: float | None = None) -> dict[str, Any]:
-        if self._state is not ConnectionState.CONNECTED or self._ws is None:
-            raise AgentChatError.closed() if self._closed else AgentChatError.not_connected()
-        timeout = timeout if timeout is not None else self.config.request_timeout
+    async def _pace(self) -> None:
         await self._pacer.take()
-        ws = self._ws
-        if ws is None or self._state is not ConnectionState.CONNECTED:
-            raise AgentChatError.closed() if self._closed else AgentChatError.not_connected()
-        self._next_request += 1
-        request_id = f"v{self._next_request}"
-        frame = {**frame, "id": request_id}
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(future, on_reply)
-        try:
-            await self._write(ws, frame)
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            raise AgentChatError.timeout(f"no answer to {frame['type']} within {timeout} s") from None
-        finally:
-            self._pending.pop(request_id, None)
-
-    async def _write(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
-        if self.config.record_frames:
-            self.sent_frames.append(json.loads(json.dumps(frame)))
-        try:
-            await ws.send(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
-        except websockets.exceptions.ConnectionClosed:
-            raise AgentChatError.network("the connection is closed") from None
-
-    async def ping(self) -> Pong:
-        start = time.monotonic()
-        reply = await self._request(frames.ping())
-        if reply.get("type") != "pong" or not isinstance(reply.get("time"), int):
-            raise AgentChatError.protocol(f"expected pong, got {reply.get('type')}")
-        return Pong(reply["time"], time.monotonic() - start)
 
     # ------------------------------------------------------------------ the directory
 
@@ -789,56 +635,13 @@ class Viewer:
 
     # ------------------------------------------------------------------ the reader
 
-    async def _read(self, ws: ClientConnection, generation: int) -> None:
-        close_code: int | None = None
-        reason = ""
-        try:
-            async for raw in ws:
-                if generation != self._generation:
-                    return
-                if self.config.record_frames:
-                    self.received_frames.append(raw if isinstance(raw, str) else raw.decode("utf-8", "replace"))
-                try:
-                    frame = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(frame, dict) and isinstance(frame.get("type"), str):
-                    self._dispatch(frame)
-        except websockets.exceptions.ConnectionClosed:
-            pass
-        except Exception as e:  # noqa: BLE001 - any failure of the socket ends the connection
-            reason = repr(e)
-        finally:
-            received = ws.protocol.close_rcvd
-            if received is not None:
-                close_code, reason = received.code, received.reason or "closed by the broker"
-            self._on_closed(generation, close_code, reason or "connection lost")
+    def _received(self, raw: str | bytes) -> None:
+        if self.config.record_frames:
+            self.received_frames.append(raw if isinstance(raw, str) else raw.decode("utf-8", "replace"))
 
-    def _dispatch(self, frame: dict[str, Any]) -> None:
-        kind, ref = frame["type"], frame.get("ref")
-        pending = self._pending.pop(ref, None) if isinstance(ref, str) else None
-        if pending is not None:
-            if pending.future.done():
-                return
-            if kind == "error":
-                code, message = frame.get("code"), frame.get("message")
-                pending.future.set_exception(AgentChatError.server(code if isinstance(code, str) else "error",
-                                                                   message if isinstance(message, str) else ""))
-                return
-            if pending.on_reply is not None:
-                try:
-                    pending.on_reply(frame)
-                except AgentChatError as e:
-                    pending.future.set_exception(e)
-                    return
-            pending.future.set_result(frame)
-        elif kind == "hello":
-            if self._hello_waiter is not None and not self._hello_waiter.done():
-                self._hello_waiter.set_result(frame)
-                self._hello_waiter = None
-            else:
-                self._hello = frame
-        elif kind == "indicators":
+    def _route(self, frame: dict[str, Any]) -> None:
+        kind = frame["type"]
+        if kind == "indicators":
             if self._indicators is not None:
                 self._indicators._update(frame)
         elif kind == "peek":
@@ -857,39 +660,6 @@ class Viewer:
                     if handle.channel == channel and handle._following:
                         handle._receive(items)
 
-    def _on_closed(self, generation: int, close_code: int | None, reason: str) -> None:
-        if generation != self._generation:
-            return
-        was_connected = self._state is ConnectionState.CONNECTED
-        self._generation += 1
-        self._ws = None
-        text = f"connection closed ({close_code}): {reason}" if close_code else f"connection closed: {reason}"
-        error = AgentChatError.network(text, close_code=close_code)
-        self._fail_pending(error)
-        if self._closed or not was_connected:
-            return
-        if close_code in _FINAL_CLOSE_CODES:
-            self.failure = error
-            self._end_streams(error)
-            self._set_state(ConnectionState.FAILED)
-        elif self.config.auto_reconnect:
-            self._set_state(ConnectionState.RECONNECTING)
-            if self._reconnect_task is None:
-                self._reconnect_task = self._spawn(self._reconnect_loop())
-        else:
-            self._end_streams(error)
-            self._set_state(ConnectionState.DISCONNECTED)
-
-    def _fail_pending(self, error: AgentChatError) -> None:
-        waiting, self._pending = self._pending, {}
-        for pending in waiting.values():
-            if not pending.future.done():
-                pending.future.set_exception(error)
-        if self._hello_waiter is not None and not self._hello_waiter.done():
-            self._hello_waiter.set_exception(error)
-        self._hello_waiter = None
-        self._hello = None
-
     def _end_streams(self, error: AgentChatError | None) -> None:
         subscription, self._indicators = self._indicators, None
         if subscription is not None:
@@ -898,32 +668,6 @@ class Viewer:
             handle._end(error)
 
     # ------------------------------------------------------------------ reconnecting
-
-    async def _reconnect_loop(self) -> None:
-        attempt = 0
-        try:
-            while not self._closed:
-                attempt += 1
-                limit = self.config.backoff.max_attempts
-                if limit is not None and attempt > limit:
-                    self.failure = AgentChatError.network(f"gave up reconnecting after {limit} attempts")
-                    self._end_streams(self.failure)
-                    self._set_state(ConnectionState.FAILED)
-                    return
-                self._set_state(ConnectionState.RECONNECTING)
-                await asyncio.sleep(self.config.backoff.delay(attempt))
-                if self._closed:
-                    return
-                try:
-                    await self._establish_once()
-                    self.reconnections += 1
-                    return
-                except AgentChatError:
-                    if self._closed:
-                        return
-        finally:
-            if self._reconnect_task is asyncio.current_task():
-                self._reconnect_task = None
 
     async def _restore(self, generation: int) -> None:
         """After a reconnection: the indicator subscription and the followed peeks again, on the new connection. A
@@ -975,28 +719,7 @@ class Viewer:
     async def close(self) -> None:
         """Closes the connection (code 1000), stops reconnecting, fails waiting requests with ``client_closed`` and
         ends the indicator subscription and every peek's stream (without an error). Final."""
-        if self._closed:
-            return
-        self._closed = True
-        ws, self._ws = self._ws, None
-        self._generation += 1
-        self._fail_pending(AgentChatError.closed())
-        self._end_streams(None)
-        self._set_state(ConnectionState.CLOSED)
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
-        if self._connect_task is not None and not self._connect_task.done():
-            self._connect_task.cancel()
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close()
-        for task in list(self._tasks):
-            if task is not current:
-                with contextlib.suppress(BaseException):
-                    await task
-        self._states.finish()
+        await self._close()
 
     async def __aenter__(self) -> Viewer:
         await self.connect()
