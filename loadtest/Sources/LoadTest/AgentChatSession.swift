@@ -1,6 +1,7 @@
 import AgentChatCrypto
 import AgentChatProtocol
 import Glibc
+import Histogram
 
 /// One agentchat connection (`Wire`, the protocol's codec): `hello` → `auth` (challenge signed with the agent's
 /// key) → `welcome`, then, to subscribe, `channel.join` → `channel.subscribe` → `subscribed`. `messages` batches
@@ -17,6 +18,12 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
     var onReply: ((String, ServerFrame) -> Void)?
     var acks = 0
     var errors = 0
+    /// The publisher's sends not yet acknowledged (CLOCK_MONOTONIC ns, in send order: one connection's sends are
+    /// acknowledged in order), and send → `message.ack` in µs: the broker's path up to Redis and back, without the
+    /// fan-out.
+    private var unacknowledgedSentNs: [UInt64] = []
+    private var firstUnacknowledged = 0
+    var ackLatency = AgentChatSession.latencyHistogram()
     /// Already a member (rooms are created with their members): subscribe without joining.
     var skipJoin = false
     /// `channel.subscribe`'s `since` (resume: 0 replays the whole history); nil: only new messages.
@@ -33,6 +40,13 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
     }
 
     func opened(_ c: WebSocketConnection) {}
+
+    static func latencyHistogram() -> Histogram<UInt64> {
+        Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three)
+    }
+
+    /// The publisher sent a `message.send` at `sentNs`: its ack's latency is recorded when it comes.
+    func sent(at sentNs: UInt64) { unacknowledgedSentNs.append(sentNs) }
 
     func sendFrame(_ c: WebSocketConnection, _ frame: ClientFrame) {
         c.send(Wire.encode(frame), binary: false)
@@ -97,6 +111,14 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
         if Self.scanHeaders(payload, { context.recorder.record(connection: c.index, $0, now: now) }) { return }
         if Self.isAck(payload) {
             acks += 1
+            if firstUnacknowledged < unacknowledgedSentNs.count {
+                _ = ackLatency.record(max(1, (now - unacknowledgedSentNs[firstUnacknowledged]) / 1000))
+                firstUnacknowledged += 1
+                if firstUnacknowledged >= 4096, firstUnacknowledged * 2 >= unacknowledgedSentNs.count {
+                    unacknowledgedSentNs.removeFirst(firstUnacknowledged)
+                    firstUnacknowledged = 0
+                }
+            }
             return
         }
         guard let frame = Wire.decode(payload) else { return }

@@ -125,7 +125,9 @@ final class Publisher {
         case .nats: nats!.publish(connection, payload: peerPayload(header, size: payloadSize))
         case .mosquitto: mqtt!.publish(connection, payload: peerPayload(header, size: payloadSize))
         case .lwsMirror: mirror!.publish(connection, payload: peerPayload(header, size: payloadSize))
-        case .agentchat: connection.send(agentSend!.frame(header), binary: false)
+        case .agentchat:
+            connection.send(agentSend!.frame(header), binary: false)
+            agent!.sent(at: header.sentNs)
         }
     }
 

@@ -38,6 +38,8 @@ struct StepResult: Codable {
     var redisCommands: UInt64?
     var redisCommandsPerMessage: Double?
     var redisCommandCounts: [String: UInt64]?
+    /// agentchat broadcast: the publisher's send → `message.ack` (the path to Redis and back, without the fan-out).
+    var ackLatency: Latency?
 
     /// Fills the counters from the workers' reports and the Redis command deltas.
     mutating func count(reports: [WorkerReport], redis: [String: UInt64]?) {

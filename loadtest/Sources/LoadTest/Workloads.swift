@@ -275,6 +275,7 @@ extension Harness {
             let k = stepIndex
             let cpu0 = server.brokerCPU, aux0 = server.auxCPU, h0 = harnessCPU
             let redis0 = server.redisCommandCalls()
+            publisher?.agent?.ackLatency = AgentChatSession.latencyHistogram()
             let count = max(1, Int(rate * o.stepSeconds))
             let t0 = nowNs()
             var sent = 0
@@ -319,9 +320,15 @@ extension Harness {
                                 auxCPUSeconds: server.auxCPU - aux0, harnessCPUSeconds: harnessCPU - h0,
                                 passed: ratio >= o.minRatio && lat.p99 <= o.p99LimitMs && dups == 0 && gaps == 0)
             st.count(reports: reps, redis: RedisStats.delta(redis0, server.redisCommandCalls()))
-            log(String(format: "step %2d %-5@ %7.1f msg/s → %8.0f deliveries/s ratio %.3f p50 %.2f p99 %.2f p99.9 %.2f ms, broker CPU %.0f%%, harness CPU %.0f%%, %@ msgs/frame, %@ Redis cmds/msg %@",
+            var ackText = ""
+            if let acks = publisher?.agent?.ackLatency, acks.totalCount > 0 {
+                let ackMs = { (p: Double) in Double(acks.valueAtPercentile(p)) / 1000 }
+                st.ackLatency = Latency(p50: ackMs(50), p99: ackMs(99), p999: ackMs(99.9))
+                ackText = String(format: ", ack p50 %.2f p99 %.2f ms", ackMs(50), ackMs(99))
+            }
+            log(String(format: "step %2d %-5@ %7.1f msg/s → %8.0f deliveries/s ratio %.3f p50 %.2f p99 %.2f p99.9 %.2f ms%@, broker CPU %.0f%%, harness CPU %.0f%%, %@ msgs/frame, %@ Redis cmds/msg %@",
                        k, phase as NSString, rate, st.deliveredPerSecond, ratio, lat.p50, lat.p99, lat.p999,
-                       brokerCPU / window * 100, st.harnessCPUSeconds / window * 100,
+                       ackText as NSString, brokerCPU / window * 100, st.harnessCPUSeconds / window * 100,
                        Report.f(st.messagesPerFrame, 2) as NSString, Report.f(st.redisCommandsPerMessage, 2) as NSString,
                        (st.passed ? "ok" : "FAIL") as NSString))
             return st
