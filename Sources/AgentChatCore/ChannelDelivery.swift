@@ -45,18 +45,26 @@ final class ChannelDelivery {
         return (subscribers, messages)
     }
 
-    /// Sends `session` every message after offset `start`, then live ones.
-    func subscribe(_ session: Session, did: DID?, to channel: ChannelID, after start: Int64) {
+    /// Sends `session` every message after offset `start`, then live ones. `whenLive` runs once this broker receives
+    /// the channel's live stream (at once if it does already), before anything is sent: from then on every event of
+    /// the channel reaches `session`, so it is when `channel.subscribe` is answered. (Answering before, an event
+    /// published in between was lost: events are not kept in history.)
+    func subscribe(_ session: Session, did: DID?, to channel: ChannelID, after start: Int64,
+                   whenLive: @escaping () -> Void = {})
+    {
         let feed = feeds[channel] ?? makeFeed(channel)
+        feed.answers.removeValue(forKey: session.id)?()  // an earlier subscribe of this connection is answered first
         feed.subscribers[session.id] = ChannelFeed.Subscriber(session: session, did: did)
         feed.retryTimers[session.id] = nil
         session.channels.insert(channel)
+        if feed.machine.isActive { whenLive() } else { feed.answers[session.id] = whenLive }
         perform(feed.machine.subscribe(session.id, after: start, queue: Self.queue(of: session)), on: feed)
     }
 
     func unsubscribe(_ session: Session, from channel: ChannelID) {
         session.channels.remove(channel)
         guard let feed = feeds[channel] else { return }
+        feed.answers.removeValue(forKey: session.id)?()  // answered before whatever ends the subscription
         feed.subscribers[session.id] = nil
         feed.retryTimers[session.id] = nil
         if feed.machine.unsubscribe(session.id) {
@@ -77,6 +85,9 @@ final class ChannelDelivery {
             channel,
             onActive: { [weak self, weak feed] in
                 guard let self, let feed else { return }
+                let answers = feed.answers
+                feed.answers = [:]
+                for id in answers.keys.sorted() { answers[id]?() }
                 perform(feed.machine.activated(queues: queues(of: feed)), on: feed)
             },
             handler: { [weak self, weak feed] message in

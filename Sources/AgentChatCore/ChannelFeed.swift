@@ -21,6 +21,8 @@ final class ChannelFeed {
     var retryTimers: [UInt64: any BrokerTimer] = [:]
     /// Live items received in this loop turn, sent in one batch by `ChannelDelivery.flushAll()`.
     var pending: [Item] = []
+    /// Subscribers' answers (`subscribed`) waiting for the live stream to be confirmed, by subscriber.
+    var answers: [UInt64: () -> Void] = [:]
 
     init(id: ChannelID) { self.id = id }
 

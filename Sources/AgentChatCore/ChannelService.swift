@@ -193,9 +193,11 @@ final class ChannelService {
                 case .failure(let failure): storeFailure(failure)
                 case .success(let state):
                     let (start, recovered) = Self.resumePoint(state: state, since: since, historyEpoch: historyEpoch)
-                    reply(.subscribed(ref: id, channel: channel, historyEpoch: state.historyEpoch,
-                                      offset: state.offset, recovered: recovered))
-                    delivery.subscribe(session, did: did, to: channel, after: start)
+                    delivery.subscribe(session, did: did, to: channel, after: start) { [weak session] in
+                        guard session?.isOpen == true else { return }
+                        reply(.subscribed(ref: id, channel: channel, historyEpoch: state.historyEpoch,
+                                          offset: state.offset, recovered: recovered))
+                    }
                 }
             }
         case .unsubscribe(let channel):

@@ -111,8 +111,12 @@ package final class InMemoryFeedBus: InMemoryStore, ChannelFeedBus {
         subscriptions.keys.filter { $0.channel == channel }.count
     }
 
+    /// Turns between a subscription and its confirmation (as the first, by default). More lets a command's reply
+    /// (e.g. `channel.subscribe`'s state read) arrive before the live stream is confirmed, as it may from Redis.
+    package var confirmTurns = 1
+
     private func confirmLater(_ id: FeedSubscription, generation: Int) {
-        clock.enqueue { [self] in
+        clock.enqueue(afterTurns: confirmTurns) { [self] in
             guard generation == connectionGeneration, let subscription = subscriptions[id] else { return }
             subscription.confirmed = true
             subscription.onActive()

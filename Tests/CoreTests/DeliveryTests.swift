@@ -31,6 +31,28 @@ import Testing
         }
     }
 
+    /// An event published right after `subscribed` reaches the subscriber: the answer waits until the channel's
+    /// live stream is confirmed on this broker (an epoch rotated between the two used to be lost).
+    @Test func anEventRightAfterSubscribedIsDelivered() throws {
+        let f = Fixture()
+        f.h.feeds.confirmTurns = 6  // the state read answers first
+        f.b.skipFrames()
+        f.h.send(.channel(id: "sub", .subscribe(f.channel, since: nil, historyEpoch: nil)), on: f.b)
+        var subscribed = false
+        for _ in 0..<100 where !subscribed {
+            _ = f.h.clock.turn()
+            subscribed = f.b.frames.contains { if case .subscribed = $0 { true } else { false } }
+        }
+        #expect(subscribed)
+        // In the turn in which Bob learns he is subscribed, Alice rotates the epoch.
+        f.h.send(.channel(id: "rot", .rotate(f.channel)), on: f.a)
+        f.h.clock.runUntilIdle()
+        let events = f.b.takeFrames().compactMap { frame -> String? in
+            if case .channelEvent(_, let event, _, _) = frame { event } else { nil }
+        }
+        #expect(events.contains("epoch_rotated"), "\(events)")
+    }
+
     /// `replyTurns`: 2 makes live messages overtake history reads, so the hand-over needs the items it held.
     @Test(arguments: [false, true], [0, 2])
     func aReplayHandsOverToLiveTrafficWithEveryOffsetOnceInOrder(aliceIsLiveAlready: Bool, replyTurns: Int) throws {
