@@ -20,10 +20,10 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
     var errors = 0
     /// The publisher's sends not yet acknowledged (CLOCK_MONOTONIC ns, in send order: one connection's sends are
     /// acknowledged in order), and send → `message.ack` in µs: the broker's path up to Redis and back, without the
-    /// fan-out.
+    /// fan-out. Nil until a step asks for it (a histogram is some 100 KiB: only the publisher's session has one).
     private var unacknowledgedSentNs: [UInt64] = []
     private var firstUnacknowledged = 0
-    var ackLatency = AgentChatSession.latencyHistogram()
+    var ackLatency: Histogram<UInt64>?
     /// Already a member (rooms are created with their members): subscribe without joining.
     var skipJoin = false
     /// `channel.subscribe`'s `since` (resume: 0 replays the whole history); nil: only new messages.
@@ -112,7 +112,7 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
         if Self.isAck(payload) {
             acks += 1
             if firstUnacknowledged < unacknowledgedSentNs.count {
-                _ = ackLatency.record(max(1, (now - unacknowledgedSentNs[firstUnacknowledged]) / 1000))
+                _ = ackLatency?.record(max(1, (now - unacknowledgedSentNs[firstUnacknowledged]) / 1000))
                 firstUnacknowledged += 1
                 if firstUnacknowledged >= 4096, firstUnacknowledged * 2 >= unacknowledgedSentNs.count {
                     unacknowledgedSentNs.removeFirst(firstUnacknowledged)
