@@ -158,7 +158,7 @@ package final class FrameRouter: ConnectionHandler {
         }
         let storeHealth = admin?.storeHealth
         var counted = (command: 0, pubSub: 0)
-        healthTimer = clock.makeTimer { [unowned self] in
+        healthTimer = clock.makeTimer {
             metrics.redisUp.record(stores.isHealthy() ? 1 : 0)
             guard let health = storeHealth?() else { return }
             // The connections count their reconnections; the counters get what is new since the last tick.

@@ -76,7 +76,7 @@ final class IndicatorService {
                 }
             }
         case .subscribe(let ids):
-            read(ids) { [self, weak viewer] indicators, failed in
+            read(ids) { [weak viewer] indicators, failed in
                 guard let viewer else { return }
                 if failed { return refuse(ProtocolError(StoreFailure.unavailable)) }
                 if let missing = ids.first(where: { indicators[$0] == nil }) {

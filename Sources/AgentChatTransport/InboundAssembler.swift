@@ -34,6 +34,8 @@ struct InboundAssembler {
             reset()
             return .tooLarge
         }
+        // A frame larger than the receive buffer comes in pieces: room for the whole frame at its first piece.
+        if !isFinal, buffer.isEmpty { buffer.reserveCapacity(piece.count + remaining) }
         buffer.append(contentsOf: piece)
         guard isFinal else { return .incomplete }
         let message = buffer

@@ -21,7 +21,7 @@ package final class WebSocketServer {
         package var port: Int
         package var limits: Limits
         /// Bytes libwebsockets allocates per connection for received data; most of the idle cost of a connection.
-        package var receiveBufferBytes: Int = 1024
+        package var receiveBufferBytes: Int = 512
         package var pingIntervalSeconds: Int = 30
         package var pingTimeoutSeconds: Int = 10
         /// Seconds a connection the broker decided to close (4008, 4001, 1001...) may take to go; then the socket is
@@ -34,7 +34,7 @@ package final class WebSocketServer {
         /// Serve the port over TLS with these files (see `TLSTerminator`); nil: plain HTTP.
         package var tls: TLSFiles?
 
-        package init(host: String, port: Int, limits: Limits, receiveBufferBytes: Int = 1024,
+        package init(host: String, port: Int, limits: Limits, receiveBufferBytes: Int = 512,
                      pingIntervalSeconds: Int = 30, pingTimeoutSeconds: Int = 10, closeGraceSeconds: Int = 5,
                      sharesPort: Bool = false, tls: TLSFiles? = nil)
         {
@@ -382,7 +382,7 @@ package final class WebSocketServer {
         guard total > 0 else { return nil }
         var buffer = [CChar](repeating: 0, count: total + 1)
         guard lws_hdr_copy(wsi, &buffer, Int32(buffer.count), token) >= 0 else { return nil }
-        return String(cString: buffer)
+        return String(nulTerminated: buffer)
     }
 
     /// A header libwebsockets has no token for, as lws keeps it (`name` lower-case, without the colon); the
@@ -397,7 +397,7 @@ package final class WebSocketServer {
             let copied = spelling.withCString {
                 lws_hdr_custom_copy(wsi, &buffer, Int32(buffer.count), $0, Int32(spelling.utf8.count))
             }
-            if copied >= 0 { return String(cString: buffer) }
+            if copied >= 0 { return String(nulTerminated: buffer) }
         }
         return nil
     }
@@ -413,7 +413,7 @@ package final class WebSocketServer {
     static func peerAddress(_ wsi: OpaquePointer) -> String {
         var buffer = [CChar](repeating: 0, count: 64)
         guard lws_get_peer_simple(wsi, &buffer, buffer.count) != nil else { return "unknown" }
-        return String(cString: buffer)
+        return String(nulTerminated: buffer)
     }
 
     /// A connection accepted by the shared listener: the same path as one libwebsockets accepted and offered to
@@ -690,4 +690,11 @@ private func serverCallback(
     }
     return Unmanaged<WebSocketServer>.fromOpaque(owner).takeUnretainedValue()
         .handle(wsi, reason, user, input, length)
+}
+
+extension String {
+    /// The text before the first NUL of a buffer libwebsockets filled (invalid UTF-8 repaired, as `cString` did).
+    init(nulTerminated buffer: [CChar]) {
+        self = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 }

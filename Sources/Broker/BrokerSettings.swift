@@ -177,7 +177,9 @@ enum BrokerSettings {
         "AGENTCHAT_PING_TIMEOUT", "Seconds after a ping without any answer before the connection is dropped",
         default: 10, range: 1...86400)
     static let receiveBufferBytes = Setting<Int>(
-        "AGENTCHAT_RX_BUFFER_BYTES", "Receive buffer per WebSocket connection, bytes", default: 1024,
+        "AGENTCHAT_RX_BUFFER_BYTES",
+        "Receive buffer per WebSocket connection, bytes (a larger message arrives in pieces and is reassembled)",
+        default: 512,
         range: 128...65536)
     static let issuer = Setting<String>(
         "AGENTCHAT_ISSUER", "The broker's identity in login challenges and tokens; brokers behind one address share it",
