@@ -101,7 +101,16 @@ final class AgentChatSession: SessionHandler, ReadyNotifying {
     /// Whether `payload` is a `message.ack` (checked without a full parse: frequent on the publisher).
     @inline(__always)
     static func isAck(_ payload: UnsafeRawBufferPointer) -> Bool {
-        payload.count < 200 && payload.contains(Wire.ackType)
+        // A plain byte loop, not `contains(_:)`: that generic collection search cost the workers a quarter of their
+        // CPU in rooms.
+        Wire.ackType.withUnsafeBytes { needle in
+            guard payload.count < 200, payload.count >= needle.count, let base = payload.baseAddress else { return false }
+            let first = needle[0]
+            for i in 0...(payload.count - needle.count) where payload[i] == first {
+                if memcmp(base + i, needle.baseAddress!, needle.count) == 0 { return true }
+            }
+            return false
+        }
     }
 
     func received(_ c: WebSocketConnection, _ payload: UnsafeRawBufferPointer, binary: Bool) {

@@ -189,6 +189,8 @@ struct WorkerCommand: ParsableCommand {
     var skipJoin = false
     @Option(help: "indicators: the connections are viewers of these channels (comma-separated), or of \"directory\".")
     var viewerChannels: String?
+    @Flag(help: "rooms, agentchat: sign every message (default: one well-formed signature per member, reused).")
+    var signEachMessage = false
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
@@ -248,7 +250,8 @@ struct WorkerCommand: ParsableCommand {
                 {
                     templates[i] = try? AgentChatSendTemplate(channel: id, epoch: epoch, key: SecureRandom.bytes(32),
                                                               signer: a.identity, payloadSize: payload,
-                                                              runTag: runTag + "-\(i)")
+                                                              runTag: runTag + "-\(i)",
+                                                              signsEachMessage: signEachMessage)
                 }
                 if let t = templates[i] { c.send(t.frame(h), binary: false) }
             default: break

@@ -18,6 +18,8 @@ struct HarnessOptions {
     /// agentchat churn: a reopened connection logs in with the token of its previous welcome instead of a signed
     /// challenge.
     var churnWithTokens = false
+    /// agentchat rooms: every member signs each message it sends (default: one signature per member, reused).
+    var signEachMessage = false
 }
 
 /// One run: the target server, the publisher (broadcast) and the worker processes holding the subscribers.
@@ -130,6 +132,7 @@ final class Harness {
                 if let channel { args += ["--channel", channel] }
                 if roomSize > 1 {
                     args += ["--room-size", String(roomSize), "--index-offset", String(offset), "--payload", String(payloadSize)]
+                    if options.signEachMessage { args.append("--sign-each-message") }
                 }
                 if wave.skipJoin { args.append("--skip-join") }
                 let wp = try WorkerProcess(arguments: args, connections: count, loop: loop)
@@ -504,6 +507,9 @@ extension Harness {
                                connections: options.connections, payloadBytes: o.payload,
                                harnessProcesses: workers.count + 1)
         if failed > 0 || ready < options.connections { result.notes.append("failed connections: \(failed)") }
+        if options.target == .agentchat {
+            result.notes.append(options.signEachMessage ? "every message signed" : "one signature per member, reused")
+        }
         var stepIndex = 0
         let started = nowNs()
         let hcpu0 = harnessCPU

@@ -122,6 +122,11 @@ struct RunCommand: ParsableCommand {
     @OptionGroup var common: CommonOptions
     @Option(help: "broadcast, idle, churn, rooms or indicators.") var workload = "broadcast"
     @Option(help: "rooms: members per room.") var roomSize = 10
+    @Flag(help: """
+        rooms, agentchat: every member signs each message it sends (default: one well-formed signature per member, \
+        reused; the broker never checks signatures, recipients do).
+        """)
+    var signEachMessage = false
     @Option(help: """
         Targets (repeat the option; default: all four), run one after the other in the order given; \
         agentchat-baseline is the broker at --baseline-broker.
@@ -211,6 +216,7 @@ struct RunCommand: ParsableCommand {
                                          command: CommandLine.arguments.dropFirst().joined(separator: " "))
             options.connectionsPerAgent = connectionsPerAgent
             options.churnWithTokens = churnLogin == "token"
+            options.signEachMessage = signEachMessage
             if t.kind != .agentchat { options.server.brokerProcesses = 1 }
             let binary = t.kind == .agentchat && comparing ? " (\(server.brokerBinary))" : ""
             FileHandle.standardError.write(Data("== \(workload) \(t.name)\(binary), \(workload == "resume" ? "backlog \(backlog)" : "\(connections) connections")\n".utf8))
