@@ -183,7 +183,8 @@ package final class InMemoryChannelStore: InMemoryStore, ChannelStoring {
         perform("append", completion) { [self] in
             let id = message.channel
             guard var channel = channels[id], channel.members.contains(sender) else {
-                return .failure(.refused(.notMember))
+                // A private channel the sender is not in is as if it did not exist.
+                return .failure(.refused(channels[id]?.open == true ? .notMember : .notFound))
             }
             guard message.epoch == channel.epoch, channel.keyedEpoch == channel.epoch else {
                 return .failure(.refused(.staleEpoch, epoch: channel.epoch))
