@@ -94,6 +94,7 @@ package final class ChannelStore: ChannelStoring {
     static let remove = RedisScript(name: "channel_remove", source: """
         if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
         if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'forbidden'} end
+        if ARGV[2] == ARGV[1] then return {'owner_self'} end
         redis.call('SREM', KEYS[3], ARGV[2])
         if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then
           return {'ok', tonumber(redis.call('HGET', KEYS[1], 'epoch')), 0}

@@ -85,6 +85,25 @@ final class ClusterFixture {
         #expect(try eve.request(["type": "channel.list"])["channels"] == [])
     }
 
+    /// The owner removing itself would leave a channel whose owner is not a member and that nobody can manage: it
+    /// is refused, and changes nothing (leaving is `channel.leave`, which passes the ownership on).
+    @Test func theOwnerCannotRemoveItself() throws {
+        let fixture = try BrokerFixture()
+        let alice = try RawSession(agent: TestAgent(), port: fixture.port)
+        let bob = try RawSession(agent: TestAgent(), port: fixture.port)
+        let id = try #require(alice.createChannel(members: [bob.did])["id"]?.stringValue)
+        let refused = try alice.request(["type": "channel.remove", "channel": .string(id),
+                                         "did": .string(alice.did.description)])
+        #expect(refused["code"] == "invalid_field")
+        let channel = try alice.describe(id)["channel"]
+        #expect(channel?["owner"]?.stringValue == alice.did.description)
+        #expect(channel?["epoch"] == 1)
+        #expect(channel?["members"]?.arrayValue?.count == 2)
+        // A member other than the owner still gets forbidden, for itself as for others.
+        #expect(try bob.request(["type": "channel.remove", "channel": .string(id),
+                                 "did": .string(bob.did.description)])["code"] == "forbidden")
+    }
+
     @Test func membershipChangesStartEpochsAndStaleEpochsAreRefused() throws {
         let cluster = try ClusterFixture()
         let alice = try RawSession(agent: TestAgent(), port: cluster.first.port)

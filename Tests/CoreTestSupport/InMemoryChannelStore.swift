@@ -140,6 +140,7 @@ package final class InMemoryChannelStore: InMemoryStore, ChannelStoring {
                 return .failure(.refused(.notFound))
             }
             guard channel.owner == owner else { return .failure(.refused(.forbidden)) }
+            guard did != owner else { return .failure(.refused(.ownerSelf)) }
             channel.invites.remove(did)
             guard channel.members.remove(did) != nil else {
                 channels[id] = channel
