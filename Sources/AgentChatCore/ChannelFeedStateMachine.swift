@@ -129,7 +129,11 @@ struct ChannelFeedStateMachine {
         var shared: [SubscriberID] = []
         var partial: [Action] = []
         var skipped: [SubscriberID] = []
-        for index in subscribers.indices {
+        // Walks the indices by hand: `subscribers.indices` holds a reference to the dictionary's storage, which made
+        // the first write below copy the whole dictionary (every subscriber) on every delivery.
+        var index = subscribers.startIndex
+        while index != subscribers.endIndex {
+            defer { subscribers.formIndex(after: &index) }
             let id = subscribers.keys[index]
             switch subscribers.values[index].phase {
             case .waiting:
