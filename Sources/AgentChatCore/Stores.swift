@@ -27,6 +27,8 @@ package enum ChannelRefusal: String, Error, Sendable {
     case full
     /// A read cursor past the channel's latest offset (carried in the failure's `epoch` slot).
     case beyondLatest = "beyond_latest"
+    /// The owner asked to remove itself (it leaves with `channel.leave`, which passes the ownership on).
+    case ownerSelf = "owner_self"
 }
 
 extension ProtocolError {
@@ -46,6 +48,7 @@ extension ProtocolError {
             case .keysExist: self.init(.keysExist, "keys for epoch \(epoch ?? 0) exist; fetch them")
             case .full: self.init(.channelFull, "the channel has \(ChannelKeys.maxMembers) members")
             case .beyondLatest: self.init(.invalidField, "\"offset\" is past the channel's latest offset \(epoch ?? 0)")
+            case .ownerSelf: self.init(.invalidField, "\"did\" is the owner: the owner leaves with channel.leave")
             }
         }
     }

@@ -342,7 +342,7 @@ package final class WebSocketServer {
             return connection.writeable()
         case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
             if let id = Self.slotID(user), let connection = connections[id] { connection.peerSentClose = true }
-            return 0
+            return Self.checkCloseCode(wsi, input, length)
         case LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL:
             if let id = Self.slotID(user), let connection = connections[id] { closeAfterUnreportedViolation(wsi, connection) }
             return 0
@@ -493,6 +493,25 @@ package final class WebSocketServer {
             handler?.connection(connection, received: bytes, isBinary: isBinary)
             return 0
         }
+    }
+
+    /// The peer's close frame, before libwebsockets echoes its payload (`input`, its own receive buffer). lws 4.1.6
+    /// rewrites a code below 1000, 1004–1006 and 1012–2999 to 1002 there itself, but echoes 5000 and above, which
+    /// RFC 6455 §7.4 makes invalid too: rewritten the same way. A one-byte payload (§5.5.1: a code is two bytes)
+    /// is answered with a 1002 close instead of the echo.
+    private static func checkCloseCode(_ wsi: OpaquePointer, _ input: UnsafeMutableRawPointer?, _ length: Int) -> Int32 {
+        guard let input, length > 0 else { return 0 }
+        let bytes = input.assumingMemoryBound(to: UInt8.self)
+        if length == 1 {
+            var reason = Array("a close payload holds a two-byte code".utf8)
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, &reason, reason.count)
+            return -1
+        }
+        if Int(bytes[0]) << 8 | Int(bytes[1]) >= 5000 {
+            bytes[0] = UInt8(LWS_CLOSE_STATUS_PROTOCOL_ERR.rawValue >> 8)
+            bytes[1] = UInt8(LWS_CLOSE_STATUS_PROTOCOL_ERR.rawValue & 0xFF)
+        }
+        return 0
     }
 
     /// libwebsockets 4.1.6 drops a connection whose frame its parser refuses without saying why and without a close

@@ -94,6 +94,7 @@ package final class ChannelStore: ChannelStoring {
     static let remove = RedisScript(name: "channel_remove", source: """
         if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_found'} end
         if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'forbidden'} end
+        if ARGV[2] == ARGV[1] then return {'owner_self'} end
         redis.call('SREM', KEYS[3], ARGV[2])
         if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then
           return {'ok', tonumber(redis.call('HGET', KEYS[1], 'epoch')), 0}
@@ -140,7 +141,10 @@ package final class ChannelStore: ChannelStoring {
     /// The append script, publishing the item with `publish` (`PUBLISH` or `SPUBLISH`).
     private static func appendScript(publish: String) -> RedisScript {
         RedisScript(name: "channel_append", source: """
-        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
+        if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
+          if redis.call('HGET', KEYS[1], 'open') == '1' then return {'not_member'} end
+          return {'not_found'}
+        end
         local meta = redis.call('HMGET', KEYS[1], 'epoch', 'keyedEpoch', 'listed', 'oldestAt', 'seq')
         if ARGV[2] ~= meta[1] or meta[2] ~= meta[1] then return {'stale_epoch', tonumber(meta[1])} end
         local offset = tostring((tonumber(meta[5]) or 0) + 1)

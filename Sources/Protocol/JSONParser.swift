@@ -39,12 +39,14 @@ public struct JSONParser {
         while index < bytes.count, [0x20, 0x0A, 0x0D, 0x09].contains(bytes[index]) { index += 1 }
     }
 
+    /// `depth`: the containers around this value. A container may have at most `maxDepth - 1` around it, so that
+    /// at most `maxDepth` are nested, counting the outermost, whether or not the innermost holds anything.
     private mutating func parseValue(depth: Int) throws(Failure) -> JSONValue {
-        guard depth <= maxDepth else { throw fail("nesting deeper than \(maxDepth)") }
         guard index < bytes.count else { throw fail("unexpected end of input") }
         switch bytes[index] {
-        case UInt8(ascii: "{"): return try parseObject(depth: depth)
-        case UInt8(ascii: "["): return try parseArray(depth: depth)
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            guard depth < maxDepth else { throw fail("nesting deeper than \(maxDepth)") }
+            return bytes[index] == UInt8(ascii: "{") ? try parseObject(depth: depth) : try parseArray(depth: depth)
         case UInt8(ascii: "\""): return .string(try parseString())
         case UInt8(ascii: "t"): try expectLiteral("true"); return .bool(true)
         case UInt8(ascii: "f"): try expectLiteral("false"); return .bool(false)

@@ -248,6 +248,9 @@ func errorCode(_ response: TestSupport.HTTPResponse) throws -> String? {
             (#"{"type":"teleport","id":"x2"}"#, "unknown_type"),
             (#"{"type":"ping","id":42}"#, "invalid_field"),
             (#"{"type":"ping","surprise":true}"#, "unknown_field"),
+            // 33 levels (the frame's object and 32 arrays), the innermost empty: deeper than PROTOCOL's 32.
+            (#"{"type":"ping","id":"d","x":"# + String(repeating: "[", count: 32) + String(repeating: "]", count: 32)
+                + "}", "bad_json"),
         ]
         for (frame, code) in cases {
             try client.send(text: frame)

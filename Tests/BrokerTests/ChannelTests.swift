@@ -64,7 +64,13 @@ final class ClusterFixture {
         let eve = try RawSession(agent: TestAgent(), port: cluster.second.port)
         let id = try #require(alice.createChannel()["id"]?.stringValue)
         try alice.publishKeys(id)
-        #expect(try eve.send(id, epoch: 1)["code"] == "not_member")
+        // PROTOCOL: a private channel the agent is not in and one that does not exist both answer not_found.
+        #expect(try eve.send(id, epoch: 1)["code"] == "not_found")
+        #expect(try eve.send(ChannelID(randomBytes: SecureRandom.bytes(16)).rawValue, epoch: 1)["code"] == "not_found")
+        // An open channel is visible to all: sending without joining it is not_member.
+        let open = try #require(alice.createChannel(name: "open", open: true)["id"]?.stringValue)
+        try alice.publishKeys(open)
+        #expect(try eve.send(open, epoch: 1)["code"] == "not_member")
         for request: JSONValue in [["type": "channel.describe", "channel": .string(id)],
                                    ["type": "channel.subscribe", "channel": .string(id)],
                                    ["type": "history", "channel": .string(id)],
@@ -77,6 +83,25 @@ final class ClusterFixture {
         let unknown = ChannelID(randomBytes: SecureRandom.bytes(16)).rawValue
         #expect(try eve.describe(unknown)["code"] == "not_found")
         #expect(try eve.request(["type": "channel.list"])["channels"] == [])
+    }
+
+    /// The owner removing itself would leave a channel whose owner is not a member and that nobody can manage: it
+    /// is refused, and changes nothing (leaving is `channel.leave`, which passes the ownership on).
+    @Test func theOwnerCannotRemoveItself() throws {
+        let fixture = try BrokerFixture()
+        let alice = try RawSession(agent: TestAgent(), port: fixture.port)
+        let bob = try RawSession(agent: TestAgent(), port: fixture.port)
+        let id = try #require(alice.createChannel(members: [bob.did])["id"]?.stringValue)
+        let refused = try alice.request(["type": "channel.remove", "channel": .string(id),
+                                         "did": .string(alice.did.description)])
+        #expect(refused["code"] == "invalid_field")
+        let channel = try alice.describe(id)["channel"]
+        #expect(channel?["owner"]?.stringValue == alice.did.description)
+        #expect(channel?["epoch"] == 1)
+        #expect(channel?["members"]?.arrayValue?.count == 2)
+        // A member other than the owner still gets forbidden, for itself as for others.
+        #expect(try bob.request(["type": "channel.remove", "channel": .string(id),
+                                 "did": .string(bob.did.description)])["code"] == "forbidden")
     }
 
     @Test func membershipChangesStartEpochsAndStaleEpochsAreRefused() throws {
@@ -119,7 +144,7 @@ final class ClusterFixture {
         // Only the owner removes.
         #expect(try carol.request(["type": "channel.remove", "channel": .string(id), "did": .string(alice.did.description)])["code"] == "forbidden")
         #expect(try alice.request(["type": "channel.remove", "channel": .string(id), "did": .string(carol.did.description)])["type"] == "ok")
-        #expect(try carol.send(id, epoch: 4)["code"] == "not_member")
+        #expect(try carol.send(id, epoch: 4)["code"] == "not_found")
     }
 
     @Test func aRepeatedClientMessageIDIsStoredOnce() throws {
@@ -288,7 +313,7 @@ final class ClusterFixture {
         let cases: [(JSONValue, String)] = [
             (with("channel", nil), "missing_field"),
             (with("channel", "ch_nope"), "invalid_field"),
-            (with("channel", .string(ChannelID(randomBytes: SecureRandom.bytes(16)).rawValue)), "not_member"),
+            (with("channel", .string(ChannelID(randomBytes: SecureRandom.bytes(16)).rawValue)), "not_found"),
             (with("epoch", "1"), "invalid_field"),
             (with("epoch", 0), "invalid_field"),
             (with("nonce", "AAAA"), "invalid_field"),

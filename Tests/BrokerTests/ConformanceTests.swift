@@ -213,13 +213,27 @@ struct BadRequestCase: Sendable, CustomTestStringConvertible {
         #expect(ended)
     }
 
-    /// A close code below 1000 is invalid (§7.4): answered with a close frame carrying 1002.
-    @Test func aCloseWithAnInvalidCodeIsAnsweredWith1002() throws {
+    /// A close code outside 1000–1003, 1007–1011 and 3000–4999 is invalid (§7.4), and so is a payload of one byte
+    /// (§5.5.1): answered with a close frame carrying 1002.
+    @Test(arguments: [[0x03, 0xE7], [0x03, 0xEC], [0x03, 0xED], [0x03, 0xEE], [0x03, 0xF7], [0x03, 0xF8],
+                      [0x0B, 0xB7], [0x13, 0x88], [0x17, 0x70], [0xFF, 0xFF], [0x13, 0x88, 0x68, 0x69], [0x03]] as [[UInt8]])
+    func aCloseWithAnInvalidCodeIsAnsweredWith1002(_ payload: [UInt8]) throws {
         let fixture = try BrokerFixture()
         let socket = try Self.connected(fixture)
-        try socket.send(.close, [0x03, 0xE7])
+        try socket.send(.close, payload)
         let (code, ended) = socket.awaitClose(timeout: 10)
-        #expect(code == 1002)
+        #expect(code == 1002, "close payload \(payload)")
+        #expect(ended)
+    }
+
+    /// Valid codes are echoed (§5.5.1), the application's range 4000–4999 included.
+    @Test(arguments: [1000, 1001, 1003, 1007, 1011, 3000, 4999])
+    func aCloseWithAValidCodeIsEchoed(_ sent: Int) throws {
+        let fixture = try BrokerFixture()
+        let socket = try Self.connected(fixture)
+        try socket.send(.close, [UInt8(sent >> 8), UInt8(sent & 0xFF)])
+        let (code, ended) = socket.awaitClose(timeout: 10)
+        #expect(code.map(Int.init) == sent)
         #expect(ended)
     }
 }

@@ -140,6 +140,7 @@ package final class InMemoryChannelStore: InMemoryStore, ChannelStoring {
                 return .failure(.refused(.notFound))
             }
             guard channel.owner == owner else { return .failure(.refused(.forbidden)) }
+            guard did != owner else { return .failure(.refused(.ownerSelf)) }
             channel.invites.remove(did)
             guard channel.members.remove(did) != nil else {
                 channels[id] = channel
@@ -183,7 +184,8 @@ package final class InMemoryChannelStore: InMemoryStore, ChannelStoring {
         perform("append", completion) { [self] in
             let id = message.channel
             guard var channel = channels[id], channel.members.contains(sender) else {
-                return .failure(.refused(.notMember))
+                // A private channel the sender is not in is as if it did not exist.
+                return .failure(.refused(channels[id]?.open == true ? .notMember : .notFound))
             }
             guard message.epoch == channel.epoch, channel.keyedEpoch == channel.epoch else {
                 return .failure(.refused(.staleEpoch, epoch: channel.epoch))

@@ -34,6 +34,18 @@ import Testing
     @Test func limitsNestingDepth() throws {
         let deep = String(repeating: "[", count: 40) + String(repeating: "]", count: 40)
         #expect(throws: JSONParser.Failure.self) { try JSONParser.parse(deep) }
+        // At most 32 containers deep, counting the outermost, whether or not the innermost is empty.
+        func nested(_ levels: Int, innermost: String) -> String {
+            String(repeating: "[", count: levels - 1) + innermost + String(repeating: "]", count: levels - 1)
+        }
+        for innermost in ["[]", "{}", "[1]", #"{"a":1}"#] {
+            #expect(throws: Never.self, "32 levels, innermost \(innermost)") {
+                try JSONParser.parse(nested(32, innermost: innermost))
+            }
+            #expect(throws: JSONParser.Failure.self, "33 levels, innermost \(innermost)") {
+                try JSONParser.parse(nested(33, innermost: innermost))
+            }
+        }
         let shallow = String(repeating: "[", count: 10) + String(repeating: "]", count: 10)
         _ = try JSONParser.parse(shallow)
     }
