@@ -32,8 +32,11 @@ struct HTTPRouter {
         }
         guard let handler = methods[request.method] else {
             var response = HTTPResponse.error(405, .methodNotAllowed, "\(request.method.rawValue) is not allowed here")
-            let allowed = methods.keys.map(\.rawValue).sorted().joined(separator: ", ")
-            response.extraHeaders.append(("Allow", allowed))
+            // HEAD is served wherever GET is, so it is allowed there too.
+            var allowed = Set(methods.keys)
+            if allowed.contains(.get) { allowed.insert(.head) }
+            let allow = allowed.map(\.rawValue).sorted().joined(separator: ", ")
+            response.extraHeaders.append(("Allow", allow))
             respond(response)
             return
         }

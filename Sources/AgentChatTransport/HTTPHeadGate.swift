@@ -15,7 +15,10 @@ import Logging
 /// forgets the connection. In a worker of several processes (`--processes`) the server's `SharedListener` accepts
 /// instead and `take`s each connection the same way. Reading: the head is first peeked (`MSG_PEEK`), so when it
 /// arrives in one piece (the usual case) libwebsockets later reads it from the socket itself; a head that arrives in
-/// pieces is consumed and handed over with the connection (`lws_adopt_socket_readbuf`).
+/// pieces is consumed and handed over with the connection (`lws_adopt_socket_readbuf`). So is a head with a header
+/// field libwebsockets 4.1 would misread (a name that is the beginning of one it knows, such as `X` or `Content`):
+/// it is handed over without those fields, which the broker never reads, or refused when the request has a body
+/// (`HTTPRequestHeadValidator.libwebsocketsHandOver`).
 ///
 /// C pointer ownership: each held connection owns one `uv_poll_t`, allocated here and freed in its close callback.
 /// Its `data` holds the gate unretained: every handle is closed (so no callback comes) before the gate is released.
@@ -74,9 +77,24 @@ final class HTTPHeadGate {
         // of the loop (that turn was most of what the gate added to the cost of a connection).
         let limit = validator.limits.maxHeadBytes
         let n = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, limit, Int32(MSG_PEEK)) }
-        if n > 0, case .accepted = validator.evaluate(Array(scratch[0..<n])) {
-            admit?(fd, [])
-            return true
+        if n > 0 {
+            let peeked = Array(scratch[0..<n])
+            if case .accepted(let head) = validator.evaluate(peeked) {
+                switch validator.libwebsocketsHandOver(peeked, head: head) {
+                case .asIs:
+                    admit?(fd, [])
+                    return true
+                case .copy(let copy):
+                    guard take(peeked.count, from: fd) else {
+                        _ = Glibc.close(fd)
+                        return true
+                    }
+                    admit?(fd, copy)
+                    return true
+                case .refused:
+                    break  // answered once the connection is held, below
+                }
+            }
         }
         let poll = UnsafeMutablePointer<uv_poll_t>.allocate(capacity: 1)
         guard uv_poll_init(loop.uvLoop, poll, fd) == 0 else {
@@ -134,7 +152,7 @@ final class HTTPHeadGate {
             }
             consumed += scratch[0..<n]
             connection.consumed = consumed
-            judge(connection, validator.evaluate(consumed), consumed: consumed)
+            judge(connection, validator.evaluate(consumed), bytes: consumed, peeked: false)
         } else {
             let n = scratch.withUnsafeMutableBytes { recv(connection.fd, $0.baseAddress, limit, Int32(MSG_PEEK)) }
             guard n != 0 else { return release(connection, close: true) }
@@ -151,12 +169,13 @@ final class HTTPHeadGate {
                 connection.consumed = peeked
                 return
             }
-            judge(connection, verdict, consumed: [])
+            judge(connection, verdict, bytes: peeked, peeked: true)
         }
     }
 
-    /// Acts on a verdict; `consumed` are the bytes already taken from the socket (empty when only peeked).
-    private func judge(_ connection: Held, _ verdict: HTTPRequestHeadValidator.Verdict, consumed: [UInt8]) {
+    /// Acts on a verdict on `bytes`, which are still in the socket when `peeked`, else taken from it already.
+    private func judge(_ connection: Held, _ verdict: HTTPRequestHeadValidator.Verdict, bytes: [UInt8],
+                       peeked: Bool) {
         switch verdict {
         case .incomplete:
             return
@@ -164,10 +183,29 @@ final class HTTPHeadGate {
             logger.debug("refused a request head", metadata: ["status": "\(refusal.status)",
                                                               "code": "\(refusal.code.rawValue)"])
             answer(connection, refusal)
-        case .accepted:
-            release(connection, close: false)
-            admit?(connection.fd, consumed)
+        case .accepted(let head):
+            switch validator.libwebsocketsHandOver(bytes, head: head) {
+            case .asIs:
+                release(connection, close: false)
+                admit?(connection.fd, peeked ? [] : bytes)
+            case .copy(let copy):
+                release(connection, close: false)
+                if peeked, !take(bytes.count, from: connection.fd) {
+                    _ = Glibc.close(connection.fd)
+                    return
+                }
+                logger.debug("dropped header fields libwebsockets would misread",
+                             metadata: ["bytes": "\(bytes.count - copy.count)"])
+                admit?(connection.fd, copy)
+            case .refused(let refusal):
+                answer(connection, refusal)
+            }
         }
+    }
+
+    /// Takes `count` peeked bytes from the socket (they are there already); false if they could not all be taken.
+    private func take(_ count: Int, from fd: Int32) -> Bool {
+        scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, count, 0) } == count
     }
 
     // MARK: Answering and releasing

@@ -600,21 +600,25 @@ package final class WebSocketServer {
                                            "request bodies must be sent with Content-Length, not Transfer-Encoding"))
             return -1
         }
-        // libwebsockets 4.1.6 reads Content-Length with atoll and accepts a negative value; only plain digits pass.
+        // libwebsockets 4.1.6 reads Content-Length with atoll and accepts a negative value; only plain digits pass
+        // (leading zeros included), and a number too large to hold is over the cap like any other.
         var expected = 0
         if let text = Self.header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) {
-            guard !text.isEmpty, text.utf8.count <= 18, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
-                let value = Int(text)
-            else {
+            let cap = configuration.limits.maxRequestBodyBytes
+            switch HTTPRequestHeadValidator.contentLength(text) {
+            case .malformed:
                 respondImmediately(wsi, .error(400, .badContentLength, "Content-Length must be a decimal number"))
                 return -1
-            }
-            guard value <= configuration.limits.maxRequestBodyBytes else {
-                respondImmediately(wsi, .error(413, .bodyTooLarge,
-                                               "request bodies are limited to \(configuration.limits.maxRequestBodyBytes) bytes"))
+            case .tooLarge:
+                respondImmediately(wsi, .error(413, .bodyTooLarge, "request bodies are limited to \(cap) bytes"))
                 return -1
+            case .bytes(let value):
+                guard value <= cap else {
+                    respondImmediately(wsi, .error(413, .bodyTooLarge, "request bodies are limited to \(cap) bytes"))
+                    return -1
+                }
+                expected = value
             }
-            expected = value
         } else if method == .post || method == .put || method == .patch {
             // Without a length libwebsockets would read up to 100 MB as the body.
             respondImmediately(wsi, .error(411, .badContentLength, "\(method.rawValue) requires Content-Length"))

@@ -101,6 +101,9 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let httpVersionNotSupported = ErrorCode(rawValue: "http_version_not_supported")
     /// A WebSocket upgrade with a `Sec-WebSocket-Version` other than 13; the answer carries `Sec-WebSocket-Version: 13`.
     public static let upgradeRequired = ErrorCode(rawValue: "upgrade_required")
+    /// A WebSocket upgrade that is not a well-formed one: not GET, not HTTP/1.1, no `Connection: Upgrade`, or no valid
+    /// `Sec-WebSocket-Key`.
+    public static let badUpgrade = ErrorCode(rawValue: "bad_upgrade")
     /// The request head did not arrive complete within the broker's time limit.
     public static let requestTimeout = ErrorCode(rawValue: "request_timeout")
     /// An admin endpoint called without the admin token (`Authorization: Bearer …`), or with another one.

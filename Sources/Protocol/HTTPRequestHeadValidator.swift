@@ -19,6 +19,9 @@
 ///   name that is not a token, a control character in a value, a bare CR or LF: 400 `bad_request`
 /// - an `Upgrade` other than `websocket` (`h2c`, anything else): 400 `upgrade_not_supported`
 /// - a WebSocket upgrade without `Sec-WebSocket-Version: 13`: 426 `upgrade_required`, with `Sec-WebSocket-Version: 13`
+/// - then a WebSocket upgrade (`Upgrade: websocket`) that is not `GET`, not HTTP/1.1, has no `upgrade` token in
+///   `Connection`, or not exactly one `Sec-WebSocket-Key` holding 16 bytes in base64 (RFC 6455 §4.2.1): 400
+///   `bad_upgrade`
 public struct HTTPRequestHeadValidator: Sendable {
     public struct Limits: Sendable, Equatable {
         /// Longest request target (the path and query), bytes.
@@ -49,6 +52,8 @@ public struct HTTPRequestHeadValidator: Sendable {
         public var target: String
         public var version: String
         public var fields: [Field]
+        /// Where each field's line (its CRLF included) is in the bytes, in the order of `fields`.
+        public var fieldLines: [Range<Int>] = []
         /// Bytes from the start of the request to the end of the empty line.
         public var byteCount: Int
 
@@ -101,6 +106,7 @@ public struct HTTPRequestHeadValidator: Sendable {
                 return bytes.count >= limits.maxHeadBytes ? .refused(tooLarge) : .incomplete
             }
             var fields: [Field] = []
+            var fieldLines: [Range<Int>] = []
             var i = line.next
             while true {
                 guard i < end else {
@@ -112,7 +118,7 @@ public struct HTTPRequestHeadValidator: Sendable {
                     }
                     guard bytes[i + 1] == lf else { throw Self.bad("a bare CR in the request head") }
                     let head = Head(method: line.method, target: line.target, version: line.version, fields: fields,
-                                    byteCount: i + 2)
+                                    fieldLines: fieldLines, byteCount: i + 2)
                     try checkUpgrade(head)
                     return .accepted(head)
                 }
@@ -120,6 +126,7 @@ public struct HTTPRequestHeadValidator: Sendable {
                     return bytes.count >= limits.maxHeadBytes ? .refused(tooLarge) : .incomplete
                 }
                 fields.append(field)
+                fieldLines.append(i..<next)
                 guard fields.count <= limits.maxHeaderFields else {
                     throw Refusal(431, .headersTooLarge, "more than \(limits.maxHeaderFields) header fields")
                 }
@@ -272,11 +279,62 @@ public struct HTTPRequestHeadValidator: Sendable {
             throw Refusal(426, .upgradeRequired, "WebSocket upgrades must use Sec-WebSocket-Version 13",
                           fields: [Field("Sec-WebSocket-Version", "13")])
         }
+        // RFC 6455 §4.2.1; libwebsockets 4.1 would upgrade some of these and drop the others without an answer.
+        guard head.method == "GET" else { throw Self.badUpgrade("WebSocket upgrades must use GET") }
+        guard head.version == "HTTP/1.1" else { throw Self.badUpgrade("WebSocket upgrades must use HTTP/1.1") }
+        let connection = head.fields.filter { $0.name.lowercased() == "connection" }
+            .flatMap { $0.value.split(separator: ",") }.map { $0.trimmingSpaceAndTab().lowercased() }
+        guard connection.contains("upgrade") else {
+            throw Self.badUpgrade("WebSocket upgrades must carry Connection: Upgrade")
+        }
+        let keys = head.fields.filter { $0.name.lowercased() == "sec-websocket-key" }
+        guard keys.count == 1, Self.isWebSocketKey(keys[0].value) else {
+            throw Self.badUpgrade("WebSocket upgrades must carry one Sec-WebSocket-Key: 16 bytes in base64")
+        }
+    }
+
+    /// Whether `value` is the base64 (RFC 4648 §4, padded) of exactly 16 bytes: 22 characters of the alphabet, the
+    /// last carrying no bits past the 128th, then `==`.
+    static func isWebSocketKey(_ value: String) -> Bool {
+        let b = Array(value.utf8)
+        guard b.count == 24, b[22] == UInt8(ascii: "="), b[23] == UInt8(ascii: "=") else { return false }
+        guard b[0..<22].allSatisfy(isBase64Byte) else { return false }
+        // The 22nd character holds the last 2 bits of the 16th byte and 4 bits that must be zero: A, Q, g or w.
+        return [UInt8(ascii: "A"), UInt8(ascii: "Q"), UInt8(ascii: "g"), UInt8(ascii: "w")].contains(b[21])
+    }
+
+    // MARK: Content-Length
+
+    /// What a `Content-Length` value says.
+    public enum ContentLength: Sendable, Equatable {
+        /// A length in bytes.
+        case bytes(Int)
+        /// Digits only, but a number too large to hold (any body cap is far below it).
+        case tooLarge
+        /// Not a run of decimal digits (empty, a sign, spaces, a list, anything else).
+        case malformed
+    }
+
+    /// Reads a `Content-Length` value: any non-empty run of ASCII digits is a length, leading zeros included
+    /// (RFC 9110 §8.6); a number over `Int.max` is `.tooLarge`.
+    public static func contentLength(_ text: String) -> ContentLength {
+        guard !text.utf8.isEmpty else { return .malformed }
+        var value = 0
+        var overflowed = false
+        for c in text.utf8 {
+            guard isDigit(c) else { return .malformed }
+            guard !overflowed else { continue }
+            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, o2) = times10.addingReportingOverflow(Int(c - 0x30))
+            if o1 || o2 { overflowed = true } else { value = sum }
+        }
+        return overflowed ? .tooLarge : .bytes(value)
     }
 
     // MARK: Refusals and bytes
 
     static func bad(_ message: String) -> Refusal { Refusal(400, .badRequest, message) }
+    static func badUpgrade(_ message: String) -> Refusal { Refusal(400, .badUpgrade, message) }
     static let unknownMethod = Refusal(501, .notImplemented,
                                        "supported methods: DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT")
     private var tooLarge: Refusal {
@@ -291,6 +349,14 @@ private let tab = UInt8(ascii: "\t")
 private let colon = UInt8(ascii: ":")
 
 private func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
+
+/// RFC 4648 §4 alphabet: letters, digits, + and /.
+private func isBase64Byte(_ c: UInt8) -> Bool {
+    switch c {
+    case 0x30...0x39, 0x41...0x5A, 0x61...0x7A, 0x2B, 0x2F: true
+    default: false
+    }
+}
 
 private func isHexDigit(_ c: UInt8) -> Bool {
     isDigit(c) || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66)

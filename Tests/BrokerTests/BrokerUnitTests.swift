@@ -83,7 +83,21 @@ import Testing
         #expect(try JSONParser.parse(missing.body)["error"]?["code"] == "not_found")
         let wrongMethod = try #require(route(router, .post, "/x"))
         #expect(wrongMethod.status == 405)
-        #expect(wrongMethod.extraHeaders.contains { $0 == ("Allow", "GET") })
+        #expect(wrongMethod.extraHeaders.contains { $0 == ("Allow", "GET, HEAD") })
+    }
+
+    /// HEAD is served wherever GET is, so `Allow` lists it there, and only there.
+    @Test func allowListsHEADWhereGETIsServed() throws {
+        var router = HTTPRouter()
+        router.add(.get, "/page") { _, respond in respond(.json(200, ["ok": true])) }
+        router.add(.post, "/form") { _, respond in respond(.json(200, ["ok": true])) }
+        router.add(.options, "/form") { _, respond in respond(.json(200, ["ok": true])) }
+        let onPage = try #require(route(router, .delete, "/page"))
+        #expect(onPage.extraHeaders.filter { $0.0 == "Allow" }.map(\.1) == ["GET, HEAD"])
+        #expect(route(router, .head, "/page")?.status == 200)
+        let onForm = try #require(route(router, .head, "/form"))
+        #expect(onForm.status == 405)
+        #expect(onForm.extraHeaders.filter { $0.0 == "Allow" }.map(\.1) == ["OPTIONS, POST"])
     }
 
     @Test func serialisesAWholeResponse() {

@@ -1,6 +1,10 @@
 import AgentChatProtocol
 import Testing
 
+/// The fields of a well-formed WebSocket upgrade but its key.
+private let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+private let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+
 @Suite struct HTTPRequestHeadValidatorTests {
     let validator = HTTPRequestHeadValidator()
 
@@ -73,11 +77,110 @@ import Testing
         ("GET / HTTP/1.1\r\nUpgrade: websocket, h2c\r\n\r\n", 400, "upgrade_not_supported"),
         ("GET / HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\n\r\n", 426, "upgrade_required"),
         ("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", 426, "upgrade_required"),
+        ("GET / HTTP/1.1\r\n\(upgrade)\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\(key)\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Version: 13\r\n\(key)\r\n",
+         400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgraded\r\nSec-WebSocket-Version: 13\r\n\(key)\r\n",
+         400, "bad_upgrade"),
+        ("POST / HTTP/1.1\r\n\(upgrade)\(key)\r\n", 400, "bad_upgrade"),
+        ("HEAD / HTTP/1.1\r\n\(upgrade)\(key)\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.0\r\n\(upgrade)\(key)\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\n\(upgrade)Sec-WebSocket-Key: abc\r\n\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\n\(upgrade)Sec-WebSocket-Key:\r\n\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\n\(upgrade)Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAA\r\n\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\n\(upgrade)Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\n\(upgrade)Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\n\(upgrade)Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZR==\r\n\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\n\(upgrade)Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ-_\r\n\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\n\(upgrade)Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25j_Q==\r\n\r\n", 400, "bad_upgrade"),
+        ("GET / HTTP/1.1\r\n\(upgrade)\(key)\(key)\r\n", 400, "bad_upgrade"),
+        ("POST / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n", 400, "upgrade_not_supported"),
     ])
     func refusals(_ text: String, _ status: Int, _ code: String) {
         let answer = refusal(text)
         #expect(answer?.0 == status, "\(text.debugDescription.prefix(80)): \(verdict(text))")
         #expect(answer?.1 == code)
+    }
+
+    /// RFC 6455 §4.2.1 allows these spellings: any case, `upgrade` among other `Connection` tokens or fields, any
+    /// 16 bytes as the key.
+    @Test(arguments: [
+        "GET / HTTP/1.1\r\nupgrade: WebSocket\r\nconnection: keep-alive, UPGRADE\r\nsec-websocket-version: 13\r\n"
+            + "sec-websocket-key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n\r\n",
+        "GET /x?y=1 HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key:  +/+/+/+/+/+/+/+/+/+/+w== \r\n\r\n",
+        "GET / HTTP/1.1\r\n\(upgrade)Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n",
+    ])
+    func wellFormedUpgradesAreAccepted(_ text: String) {
+        guard case .accepted = verdict(text) else {
+            Issue.record("refused: \(verdict(text))")
+            return
+        }
+    }
+
+    @Test(arguments: [
+        ("0", HTTPRequestHeadValidator.ContentLength.bytes(0)),
+        ("65536", .bytes(65536)),
+        ("0000000000000000002", .bytes(2)),
+        ("000000000000000000000000000000000000000000000000007", .bytes(7)),
+        ("1000000000000000000", .bytes(1_000_000_000_000_000_000)),
+        ("9223372036854775807", .bytes(Int.max)),
+        ("9223372036854775808", .tooLarge),
+        ("99999999999999999999999999999", .tooLarge),
+        ("", .malformed),
+        ("-1", .malformed),
+        ("+1", .malformed),
+        (" 1", .malformed),
+        ("1 ", .malformed),
+        ("1,1", .malformed),
+        ("1 1", .malformed),
+        ("0x10", .malformed),
+        ("1e3", .malformed),
+        ("١", .malformed),
+    ])
+    func contentLengthIsAnyRunOfDigits(_ text: String, _ expected: HTTPRequestHeadValidator.ContentLength) {
+        #expect(HTTPRequestHeadValidator.contentLength(text) == expected, "\(text.debugDescription)")
+    }
+
+    /// Names that are the beginning of a header name libwebsockets 4.1 knows, or start with one of its four
+    /// colon-less entries, are the ones it misreads.
+    @Test func theNamesLibwebsocketsMisreads() {
+        let misread = ["X", "x", "A", "T", "C", "H", "Ho", "Hos", "Content", "Content-", "Accept-", "Head", "Get",
+                       "Post", "Http", "Http2", "Sec-WebSocket-Ke", "Pu", "Ur", "Put", "Puts", "PATCH", "Delete-Me",
+                       "Uri-args", "X-Forwarded", "Proxy", "Connect"]
+        for name in misread {
+            #expect(HTTPRequestHeadValidator.libwebsocketsMisreads(fieldName: name), "\(name)")
+        }
+        let read = ["Host", "HOST", "Accept", "Te", "Xy", "X-1", "B", "Z", "Sec-WebSocket-Key", "Sec-WebSocket-Key1",
+                    "Content-Type", "Stripe-Signature", "X-Forwarded-For", "User-Agent", "Origin", "Authorization",
+                    "If-Match", "Hostname", "Accepts", "Utz", "Rangez"]
+        for name in read {
+            #expect(!HTTPRequestHeadValidator.libwebsocketsMisreads(fieldName: name), "\(name)")
+        }
+    }
+
+    func handOver(_ text: String) -> HTTPRequestHeadValidator.HandOver? {
+        let bytes = Array(text.utf8)
+        guard case .accepted(let head) = validator.evaluate(bytes) else { return nil }
+        #expect(head.fieldLines.count == head.fields.count)
+        return validator.libwebsocketsHandOver(bytes, head: head)
+    }
+
+    /// libwebsockets gets the head without the fields it would misread, and everything after the head as sent; a
+    /// request with a body and such a field is refused.
+    @Test func libwebsocketsGetsTheHeadWithoutTheFieldsItMisreads() throws {
+        let text = "GET /health HTTP/1.1\r\nX: 1\r\nHost: h\r\nA:2\r\nXy: 3\r\nContent: 4\r\n\r\nmore"
+        #expect(handOver(text) == .copy(Array("GET /health HTTP/1.1\r\nHost: h\r\nXy: 3\r\n\r\nmore".utf8)))
+        #expect(handOver("GET /health HTTP/1.1\r\nHost: h\r\nXy: 3\r\n\r\n") == .asIs)
+        #expect(handOver("POST /x HTTP/1.1\r\nX: 1\r\nContent-Length: 0\r\n\r\n")
+            == .copy(Array("POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n".utf8)))
+        guard case .refused(let refusal) = handOver("POST /x HTTP/1.1\r\nX: 1\r\nContent-Length: 2\r\n\r\n{}") else {
+            Issue.record("not refused")
+            return
+        }
+        #expect(refusal.status == 400 && refusal.code == .badRequest)
+        #expect(refusal.message.contains("X"))
     }
 
     @Test func the426NamesTheVersion() {
@@ -108,6 +211,8 @@ import Testing
             "GET / HTTP/1.1\r\nX: \(String(repeating: "b", count: 4100))\r\n\r\n",
             "GET / HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\n\r\n",
             "GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+            "POST / HTTP/1.1\r\n\(upgrade)\(key)\r\n",
+            "GET / HTTP/1.1\r\n\(upgrade)Sec-WebSocket-Key: abc\r\n\r\n",
         ]
         for head in heads {
             let bytes = Array(head.utf8)
