@@ -13,9 +13,11 @@ import Logging
 /// How a connection gets here: libwebsockets accepts it and offers it to `LWS_CALLBACK_FILTER_NETWORK_CONNECTION`;
 /// the server `take`s a duplicate of the descriptor and refuses it there, so libwebsockets closes its own copy and
 /// forgets the connection. In a worker of several processes (`--processes`) the server's `SharedListener` accepts
-/// instead and `take`s each connection the same way. Reading: the head is first peeked (`MSG_PEEK`), so when it
-/// arrives in one piece (the usual case) libwebsockets later reads it from the socket itself; a head that arrives in
-/// pieces is consumed and handed over with the connection (`lws_adopt_socket_readbuf`). So is a head with a header
+/// instead and `take`s each connection the same way. Reading: the head is only peeked (`MSG_PEEK`), so libwebsockets
+/// later reads it from the socket itself. A head that arrives in pieces stays in the socket too: `SO_RCVLOWAT` (one
+/// byte more than has come) keeps the socket from waking the loop until more arrives. (Taking the pieces and handing
+/// them over with the connection, `lws_adopt_socket_readbuf`, made libwebsockets 4.1.6 loop forever on a request
+/// body that followed: the whole broker stopped.) A head with a header
 /// field libwebsockets 4.1 would misread (a name that is the beginning of one it knows, such as `X` or `Content`):
 /// it is handed over without those fields, which the broker never reads, or refused when the request has a body
 /// (`HTTPRequestHeadValidator.libwebsocketsHandOver`).
@@ -27,8 +29,11 @@ final class HTTPHeadGate {
         let fd: Int32
         let poll: UnsafeMutablePointer<uv_poll_t>
         let acceptedAt: Double
-        /// What was consumed from the socket; nil while the head is only peeked.
-        var consumed: [UInt8]?
+        /// How many bytes of an incomplete head have come (and stay in the socket); the socket's low-water mark is one
+        /// more, while it is not 0.
+        var peeked = 0
+        /// Not watched until the next sweep (see `readable`).
+        var paused = false
         /// When the refusal was written; the connection is then read to its end and closed.
         var answeredAt: Double?
 
@@ -104,17 +109,22 @@ final class HTTPHeadGate {
         }
         poll.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         held[Self.key(poll)] = Held(fd: fd, poll: poll, acceptedAt: SystemTime.monotonicSeconds())
-        uv_poll_start(poll, Int32(UV_READABLE.rawValue), headGateReadable)
+        uv_poll_start(poll, Self.events, headGateReadable)
         return true
     }
 
     /// Answers (408) or closes connections that took too long, and closes refused ones that lingered enough.
     func sweep(now: Double) {
         for connection in Array(held.values) {
+            if connection.paused {
+                connection.paused = false
+                uv_poll_start(connection.poll, Self.events, headGateReadable)
+            }
             if let answered = connection.answeredAt {
                 if now - answered > lingerSeconds { release(connection, close: true) }
             } else if now - connection.acceptedAt > headTimeout {
-                if connection.consumed?.isEmpty == false {
+                if connection.peeked > 0 {
+                    setLowWater(connection.fd, 1)
                     answer(connection, .init(408, .requestTimeout,
                                              "the request head did not arrive within \(Int(headTimeout)) s"))
                 } else {
@@ -137,45 +147,53 @@ final class HTTPHeadGate {
 
     // MARK: Reading
 
-    fileprivate func readable(_ poll: UnsafeMutablePointer<uv_poll_t>, status: Int32) {
+    /// What a held connection is watched for: data, and the client's end of sending (`EPOLLRDHUP`).
+    private static let events = Int32(UV_READABLE.rawValue | UV_DISCONNECT.rawValue)
+
+    fileprivate func readable(_ poll: UnsafeMutablePointer<uv_poll_t>, status: Int32, events: Int32) {
         guard let connection = held[Self.key(poll)] else { return }
         guard status >= 0 else { return release(connection, close: true) }
         if connection.answeredAt != nil { return discardInput(connection) }
         let limit = validator.limits.maxHeadBytes
-        if var consumed = connection.consumed {
-            let room = limit - consumed.count
-            let n = scratch.withUnsafeMutableBytes { recv(connection.fd, $0.baseAddress, room, 0) }
-            guard n != 0 else { return release(connection, close: true) }
-            guard n > 0 else {
-                if errno != EAGAIN && errno != EINTR { release(connection, close: true) }
-                return
-            }
-            consumed += scratch[0..<n]
-            connection.consumed = consumed
-            judge(connection, validator.evaluate(consumed), bytes: consumed, peeked: false)
-        } else {
-            let n = scratch.withUnsafeMutableBytes { recv(connection.fd, $0.baseAddress, limit, Int32(MSG_PEEK)) }
-            guard n != 0 else { return release(connection, close: true) }
-            guard n > 0 else {
-                if errno != EAGAIN && errno != EINTR { release(connection, close: true) }
-                return
-            }
-            let peeked = Array(scratch[0..<n])
-            let verdict = validator.evaluate(peeked)
-            if verdict == .incomplete {
-                // Waiting for the rest with the bytes still in the socket would wake the loop again at once.
-                let taken = scratch.withUnsafeMutableBytes { recv(connection.fd, $0.baseAddress, n, 0) }
-                guard taken == n else { return release(connection, close: true) }
-                connection.consumed = peeked
-                return
-            }
-            judge(connection, verdict, bytes: peeked, peeked: true)
+        let n = scratch.withUnsafeMutableBytes { recv(connection.fd, $0.baseAddress, limit, Int32(MSG_PEEK)) }
+        guard n != 0 else { return release(connection, close: true) }
+        guard n > 0 else {
+            if errno != EAGAIN && errno != EINTR { release(connection, close: true) }
+            return
         }
+        let peeked = Array(scratch[0..<n])
+        let verdict = validator.evaluate(peeked)
+        if verdict == .incomplete {
+            if n <= connection.peeked {
+                // Nothing new. At the client's end of sending, the head can no longer complete.
+                if events & Int32(UV_DISCONNECT.rawValue) != 0 { return release(connection, close: true) }
+                // A socket whose readiness ignores the low-water mark (the TLS relay's Unix socketpair) would wake
+                // the loop again at once: it is looked at again at the next sweep.
+                uv_poll_stop(connection.poll)
+                connection.paused = true
+                return
+            }
+            // Wait for more with the bytes left in the socket: it wakes the loop again only once more have come.
+            connection.peeked = n
+            guard setLowWater(connection.fd, n + 1) else { return release(connection, close: true) }
+            return
+        }
+        if connection.peeked > 0 {
+            connection.peeked = 0
+            guard setLowWater(connection.fd, 1) else { return release(connection, close: true) }
+        }
+        judge(connection, verdict, bytes: peeked)
     }
 
-    /// Acts on a verdict on `bytes`, which are still in the socket when `peeked`, else taken from it already.
-    private func judge(_ connection: Held, _ verdict: HTTPRequestHeadValidator.Verdict, bytes: [UInt8],
-                       peeked: Bool) {
+    /// The socket's `SO_RCVLOWAT`: it is readable (for epoll too) once this many bytes are there, or at its end.
+    @discardableResult
+    private func setLowWater(_ fd: Int32, _ bytes: Int) -> Bool {
+        var value = Int32(bytes)
+        return setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &value, socklen_t(MemoryLayout<Int32>.size)) == 0
+    }
+
+    /// Acts on a verdict on `bytes`, which are still in the socket.
+    private func judge(_ connection: Held, _ verdict: HTTPRequestHeadValidator.Verdict, bytes: [UInt8]) {
         switch verdict {
         case .incomplete:
             return
@@ -187,10 +205,10 @@ final class HTTPHeadGate {
             switch validator.libwebsocketsHandOver(bytes, head: head) {
             case .asIs:
                 release(connection, close: false)
-                admit?(connection.fd, peeked ? [] : bytes)
+                admit?(connection.fd, [])
             case .copy(let copy):
                 release(connection, close: false)
-                if peeked, !take(bytes.count, from: connection.fd) {
+                if !take(bytes.count, from: connection.fd) {
                     _ = Glibc.close(connection.fd)
                     return
                 }
@@ -251,7 +269,7 @@ final class HTTPHeadGate {
 
 private func headGateReadable(_ poll: UnsafeMutablePointer<uv_poll_t>?, _ status: Int32, _ events: Int32) {
     guard let poll, let data = poll.pointee.data else { return }
-    Unmanaged<HTTPHeadGate>.fromOpaque(data).takeUnretainedValue().readable(poll, status: status)
+    Unmanaged<HTTPHeadGate>.fromOpaque(data).takeUnretainedValue().readable(poll, status: status, events: events)
 }
 
 private func freePollHandle(_ handle: UnsafeMutablePointer<uv_handle_t>?) {

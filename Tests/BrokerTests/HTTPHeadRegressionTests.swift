@@ -191,3 +191,34 @@ import WebSocketClient
         #expect(onRegister.headers["allow"] == "OPTIONS, POST")
     }
 }
+
+/// A request head that arrives in several pieces, followed by a body: the gate used to take the pieces from the
+/// socket and hand them to libwebsockets with the connection (`lws_adopt_socket_readbuf`), after which libwebsockets
+/// 4.1.6 looped on the body and the whole broker stopped answering (found by a helper probing the gate).
+@Suite(.serialized) struct HTTPHeadInPiecesTests {
+    @Test(arguments: ["body after the head", "body with the last piece", "no body"])
+    func aHeadInPiecesIsServedAndTheBrokerGoesOn(_ variant: String) throws {
+        let fixture = try BrokerFixture()
+        let socket = try BlockingTCPSocket(host: "127.0.0.1", port: fixture.port, timeout: 5)
+        defer { socket.close() }
+        let body = variant == "no body" ? "" : "{}"
+        let method = variant == "no body" ? "GET /health" : "POST /api/v1/agents/register"
+        let first = "\(method) HTTP/1.1\r\nHost: 127.0.0.1:\(fixture.port)\r\n"
+        let second = (body.isEmpty ? "" : "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n")
+            + "\r\n" + (variant == "body with the last piece" ? body : "")
+        try socket.write(Array(first.utf8), timeout: 5)
+        Thread.sleep(forTimeInterval: 0.3)
+        try socket.write(Array(second.utf8), timeout: 5)
+        if variant == "body after the head" {
+            Thread.sleep(forTimeInterval: 0.3)
+            try socket.write(Array(body.utf8), timeout: 5)
+        }
+        var answer: [UInt8] = []
+        let deadline = Deadline(seconds: 15)
+        while let chunk = try? socket.read(deadline: deadline) { answer += chunk }
+        let response = try HTTPProbe.parse(answer)
+        #expect(response.status == (body.isEmpty ? 200 : 400), "\(String(decoding: answer, as: UTF8.self))")
+        // The broker still answers everyone else.
+        #expect(try fixture.get("/health").status == 200)
+    }
+}
