@@ -68,6 +68,13 @@ import Testing
 }
 
 @Suite struct HTTPRouterTests {
+    /// Every status the broker answers has its reason phrase in the status line (415 had "Status").
+    @Test(arguments: [101, 200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 411, 413, 414, 415, 426, 429, 431, 500,
+                      501, 503, 505])
+    func everyStatusHasItsReasonPhrase(_ status: Int) {
+        #expect(HTTPResponse.reason(status) != "Status")
+    }
+
     private func route(_ router: HTTPRouter, _ method: HTTPMethod, _ path: String) -> HTTPResponse? {
         var answer: HTTPResponse?
         router.handle(HTTPRequest(method: method, path: path)) { answer = $0 }
