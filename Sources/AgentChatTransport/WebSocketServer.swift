@@ -20,8 +20,9 @@ package final class WebSocketServer {
         package var host: String
         package var port: Int
         package var limits: Limits
-        /// Bytes libwebsockets allocates per connection for received data; most of the idle cost of a connection.
-        package var receiveBufferBytes: Int = 512
+        /// Bytes libwebsockets allocates per connection for received data (a third of an idle connection's memory),
+        /// and the most it reads from a connection per loop turn (so it bounds a busy sender's messages per turn).
+        package var receiveBufferBytes: Int = 1024
         package var pingIntervalSeconds: Int = 30
         package var pingTimeoutSeconds: Int = 10
         /// Seconds a connection the broker decided to close (4008, 4001, 1001...) may take to go; then the socket is
@@ -34,7 +35,7 @@ package final class WebSocketServer {
         /// Serve the port over TLS with these files (see `TLSTerminator`); nil: plain HTTP.
         package var tls: TLSFiles?
 
-        package init(host: String, port: Int, limits: Limits, receiveBufferBytes: Int = 512,
+        package init(host: String, port: Int, limits: Limits, receiveBufferBytes: Int = 1024,
                      pingIntervalSeconds: Int = 30, pingTimeoutSeconds: Int = 10, closeGraceSeconds: Int = 5,
                      sharesPort: Bool = false, tls: TLSFiles? = nil)
         {

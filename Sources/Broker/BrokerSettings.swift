@@ -179,7 +179,7 @@ enum BrokerSettings {
     static let receiveBufferBytes = Setting<Int>(
         "AGENTCHAT_RX_BUFFER_BYTES",
         "Receive buffer per WebSocket connection, bytes (a larger message arrives in pieces and is reassembled)",
-        default: 512,
+        default: 1024,
         range: 128...65536)
     static let issuer = Setting<String>(
         "AGENTCHAT_ISSUER", "The broker's identity in login challenges and tokens; brokers behind one address share it",
