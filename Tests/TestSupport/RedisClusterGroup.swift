@@ -6,7 +6,7 @@ import Foundation
 /// (`addReplica`). `stop()` ends them all and removes their directory.
 public final class RedisClusterGroup: @unchecked Sendable {
     public let directory: String
-    public let ports: [Int]
+    public private(set) var ports: [Int]
     private var servers: [Int: ChildProcess] = [:]
     private let lock = NSLock()
 
@@ -22,15 +22,9 @@ public final class RedisClusterGroup: @unchecked Sendable {
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("agentchat-cluster-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        // Cluster bus ports are port + 10000: keep the data ports below 55536.
-        var chosen: [Int] = []
-        while chosen.count < masters {
-            let port = try EmbeddedRedis.freeLoopbackPort()
-            if port < 55_000, !chosen.contains(port) { chosen.append(port) }
-        }
-        ports = chosen
+        ports = []
         do {
-            for port in ports { try startServer(port) }
+            for _ in 0..<masters { ports.append(try startNode()) }
             let create = try run(["redis-cli", "--no-auth-warning"] + (password.map { ["-a", $0] } ?? [])
                 + ["--cluster", "create"] + ports.map { "127.0.0.1:\($0)" }
                 + ["--cluster-replicas", "0", "--cluster-yes"])
@@ -110,11 +104,7 @@ public final class RedisClusterGroup: @unchecked Sendable {
     /// Starts one more node and joins it as a replica of the master on `masterPort` (`redis-cli --cluster add-node
     /// --cluster-slave`); waits until its link to the master is up. Answers its port.
     public func addReplica(of masterPort: Int) throws -> Int {
-        var port = 0
-        while port == 0 || port >= 55_000 || ports.contains(port) || lock.withLock({ servers[port] != nil }) {
-            port = try EmbeddedRedis.freeLoopbackPort()
-        }
-        try startServer(port)
+        let port = try startNode()
         let added = try run(["redis-cli", "--no-auth-warning"] + (password.map { ["-a", $0] } ?? [])
             + ["--cluster", "add-node", "127.0.0.1:\(port)", "127.0.0.1:\(masterPort)", "--cluster-slave",
                "--cluster-master-id", try nodeID(masterPort)])
@@ -176,6 +166,44 @@ public final class RedisClusterGroup: @unchecked Sendable {
         return String(decoding: output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// Starts a node on a free port whose cluster bus port (port + 10000) is free too; answers the port.
+    ///
+    /// A port found free can be taken before redis-server binds it (other tests pick ports the same way, and the bus
+    /// port lies in the kernel's range for outgoing connections): redis-server then exits at once, and the node is
+    /// started again on another port. Ready means the server's own "Ready to accept connections" line, so a slow
+    /// start on a loaded machine waits for it rather than for a fixed number of pings.
+    private func startNode() throws -> Int {
+        var lastFailure = ""
+        for _ in 0..<8 {
+            let port = try EmbeddedRedis.freeLoopbackPort()
+            guard port < 55_000, !lock.withLock({ servers[port] != nil }), Self.isFree(port + 10_000) else { continue }
+            do {
+                try startServer(port)
+                return port
+            } catch ChildProcessError.exitedEarly(let status, let out, let err) {
+                lastFailure = "redis-server on \(port) exited (\(status)): \((out + err).suffix(300))"
+                lock.withLock { _ = servers.removeValue(forKey: port) }
+            }
+        }
+        throw RedisClusterGroupError.failed("cannot start a cluster node: \(lastFailure)")
+    }
+
+    /// Whether a loopback TCP port can be bound right now.
+    private static func isFree(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+    }
+
     private func startServer(_ port: Int) throws {
         let dir = directory + "/\(port)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -186,7 +214,7 @@ public final class RedisClusterGroup: @unchecked Sendable {
         try (lines.joined(separator: "\n") + "\n").write(toFile: file, atomically: true, encoding: .utf8)
         let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["redis-server", file])
         lock.withLock { servers[port] = server }
-        try waitUntil("redis-server on \(port)", timeout: 10) { ((try? self.cli(port, ["PING"])) ?? "") == "PONG" }
+        try server.waitForOutput(containing: "Ready to accept connections", in: .stdout, timeout: 60)
     }
 
     private func waitUntil(_ what: String, timeout: Double, _ condition: () -> Bool) throws {

@@ -117,7 +117,7 @@ public final class SentinelGroup: @unchecked Sendable {
         let server = try ChildProcess(executable: "/usr/bin/env",
                                       arguments: ["redis-server", file] + (sentinel ? ["--sentinel"] : []))
         lock.withLock { servers[port] = server }
-        try waitUntil("redis-server on \(port)", timeout: 10) { (try? self.cli(port, ["PING"])) != nil
+        try waitUntil("redis-server on \(port)", timeout: 30) { (try? self.cli(port, ["PING"])) != nil
             && (try? self.cli(port, ["PING"]))?.isEmpty == false }
     }
 
