@@ -331,8 +331,10 @@ package final class FrameRouter: ConnectionHandler {
                                                nextChallenge: authenticator.newChallenge())
         var presentedToken: String?
         if case .verifyToken(let token) = action { presentedToken = token }
-        let finish: (Result<AgentProfile, ProtocolError>) -> Void = { [weak self, weak session] result in
-            guard let self, let session, session.isOpen else { return }
+        // The session is held until the answer (one Redis round trip), not referenced weakly: a weak reference
+        // gives the object a side table for its whole life, 48 bytes of every idle connection (docs/BENCHMARKS.md).
+        let finish: (Result<AgentProfile, ProtocolError>) -> Void = { [weak self] result in
+            guard let self, session.isOpen else { return }
             finishAuthentication(session, id: id, presentedToken: presentedToken, result)
         }
         switch action {
@@ -350,9 +352,9 @@ package final class FrameRouter: ConnectionHandler {
     {
         switch result {
         case .success(let profile):
-            session.auth.verified(profile.did)
-            presence.connected(profile.did)
-            peeks?.agentAuthenticated(session, did: profile.did)
+            let did = presence.connected(profile.did)
+            session.auth.verified(did)
+            peeks?.agentAuthenticated(session, did: did)
             let (token, expiresAt) = presentedToken.map { authenticator.sessionToken(for: profile.did, presented: $0) }
                 ?? authenticator.issueToken(for: profile.did)
             logger.debug("agent authenticated", metadata: ["session": "\(session.id)", "did": "\(profile.did)"])

@@ -10,15 +10,21 @@ public struct DID: Hashable, Sendable, CustomStringConvertible {
     /// Longest text that can be a DID: the prefix, `z`, and the at most 47 base58 characters of 34 bytes.
     static let maxLength = prefix.utf8.count + 1 + 47
 
-    /// The 32-byte Ed25519 public key.
-    public let signingKey: [UInt8]
-    /// The full DID string, `did:agentchat:z…`.
+    /// The full DID string, `did:agentchat:z…`: the only thing stored. The broker keeps a DID per logged-in
+    /// connection, and a second copy of the key would cost each of them a heap block (80 bytes of an idle
+    /// connection's ~3 KiB, docs/BENCHMARKS.md); equality and hashing need only the text, which the key determines.
     public let description: String
+
+    /// The 32-byte Ed25519 public key, decoded from the text (about a microsecond; it is read only to check a
+    /// signature, which costs far more).
+    public var signingKey: [UInt8] {
+        // Every initialiser makes or checks the text, so it always decodes to the multicodec prefix and 32 bytes.
+        Array(Base58.decode(String(description.dropFirst(DID.prefix.count + 1)))!.dropFirst(2))
+    }
 
     /// The DID of an Ed25519 public key. The key must be 32 bytes.
     public init(signingKey: [UInt8]) {
         precondition(signingKey.count == 32, "an Ed25519 public key is 32 bytes")
-        self.signingKey = signingKey
         self.description = DID.prefix + "z" + Base58.encode(DID.ed25519Multicodec + signingKey)
     }
 

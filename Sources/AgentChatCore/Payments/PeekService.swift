@@ -84,10 +84,12 @@ final class PeekService {
     func agentAuthenticated(_ session: Session, did: DID) {
         agents[did, default: [:]][session.id] = session
         // Peeks already pending or waiting for a grant in the agent's channels.
-        channels.channels(of: did) { [weak self, weak session] result in
-            guard let self, case .success(let ids) = result else { return }
-            store.openPeeks(in: ids) { [weak self, weak session] result in
-                guard let self, let session, case .success(let peeks) = result else { return }
+        // `session` is held until the answers, not referenced weakly: a weak reference would give every logged-in
+        // connection a side table for its whole life (see FrameRouter.authenticate).
+        channels.channels(of: did) { [weak self] result in
+            guard let self, session.isOpen, case .success(let ids) = result else { return }
+            store.openPeeks(in: ids) { [weak self] result in
+                guard let self, session.isOpen, case .success(let peeks) = result else { return }
                 for peek in peeks where peek.phase == .pending || peek.phase == .awaitingGrant {
                     outbox.send(.peekUpdate(view(peek, forViewer: false)), to: session)
                 }
